@@ -1,0 +1,191 @@
+"""Command line: `vaerepro reproduce` trains one VAE per N_z and writes CSV logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
+from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
+from .store import RunFiles, RunFolderError, read_json, write_json
+from .train import TrainingDiverged, run_status, train
+
+MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
+
+
+class UsageError(ValueError):
+    """An invalid option or combination of options."""
+
+
+def count(text: str) -> int:
+    """A positive whole number, written plainly or as 1e6."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda:
+        raise UsageError("--device cuda requested, but torch sees no CUDA device")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps requested, but torch sees no Apple MPS device")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def add_reproduce_parser(sub) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="train one VAE per N_z and log train/test ELBO (Fig. 2)",
+        description="Train one VAE per latent size on MNIST and write, per N_z, a CSV of train "
+        "and test ELBO (nats per datapoint) every --eval-every samples, a JSON of config, "
+        "versions, device and git commit, a checkpoint, and the final weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", default="paper", help=f"named config: {', '.join(PRESETS)}")
+    p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ), help="latent sizes N_z")
+    p.add_argument("--samples", type=count, help="training samples per model (preset: 1e7)")
+    p.add_argument("--eval-every", type=count, help="samples between evaluations (preset: 1e5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, minibatches and noise")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--data-root",
+        help=f"folder holding MNIST/raw (default: ${ENV_DATA_ROOT}, "
+        "else ~/.cache/vaerepro/data; downloaded there when online)",
+    )
+    p.add_argument("--out", help="run folder (default: results/runs/<timestamp>)")
+    p.add_argument(
+        "--resume",
+        metavar="OUT",
+        help="continue the run in folder OUT from its checkpoints (its config is "
+        "read from OUT; finished models are skipped)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("config fields (override the preset one at a time)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--train-size", type=int, help="use the first N training images")
+    g.add_argument("--sampling", choices=SAMPLINGS, help="minibatches with replacement or epochs")
+    g.add_argument("--binarize", choices=BINARIZE)
+    g.add_argument(
+        "--weight-decay", action=argparse.BooleanOptionalAction, help="N(0, I) prior on the weights"
+    )
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--eval-batch-size", type=int)
+
+
+OVERRIDES = (
+    "samples",
+    "eval_every",
+    "lr",
+    "optimizer",
+    "train_size",
+    "sampling",
+    "binarize",
+    "weight_decay",
+    "batch_size",
+    "eval_batch_size",
+)
+
+
+def sweep_configs(args: argparse.Namespace) -> tuple[str, list[TrainConfig]]:
+    """(preset name, one validated config per N_z) from the options, or from --resume's folder."""
+    if args.resume:
+        manifest = Path(args.resume) / MANIFEST
+        if not manifest.exists():
+            raise UsageError(f"--resume {args.resume}: no {MANIFEST} there, so no run to resume")
+        saved = read_json(manifest)
+        return saved["preset"], [TrainConfig(**c) for c in saved["configs"]]
+    base = preset(args.preset)
+    changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    if len(set(args.nz)) != len(args.nz):
+        raise UsageError(f"--nz lists a latent size twice: {args.nz}")
+    configs = [base.replace(nz=nz, seed=args.seed, **changes) for nz in args.nz]
+    for cfg in configs:
+        cfg.validate()
+    return args.preset, configs
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    preset_name, configs = sweep_configs(args)
+    device = resolve_device(args.device)
+    out = Path(
+        args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
+    plan = {
+        c.nz: run_status(RunFiles.of(out, c.nz, c.seed), c, bool(args.resume), args.overwrite)
+        for c in configs
+    }
+    manifest = out / MANIFEST
+    if manifest.exists() and not (args.resume or args.overwrite):
+        saved = [c["nz"] for c in read_json(manifest)["configs"]]
+        if saved != [c.nz for c in configs]:
+            raise RunFolderError(
+                f"{out} holds a sweep over N_z={saved}; use another --out or --overwrite"
+            )
+    data = load_mnist(args.data_root, device)  # raises DataError before any training
+    write_json(
+        {
+            "preset": preset_name,
+            "configs": [c.to_dict() for c in configs],
+            "data_root": str(resolve_data_root(args.data_root)),
+        },
+        manifest,
+    )
+    print(f"run folder: {out}  device: {device}  preset: {preset_name}", file=sys.stderr)
+    for cfg in configs:
+        if plan[cfg.nz] == "skip":
+            print(f"N_z={cfg.nz}: finished already, skipped", file=sys.stderr)
+            continue
+        df = train(
+            cfg,
+            data,
+            out,
+            device,
+            resume=plan[cfg.nz] == "resume",
+            progress=not args.no_progress,
+            preset=preset_name,
+        )
+        last = df.iloc[-1]
+        print(
+            f"N_z={cfg.nz}: samples={int(last.samples)} train ELBO={last.train_elbo:.2f} "
+            f"test ELBO={last.test_elbo:.2f} nats  ({last.wall_s:.0f} s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaerepro",
+        description="Reproduce Kingma & Welling (2013), Auto-Encoding Variational Bayes, Fig. 2.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_reproduce_parser(sub)
+    return parser
+
+
+COMMANDS = {"reproduce": cmd_reproduce}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, DataError, RunFolderError, TrainingDiverged) as err:
+        print(f"vaerepro {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,121 @@
+"""Run configuration as plain data, and the named presets.
+
+A `TrainConfig` describes one model's training run completely: with its seed it
+reproduces the run. A preset is a named `TrainConfig`; command-line options
+override single fields of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PAPER_NZ: tuple[int, ...] = (3, 5, 10, 20, 200)
+
+OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
+SAMPLINGS = ("replacement", "epoch")
+BINARIZE = ("none", "dynamic", "fixed")
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines one VAE training run (Kingma & Welling 2013, Sec. 5)."""
+
+    nz: int = 20  # latent dimensions N_z
+    hidden: int = 500  # units in the single tanh hidden layer of encoder and decoder
+    likelihood: str = "bernoulli"  # p(x|z); "gaussian" is for continuous data
+    gaussian_logvar: float | None = (
+        None  # fixed log sigma^2 of the Gaussian decoder; None = learned
+    )
+    n_latent_samples: int = 1  # L, samples of z per datapoint
+    init_std: float = 0.01  # weights ~ N(0, init_std^2), biases 0
+    # optimisation
+    optimizer: str = "paper_adagrad"  # see optim.py
+    lr: float = 0.02
+    adagrad_warmup: int = 100  # paper_adagrad: minibatches that only accumulate g^2
+    batch_size: int = 100  # M
+    sampling: str = "replacement"  # minibatches drawn with replacement, or epochs of a permutation
+    weight_decay: bool = True  # N(0, I) prior on weights (not biases), scaled by M/N per minibatch
+    # data
+    train_size: int = 50_000  # first N images of the MNIST training set
+    binarize: str = "none"  # grey levels in [0, 1], or binarized dynamically / once
+    # schedule
+    samples: int = 10_000_000  # training samples to process
+    eval_every: int = 100_000  # samples between full train/test evaluations
+    eval_batch_size: int = 10_000
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field."""
+        checks = [
+            (self.nz >= 1, f"nz must be >= 1, got {self.nz}"),
+            (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
+            (self.n_latent_samples >= 1, "n_latent_samples must be >= 1"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.samples > 0, f"samples must be positive, got {self.samples}"),
+            (self.eval_every > 0, f"eval_every must be positive, got {self.eval_every}"),
+            (
+                self.eval_every <= self.samples,
+                f"eval_every ({self.eval_every}) is larger than samples ({self.samples})",
+            ),
+            (
+                self.eval_every % self.batch_size == 0,
+                f"eval_every ({self.eval_every}) must be a multiple of batch_size "
+                f"({self.batch_size})",
+            ),
+            (
+                self.samples % self.eval_every == 0,
+                f"samples ({self.samples}) must be a multiple of eval_every ({self.eval_every})",
+            ),
+            (
+                1 <= self.train_size <= 60_000,
+                f"train_size must be in [1, 60000], got {self.train_size}",
+            ),
+            (self.batch_size <= self.train_size, "batch_size is larger than train_size"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}"),
+            (self.binarize in BINARIZE, f"binarize must be one of {BINARIZE}"),
+            (self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.adagrad_warmup >= 0, "adagrad_warmup must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The paper and its authors' code (anglepy): warm-started Adagrad, 50k training images drawn
+    # with replacement, grey levels under a Bernoulli likelihood, weight prior N(0, I).
+    "paper": TrainConfig(),
+    # The pyautoencoder Fig. 2 example: torch's Adagrad, 60k images in shuffled epochs
+    # (last incomplete batch dropped), no weight decay.
+    "pyautoencoder": TrainConfig(
+        optimizer="torch_adagrad", train_size=60_000, sampling="epoch", weight_decay=False
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The named preset; ValueError listing the known names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    """Human-readable lines for every field where two config dicts differ."""
+    keys = sorted(set(a) | set(b))
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} != {b.get(k, '<absent>')!r}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]

@@ -1,0 +1,43 @@
+"""The ELBO of a whole split, in large batches without gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import VAE
+
+
+@dataclass
+class SplitELBO:
+    """Means over a split, in nats per datapoint (elbo = loglik - kl, negative for MNIST)."""
+
+    elbo: float
+    loglik: float
+    kl: float
+
+
+@torch.inference_mode()
+def evaluate(
+    model: VAE,
+    x: Tensor,
+    batch_size: int = 10_000,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    binarize: bool = False,
+) -> SplitELBO:
+    """Mean ELBO terms over x (N, 784); one host sync at the end.
+
+    binarize: draw a Bernoulli sample of x first (for dynamically binarized training).
+    """
+    totals = torch.zeros(2, device=x.device, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        if binarize:
+            xb = torch.bernoulli(xb, generator=generator)
+        out = model(xb, n_samples=n_samples, generator=generator)
+        totals += torch.stack([out.loglik.sum(), out.kl.sum()]).double()
+    loglik, kl = (totals / x.shape[0]).tolist()
+    return SplitELBO(elbo=loglik - kl, loglik=loglik, kl=kl)

@@ -1,0 +1,211 @@
+"""The training loop: one VAE, from config to CSV rows, checkpoints and final weights.
+
+Read top to bottom: set up (model, optimizer, data, RNG) -> maybe resume -> loop over
+minibatches drawn by index -> every `eval_every` samples evaluate both splits, append a CSV
+row, checkpoint -> save final weights.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, config_diff
+from .data import MinibatchIndices, MnistSplits, binarize_fixed
+from .evaluate import evaluate
+from .model import VAE
+from .optim import make_optimizer
+from .store import (
+    CSV_COLUMNS,
+    RunFiles,
+    RunFolderError,
+    environment_info,
+    read_json,
+    save_torch,
+    write_csv,
+    write_json,
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or infinite."""
+
+
+def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
+    """What to do with one model's files: "new", "resume" or "skip" (already finished).
+
+    Raises RunFolderError, before any work, when the folder holds a different or unfinished
+    run and neither --resume nor --overwrite says what to do with it.
+    """
+    if overwrite or not files.json.exists():
+        return "new"
+    meta = read_json(files.json)
+    diff = config_diff(meta.get("config", {}), cfg.to_dict())
+    if diff:
+        raise RunFolderError(
+            f"{files.json} holds a run with a different config:\n  "
+            + "\n  ".join(diff)
+            + "\nUse another --out, or --overwrite to replace it."
+        )
+    if meta.get("status") == "finished":
+        if resume:
+            return "skip"
+        raise RunFolderError(f"{files.json} is a finished run; use --overwrite to replace it.")
+    if not resume:
+        raise RunFolderError(
+            f"{files.json} holds an unfinished run; continue it with --resume "
+            f"{files.folder} or replace it with --overwrite."
+        )
+    return "resume"
+
+
+def _eval_seed(seed: int, samples: int) -> int:
+    # Evaluation noise depends only on (seed, samples), so a resumed run evaluates identically.
+    return (seed * 1_000_003 + samples) % (2**63)
+
+
+def train(
+    cfg: TrainConfig,
+    data: MnistSplits,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+) -> pd.DataFrame:
+    """Train one VAE per `cfg`, writing its files into `out_dir`; returns the CSV rows.
+
+    ELBO columns are nats per datapoint; `wall_s` counts from the run's start (across
+    resumes), `train_samples_per_s` is the training rate over the last interval.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model = VAE.from_config(cfg).to(device)
+    opt = make_optimizer(cfg, model)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train_x, test_x = data.train_x[: cfg.train_size], data.test_x
+    if cfg.binarize == "fixed":
+        train_x, test_x = binarize_fixed(train_x, cfg.seed), binarize_fixed(test_x, cfg.seed + 1)
+    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
+
+    rows: list[dict] = []
+    samples, wall_before = 0, 0.0
+    meta = {
+        "config": cfg.to_dict(),
+        "preset": preset,
+        "seed": cfg.seed,
+        "status": "running",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment_info(device),
+    }
+    if resume and files.ckpt.exists():
+        ckpt = torch.load(files.ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        batches.load_state_dict(ckpt["batches"])
+        samples, wall_before, rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
+        meta["started"] = read_json(files.json).get("started", meta["started"])
+        meta["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(meta, files.json)
+    write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)  # drops rows past the ckpt
+
+    steps_per_eval = cfg.eval_every // cfg.batch_size
+    bar = tqdm(
+        total=cfg.samples,
+        initial=samples,
+        unit="sample",
+        unit_scale=True,
+        desc=f"N_z={cfg.nz}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    while samples < cfg.samples:
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        t0 = time.perf_counter()
+        for _ in range(steps_per_eval):
+            x = train_x[batches.next()]
+            if cfg.binarize == "dynamic":
+                x = torch.bernoulli(x, generator=gen)
+            loss = -model(x, cfg.n_latent_samples, gen).elbo.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            nonfinite |= ~torch.isfinite(loss)
+            bar.update(cfg.batch_size)
+        if nonfinite.item() or not all(p.isfinite().all() for p in model.parameters()):
+            raise TrainingDiverged(
+                f"N_z={cfg.nz}: the loss or the parameters became NaN/inf between samples "
+                f"{samples} and {samples + cfg.eval_every}. The CSV and checkpoint in "
+                f"{files.folder} hold the last good state (samples={samples})."
+            )
+        train_rate = cfg.eval_every / (time.perf_counter() - t0)
+        samples += cfg.eval_every
+
+        eval_gen = torch.Generator(device=device).manual_seed(_eval_seed(cfg.seed, samples))
+        kw = dict(
+            batch_size=cfg.eval_batch_size,
+            n_samples=cfg.n_latent_samples,
+            generator=eval_gen,
+            binarize=cfg.binarize == "dynamic",
+        )
+        tr, te = evaluate(model, train_x, **kw), evaluate(model, test_x, **kw)
+        rows.append(
+            {
+                "samples": samples,
+                "train_elbo": tr.elbo,
+                "test_elbo": te.elbo,
+                "train_loglik": tr.loglik,
+                "train_kl": tr.kl,
+                "test_loglik": te.loglik,
+                "test_kl": te.kl,
+                "wall_s": wall_before + time.perf_counter() - start,
+                "train_samples_per_s": train_rate,
+            }
+        )
+        bar.set_postfix(train=f"{tr.elbo:.2f}", test=f"{te.elbo:.2f}")
+
+        write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)
+        save_torch(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "batches": batches.state_dict(),
+                "samples": samples,
+                "wall_s": rows[-1]["wall_s"],
+                "rows": rows,
+                "config": cfg.to_dict(),
+            },
+            files.ckpt,
+        )
+    bar.close()
+
+    save_torch({"model": model.state_dict(), "config": cfg.to_dict()}, files.weights)
+    last = rows[-1]
+    meta.update(
+        status="finished",
+        samples_done=samples,
+        wall_s=last["wall_s"],
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        final={k: last[k] for k in ("train_elbo", "test_elbo")},
+    )
+    write_json(meta, files.json)
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def load_model(files: RunFiles, device: torch.device | str = "cpu") -> VAE:
+    """The final weights of a finished run, as a VAE in eval mode."""
+    if not files.weights.exists():
+        raise RunFolderError(f"final weights {files.weights} are missing (unfinished run?)")
+    state = torch.load(files.weights, map_location=device, weights_only=False)
+    model = VAE.from_config(TrainConfig(**state["config"])).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval()

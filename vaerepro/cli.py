@@ -7,8 +7,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from .compare import write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
 from .store import RunFiles, RunFolderError, read_json, write_json
@@ -169,6 +171,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    detail, summary = write_comparison(args.run_dir)
+    with pd.option_context("display.width", 120, "display.max_rows", 500):
+        print(detail.to_string(index=False, float_format="%.2f"))
+        print("\nsummary (|ours - paper|, nats per datapoint):")
+        print(summary.to_string(index=False, float_format="%.2f"))
+    print(f"\nwrote {Path(args.run_dir) / 'comparison.csv'} and comparison.md", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaerepro",
@@ -176,10 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_reproduce_parser(sub)
+    p = sub.add_parser(
+        "compare",
+        help="our ELBO against the paper's Fig. 2 at each logged point",
+        description="Print and write (comparison.csv, comparison.md) our train and "
+        "test ELBO next to the paper's, interpolated in log10(samples).",
+    )
+    p.add_argument("run_dir", help="a run folder written by `vaerepro reproduce`")
     return parser
 
 
-COMMANDS = {"reproduce": cmd_reproduce}
+COMMANDS = {"reproduce": cmd_reproduce, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

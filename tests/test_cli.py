@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vaerepro.cli import main
+
+TINY = [
+    "--samples",
+    "2000",
+    "--eval-every",
+    "1000",
+    "--train-size",
+    "2000",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+
+
+def test_help_explains_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "vaerepro", "reproduce", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in (
+        "--nz",
+        "--samples",
+        "--eval-every",
+        "--seed",
+        "--device",
+        "--data-root",
+        "--out",
+        "--preset",
+        "--resume",
+        "--overwrite",
+    ):
+        assert option in out
+
+
+def test_reproduce_end_to_end(data_root, tmp_path):
+    out = tmp_path / "run"
+    rc = main(
+        ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out), *TINY]
+    )
+    assert rc == 0
+    for nz in (3, 5):
+        df = pd.read_csv(out / f"nz{nz}-seed0.csv")
+        assert df.samples.tolist() == [1000, 2000]
+        meta = json.loads((out / f"nz{nz}-seed0.json").read_text())
+        assert meta["config"]["nz"] == nz and meta["config"]["train_size"] == 2000
+        assert (out / f"nz{nz}-seed0.pt").exists()
+    manifest = json.loads((out / "run.json").read_text())
+    assert [c["nz"] for c in manifest["configs"]] == [3, 5]
+
+
+def test_console_script_runs(data_root, tmp_path):
+    script = Path(sys.executable).parent / "vaerepro"  # installed beside this Python
+    proc = subprocess.run(
+        [
+            str(script),
+            "reproduce",
+            "--nz",
+            "3",
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(tmp_path / "r"),
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "N_z=3: samples=2000" in proc.stderr
+
+
+def test_missing_data_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "reproduce",
+            "--nz",
+            "3",
+            "--data-root",
+            str(tmp_path / "nodata"),
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "train-images-idx3-ubyte.gz" in err and "nodata" in err
+    assert not list(out.glob("nz*"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--nz", "0"], "nz must be >= 1"),
+        (["--samples", "0"], "samples must be positive"),
+        (["--eval-every", "4000"], "larger than samples"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_invalid_options_are_refused(data_root, tmp_path, capsys, args, message):
+    rc = main(
+        ["reproduce", "--data-root", str(data_root), "--out", str(tmp_path / "r"), *TINY, *args]
+    )
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_different_config_in_the_folder_is_refused(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
+    assert main(base) == 0
+    before = (out / "nz3-seed0.csv").read_bytes()
+    assert main([*base, "--lr", "0.05"]) == 2
+    assert "lr: 0.02 != 0.05" in capsys.readouterr().err
+    assert (out / "nz3-seed0.csv").read_bytes() == before
+    assert main(base) == 2  # the same config, finished: needs --overwrite
+    assert main(["reproduce", "--resume", str(out), "--no-progress"]) == 0  # nothing left to do
+    assert "skipped" in capsys.readouterr().err

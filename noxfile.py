@@ -32,5 +32,6 @@ def tests(session: nox.Session) -> None:
     """Lint and run the test suite (MNIST from $VAEREPRO_DATA, default ../shared/data)."""
     _install(session, "[test]")
     env = {"VAEREPRO_DATA": os.environ.get("VAEREPRO_DATA", str(SHARED_DATA))}
-    session.run("ruff", "check", "vaerepro", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
     session.run("pytest", *session.posargs, env=env)

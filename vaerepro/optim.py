@@ -14,7 +14,8 @@ class PaperAdagrad(torch.optim.Optimizer):
     The first `warmup` steps only accumulate squared gradients; from then on every step adds g^2
     and moves  w <- w - lr * g / sqrt(sum g^2 + eps).  torch's Adagrad instead puts eps outside
     the root and moves at full lr from the first step.
-    Gradients get `weight_decay * w` added first (as torch's Adagrad does).
+    Gradients get `weight_decay * w` added first (as torch's Adagrad does); they are changed
+    in place.
     """
 
     def __init__(
@@ -35,11 +36,13 @@ class PaperAdagrad(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                torch._foreach_add_(grads, params, alpha=group["weight_decay"])
             states = [self.state[p] for p in params]
             for p, s in zip(params, states, strict=True):
                 if not s:
-                    s["sum"] = torch.zeros_like(p)
+                    # eps starts in the accumulator: sum g^2 + eps without an extra pass per step
+                    s["sum"] = torch.full_like(p, group["eps"])
+                    s["denom"] = torch.empty_like(p)
                     s["step"] = 0
             sums = [s["sum"] for s in states]
             torch._foreach_addcmul_(sums, grads, grads)
@@ -48,9 +51,8 @@ class PaperAdagrad(torch.optim.Optimizer):
                 s["step"] += 1
             if step < group["warmup"]:
                 continue
-            denom = torch._foreach_add(sums, group["eps"])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+            denoms = [torch.sqrt(s["sum"], out=s["denom"]) for s in states]
+            torch._foreach_addcdiv_(params, grads, denoms, value=-group["lr"])
 
 
 def param_groups(model: nn.Module, decay: float) -> list[dict]:

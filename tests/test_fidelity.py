@@ -1,0 +1,95 @@
+"""The paper protocol's choices, and the distance to the paper's curves."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vaerepro.cli import main
+from vaerepro.compare import compare_run
+from vaerepro.config import PRESETS, TrainConfig, preset
+from vaerepro.data import MnistSplits
+from vaerepro.optim import make_optimizer
+from vaerepro.reference import fig2, paper_elbo
+from vaerepro.store import CSV_COLUMNS
+from vaerepro.train import train
+
+
+def test_presets_state_the_two_protocols():
+    paper, pyae = preset("paper"), preset("pyautoencoder")
+    assert (paper.optimizer, paper.train_size, paper.sampling) == (
+        "paper_adagrad",
+        50_000,
+        "replacement",
+    )
+    assert paper.weight_decay and paper.binarize == "none" and paper.adagrad_warmup == 100
+    assert (pyae.optimizer, pyae.train_size, pyae.sampling) == ("torch_adagrad", 60_000, "epoch")
+    assert not pyae.weight_decay
+    for cfg in PRESETS.values():
+        assert (cfg.lr, cfg.batch_size, cfg.n_latent_samples, cfg.init_std) == (0.02, 100, 1, 0.01)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("paper2")
+
+
+@pytest.mark.parametrize("sampling", ["replacement", "epoch"])
+def test_training_never_touches_images_past_train_size(mnist, tmp_path, sampling):
+    # Poison every image past the first 2000: touching one would make the loss NaN.
+    poisoned = MnistSplits(mnist.train_x.clone(), mnist.train_y, mnist.test_x, mnist.test_y)
+    poisoned.train_x[2000:] = float("nan")
+    cfg = TrainConfig(
+        nz=3, hidden=32, samples=4000, eval_every=2000, train_size=2000, sampling=sampling
+    )
+    df = train(cfg, poisoned, tmp_path, progress=False)
+    assert np.isfinite(df[["train_elbo", "test_elbo"]].to_numpy()).all()
+
+
+def test_reference_curves_are_shipped():
+    df = fig2()
+    assert set(df.n_z) == {3, 5, 10, 20, 200} and set(df.split) == {"train", "test"}
+    # Interpolation in log10(samples) reproduces a grid point and lies between neighbours.
+    row = df[(df.n_z == 20) & (df.split == "test")].iloc[10]
+    assert paper_elbo(20, "test", row.samples) == pytest.approx(row.elbo)
+    assert np.isnan(paper_elbo(20, "test", 10.0)) and np.isnan(paper_elbo(7, "test", 1e6))
+
+
+def _synthetic_run(folder, nz, samples, offset):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
+    rows["samples"] = samples
+    rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset
+    rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset
+    pd.DataFrame(rows).to_csv(folder / f"nz{nz}-seed0.csv", index=False)
+    cfg = TrainConfig(nz=nz).to_dict()
+    (folder / f"nz{nz}-seed0.json").write_text(json.dumps({"config": cfg}))
+
+
+def test_compare_on_a_synthetic_run(tmp_path, capsys):
+    samples = [1e5, 1e6, 3e6, 1e7]  # the paper's curves start after 1e5
+    _synthetic_run(tmp_path, 20, samples, offset=1.5)
+    _synthetic_run(tmp_path, 3, samples, offset=-0.5)
+    detail, summary = compare_run(tmp_path)
+    assert len(detail) == 2 * 2 * 4 and detail.paper.isna().sum() == 4  # 1e5 not covered
+    s = summary.set_index(["nz", "split"])
+    assert s.loc[(20, "train"), "mean_abs_diff"] == pytest.approx(1.5)
+    assert s.loc[(20, "test"), "last_diff"] == pytest.approx(-1.5)
+    assert s.loc[(3, "train"), "max_abs_diff"] == pytest.approx(0.5)
+    assert s.loc[(3, "test"), "points"] == 3
+    assert main(["compare", str(tmp_path)]) == 0
+    assert "mean_abs_diff" in capsys.readouterr().out
+    assert (tmp_path / "comparison.csv").exists()
+    assert "| 20 | train | 3 | 1.50 |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_compare_names_a_malformed_csv(tmp_path, capsys):
+    _synthetic_run(tmp_path, 20, [1e6], offset=0)
+    (tmp_path / "nz20-seed0.csv").write_text("samples,train_elbo\n1,2\n")
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "nz20-seed0.csv" in capsys.readouterr().err
+
+
+def test_paper_weight_decay_scales_with_train_size():
+    model = torch.nn.Linear(2, 2)
+    groups = make_optimizer(TrainConfig(train_size=50_000), model).param_groups
+    assert groups[0]["weight_decay"] == pytest.approx(1 / 50_000) and groups[1]["weight_decay"] == 0

@@ -9,10 +9,34 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "regression"]
 
 ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+CI_REFERENCE = "results/reference/ci"
+REFERENCE_SEEDS = range(5)
+
+
+def _data_env() -> dict:
+    return {"VAEREPRO_DATA": os.environ.get("VAEREPRO_DATA", str(SHARED_DATA))}
+
+
+def _run_ci_config(session: nox.Session, seed: int, out: Path) -> None:
+    session.run(
+        "vaerepro",
+        "reproduce",
+        "--preset",
+        "ci",
+        "--device",
+        "cpu",
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        env=_data_env(),
+    )
 
 
 def _install(session: nox.Session, extras: str = "") -> None:
@@ -31,7 +55,38 @@ def reproduce(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Lint and run the test suite (MNIST from $VAEREPRO_DATA, default ../shared/data)."""
     _install(session, "[test]")
-    env = {"VAEREPRO_DATA": os.environ.get("VAEREPRO_DATA", str(SHARED_DATA))}
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("pytest", *session.posargs, env=env)
+    session.run("pytest", *session.posargs, env=_data_env())
+
+
+@nox.session
+def regression(session: nox.Session) -> None:
+    """The ELBO regression gate: the `ci` preset (all five N_z, seed 0, CPU) against
+    results/reference/ci, within tolerances measured from the spread over seeds."""
+    _install(session)
+    out = Path(session.create_tmp()) / "regression-run"
+    _run_ci_config(session, 0, out)
+    session.run("vaerepro", "check", str(out), "--reference", CI_REFERENCE, "--verbose")
+
+
+@nox.session
+def update_reference(session: nox.Session) -> None:
+    """Rewrite results/reference/ci after an intended change:
+    nox -s update_reference -- "why the numbers change". Runs the `ci` preset under five
+    seeds and derives the tolerances from their spread."""
+    if not session.posargs:
+        session.error('give the reason: nox -s update_reference -- "why the numbers change"')
+    _install(session)
+    runs = [Path(session.create_tmp()) / f"ci-seed{seed}" for seed in REFERENCE_SEEDS]
+    for seed, out in zip(REFERENCE_SEEDS, runs, strict=True):
+        _run_ci_config(session, seed, out)
+    session.run(
+        "vaerepro",
+        "make-reference",
+        *map(str, runs),
+        "--out",
+        CI_REFERENCE,
+        "--reason",
+        " ".join(session.posargs),
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .check import TOLERANCE_FLOOR, TOLERANCE_SIGMAS, check_run, make_reference
 from .compare import write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
@@ -181,6 +182,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    result = check_run(args.run_dir, args.reference, args.nz)
+    for problem in result.problems:
+        print(f"FAIL: {problem}")
+    with pd.option_context("display.width", 120, "display.max_rows", 500):
+        if args.verbose:
+            print(result.points.to_string(index=False, float_format="%.3f"))
+        if len(result.failures):
+            print(
+                f"{len(result.failures)} of {len(result.points)} points out of tolerance "
+                "(nats per datapoint):"
+            )
+            print(result.failures.to_string(index=False, float_format="%.3f"))
+    if result.ok:
+        print(f"OK: {len(result.points)} points within tolerance of {args.reference}")
+        return 0
+    return 1
+
+
+def cmd_make_reference(args: argparse.Namespace) -> int:
+    tol = make_reference(args.seed_runs, args.out, args.reason)
+    print(tol.to_string(index=False, float_format="%.3f"))
+    print(f"wrote the reference to {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaerepro",
@@ -195,10 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
         "test ELBO next to the paper's, interpolated in log10(samples).",
     )
     p.add_argument("run_dir", help="a run folder written by `vaerepro reproduce`")
+
+    p = sub.add_parser(
+        "check",
+        help="regression gate: a run against reference ELBO numbers",
+        description="Compare a run's ELBO at every (N_z, samples) point with a "
+        "reference folder's, within its measured tolerances. Exits 1 and prints "
+        "every point out of tolerance, or when files, rows or configs differ.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--reference", required=True, help="e.g. results/reference/ci")
+    p.add_argument("--nz", type=int, nargs="+", help="check only these N_z of the reference")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every point")
+
+    p = sub.add_parser(
+        "make-reference",
+        help="write a reference folder from seed runs",
+        description="From runs of one config under several seeds, write the "
+        "reference numbers (seed 0), the spread per point and tolerances "
+        f"max({TOLERANCE_SIGMAS:g} std, {TOLERANCE_FLOOR} nats).",
+    )
+    p.add_argument("seed_runs", nargs="+", help="run folders, one config, different seeds")
+    p.add_argument("--out", required=True, help="the reference folder to (re)write")
+    p.add_argument("--reason", required=True, help="why the reference changes (recorded)")
     return parser
 
 
-COMMANDS = {"reproduce": cmd_reproduce, "compare": cmd_compare}
+COMMANDS = {
+    "reproduce": cmd_reproduce,
+    "compare": cmd_compare,
+    "check": cmd_check,
+    "make-reference": cmd_make_reference,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,8 @@ PRESETS: dict[str, TrainConfig] = {
     "pyautoencoder": TrainConfig(
         optimizer="torch_adagrad", train_size=60_000, sampling="epoch", weight_decay=False
     ),
+    # The CI regression gate: the paper protocol, 3e5 samples (three evaluation points).
+    "ci": TrainConfig(samples=300_000),
 }
 
 

@@ -101,15 +101,22 @@ class VAE(nn.Module):
             mean_logit, logvar = out, torch.full_like(out, self.fixed_logvar)
         return gaussian_loglik(torch.sigmoid(mean_logit), logvar, x)
 
+    @staticmethod
+    def reparameterize(
+        mu: Tensor, logvar: Tensor, n_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): mu, logvar (B, N_z) -> z (L, B, N_z)."""
+        eps = torch.randn(
+            (n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype
+        )
+        return mu + (0.5 * logvar).exp() * eps
+
     def forward(
         self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
     ) -> VAEOutput:
         """ELBO terms of x (B, 784) with L = n_samples reparameterized samples of z."""
         mu, logvar = self.encode(x)
-        eps = torch.randn(
-            (n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype
-        )
-        z = mu + (0.5 * logvar).exp() * eps  # (L, B, N_z)
+        z = self.reparameterize(mu, logvar, n_samples, generator)
         loglik = self.log_likelihood(x, z).mean(0)
         kl = gaussian_kl(mu, logvar)
         return VAEOutput(elbo=loglik - kl, loglik=loglik, kl=kl, mu=mu, logvar=logvar)

@@ -118,6 +118,39 @@ def test_invalid_options_are_refused(data_root, tmp_path, capsys, args, message)
     assert not (tmp_path / "r").exists()
 
 
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("existing")
+    args = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--nz", "0"], "nz must be >= 1"),
+        (["--eval-every", "0"], "eval_every must be positive"),
+        (["--lr", "0"], "lr must be positive"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--device", "tpu"], "unknown device"),
+        (["--lr", "0.03"], "lr: 0.02 != 0.03"),
+        (["--data-root", "/nonexistent"], "MNIST files missing under data root /nonexistent"),
+        ([], "is a finished run; use --overwrite"),
+    ],
+)
+def test_refusals_leave_an_existing_run_untouched(existing_run, data_root, capsys, args, message):
+    before = _snapshot(existing_run)
+    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(existing_run)]
+    assert main([*argv, *TINY, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert _snapshot(existing_run) == before
+
+
 def test_a_different_config_in_the_folder_is_refused(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]

@@ -14,8 +14,16 @@ from .check import TOLERANCE_FLOOR, TOLERANCE_SIGMAS, check_run, make_reference
 from .compare import write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
-from .store import RunFiles, RunFolderError, read_json, write_json
-from .train import TrainingDiverged, run_status, train
+from .report import make_figures
+from .store import (
+    RunFiles,
+    RunFolderError,
+    folder_lock,
+    read_json,
+    remove_stale_temps,
+    write_json,
+)
+from .train import Interrupted, TrainingDiverged, run_status, train
 
 MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
 
@@ -78,6 +86,11 @@ def add_reproduce_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="skip `vaerepro plot` (figures and REPORT.md) at the end",
+    )
     g = p.add_argument_group("config fields (override the preset one at a time)")
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -141,34 +154,43 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 f"{out} holds a sweep over N_z={saved}; use another --out or --overwrite"
             )
     data = load_mnist(args.data_root, device)  # raises DataError before any training
-    write_json(
-        {
-            "preset": preset_name,
-            "configs": [c.to_dict() for c in configs],
-            "data_root": str(resolve_data_root(args.data_root)),
-        },
-        manifest,
-    )
-    print(f"run folder: {out}  device: {device}  preset: {preset_name}", file=sys.stderr)
-    for cfg in configs:
-        if plan[cfg.nz] == "skip":
-            print(f"N_z={cfg.nz}: finished already, skipped", file=sys.stderr)
-            continue
-        df = train(
-            cfg,
-            data,
-            out,
-            device,
-            resume=plan[cfg.nz] == "resume",
-            progress=not args.no_progress,
-            preset=preset_name,
+    with folder_lock(out):
+        remove_stale_temps(out)
+        write_json(
+            {
+                "preset": preset_name,
+                "configs": [c.to_dict() for c in configs],
+                "data_root": str(resolve_data_root(args.data_root)),
+            },
+            manifest,
         )
-        last = df.iloc[-1]
-        print(
-            f"N_z={cfg.nz}: samples={int(last.samples)} train ELBO={last.train_elbo:.2f} "
-            f"test ELBO={last.test_elbo:.2f} nats  ({last.wall_s:.0f} s)",
-            file=sys.stderr,
-        )
+        print(f"run folder: {out}  device: {device}  preset: {preset_name}", file=sys.stderr)
+        for cfg in configs:
+            if plan[cfg.nz] == "skip":
+                print(f"N_z={cfg.nz}: finished already, skipped", file=sys.stderr)
+                continue
+            try:
+                df = train(
+                    cfg,
+                    data,
+                    out,
+                    device,
+                    resume=plan[cfg.nz] == "resume",
+                    progress=not args.no_progress,
+                    preset=preset_name,
+                )
+            except Interrupted as err:
+                print(f"{err}\nResume with: vaerepro reproduce --resume {out}", file=sys.stderr)
+                return 130
+            last = df.iloc[-1]
+            print(
+                f"N_z={cfg.nz}: samples={int(last.samples)} train ELBO={last.train_elbo:.2f} "
+                f"test ELBO={last.test_elbo:.2f} nats  ({last.wall_s:.0f} s)",
+                file=sys.stderr,
+            )
+    if not args.no_plot:
+        report = make_figures(out, args.data_root)
+        print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
 
 
@@ -180,6 +202,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(summary.to_string(index=False, float_format="%.2f"))
     print(f"\nwrote {Path(args.run_dir) / 'comparison.csv'} and comparison.md", file=sys.stderr)
     return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    report = make_figures(args.run_dir, args.data_root or _manifest_data_root(args.run_dir))
+    print(f"wrote {report} and {report.parent / 'figures'}/", file=sys.stderr)
+    return 0
+
+
+def _manifest_data_root(run_dir: str) -> str | None:
+    manifest = Path(run_dir) / MANIFEST
+    return read_json(manifest).get("data_root") if manifest.exists() else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -224,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder written by `vaerepro reproduce`")
 
     p = sub.add_parser(
+        "plot",
+        help="figures (Fig. 2 with the paper, diagnostics) and REPORT.md",
+        description="Write RUN_DIR/figures/ (fig2.png/.pdf, components.png and per N_z: recon, "
+        "samples, interpolation, latent, kl_per_dim) and RUN_DIR/REPORT.md from a finished run.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--data-root",
+        help="MNIST root for the per-model figures (default: the run's, from its run.json)",
+    )
+
+    p = sub.add_parser(
         "check",
         help="regression gate: a run against reference ELBO numbers",
         description="Compare a run's ELBO at every (N_z, samples) point with a "
@@ -251,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "reproduce": cmd_reproduce,
     "compare": cmd_compare,
+    "plot": cmd_plot,
     "check": cmd_check,
     "make-reference": cmd_make_reference,
 }

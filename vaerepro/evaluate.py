@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import VAE
+from .model import VAE, gaussian_kl_per_dim
 
 
 @dataclass
@@ -41,3 +41,22 @@ def evaluate(
         totals += torch.stack([out.loglik.sum(), out.kl.sum()]).double()
     loglik, kl = (totals / x.shape[0]).tolist()
     return SplitELBO(elbo=loglik - kl, loglik=loglik, kl=kl)
+
+
+ACTIVE_UNIT_NATS = 0.01  # a latent dimension is active if its average KL exceeds this
+
+
+@torch.inference_mode()
+def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 10_000) -> Tensor:
+    """Average KL(q(z_d|x) || N(0, 1)) per latent dimension over x (N, 784): (N_z,) nats."""
+    total = None
+    for start in range(0, x.shape[0], batch_size):
+        mu, logvar = model.encode(x[start : start + batch_size])
+        kl = gaussian_kl_per_dim(mu, logvar)
+        total = kl.sum(0) if total is None else total + kl.sum(0)
+    return total / x.shape[0]
+
+
+def active_units(kl_per_dim: Tensor, threshold: float = ACTIVE_UNIT_NATS) -> int:
+    """Dimensions whose average KL exceeds `threshold` nats (few active: posterior collapse)."""
+    return int((kl_per_dim > threshold).sum())

@@ -29,9 +29,14 @@ class VAEOutput:
     logvar: Tensor
 
 
+def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension: (..., N_z) -> (..., N_z)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over the last dim: (..., N_z) -> (...)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    return gaussian_kl_per_dim(mu, logvar).sum(-1)
 
 
 def bernoulli_loglik(logits: Tensor, x: Tensor) -> Tensor:

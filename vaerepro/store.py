@@ -7,6 +7,7 @@ last evaluation) and, once finished, `.pt` (final weights).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files a killed writer left behind (the renamed files are intact)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive lock on a run folder; RunFolderError if another process holds it.
+
+    The lock is an flock on `.lock`: the kernel drops it when its process dies, so a killed
+    run never leaves the folder locked.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunFolderError(
+                f"{folder} is in use by another vaerepro process (pid {f.read().strip() or '?'})"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

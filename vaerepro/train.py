@@ -7,10 +7,15 @@ row, checkpoint -> save final weights.
 
 from __future__ import annotations
 
+import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +39,44 @@ from .store import (
 
 class TrainingDiverged(RuntimeError):
     """The loss or the parameters became NaN or infinite."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT arrived; a checkpoint of the current step was written."""
+
+
+@contextmanager
+def sigint_flag():
+    """Within the block, SIGINT sets a flag (read by calling the yielded function) instead of
+    raising KeyboardInterrupt mid-step, so a checkpoint is never of a half-applied update."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def get_rng_state() -> dict:
+    """Global RNG states (torch CPU and CUDA, numpy, Python); training itself draws from its
+    own generator, saved with the minibatch sampler."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
@@ -106,18 +149,49 @@ def train(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment_info(device),
     }
-    if resume and files.ckpt.exists():
+    if not resume:  # a fresh start must never pick up another run's checkpoint later
+        files.ckpt.unlink(missing_ok=True)
+        files.weights.unlink(missing_ok=True)
+    elif files.ckpt.exists():
         ckpt = torch.load(files.ckpt, map_location=device, weights_only=False)
+        if ckpt["config"] != cfg.to_dict():
+            raise RunFolderError(
+                f"{files.ckpt} was written by a different config: "
+                + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         batches.load_state_dict(ckpt["batches"])
+        set_rng_state(ckpt["rng"])
         samples, wall_before, rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
         meta["started"] = read_json(files.json).get("started", meta["started"])
         meta["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(meta, files.json)
     write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)  # drops rows past the ckpt
 
-    steps_per_eval = cfg.eval_every // cfg.batch_size
+    def check_finite(nonfinite: torch.Tensor, since: int) -> None:
+        if nonfinite.item() or not all(p.isfinite().all() for p in model.parameters()):
+            raise TrainingDiverged(
+                f"N_z={cfg.nz}: the loss or the parameters became NaN/inf between samples "
+                f"{since} and {samples}. The CSV and checkpoint in {files.folder} hold the "
+                f"last good state (samples={rows[-1]['samples'] if rows else 0})."
+            )
+
+    def checkpoint() -> None:
+        save_torch(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "batches": batches.state_dict(),
+                "rng": get_rng_state(),
+                "samples": samples,
+                "rows": rows,
+                "config": cfg.to_dict(),
+                "wall_s": wall_before + time.perf_counter() - start,
+            },
+            files.ckpt,
+        )
+
     bar = tqdm(
         total=cfg.samples,
         initial=samples,
@@ -127,11 +201,11 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    start = time.perf_counter()
-    while samples < cfg.samples:
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        t0 = time.perf_counter()
-        for _ in range(steps_per_eval):
+    start = interval_start = time.perf_counter()
+    interval_samples = samples
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    with sigint_flag() as interrupted:
+        while samples < cfg.samples:
             x = train_x[batches.next()]
             if cfg.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=gen)
@@ -139,53 +213,46 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            nonfinite |= ~torch.isfinite(loss)
+            nonfinite |= ~torch.isfinite(loss)  # checked at evaluations: no host sync per step
+            samples += cfg.batch_size
             bar.update(cfg.batch_size)
-        if nonfinite.item() or not all(p.isfinite().all() for p in model.parameters()):
-            raise TrainingDiverged(
-                f"N_z={cfg.nz}: the loss or the parameters became NaN/inf between samples "
-                f"{samples} and {samples + cfg.eval_every}. The CSV and checkpoint in "
-                f"{files.folder} hold the last good state (samples={samples})."
-            )
-        train_rate = cfg.eval_every / (time.perf_counter() - t0)
-        samples += cfg.eval_every
 
-        eval_gen = torch.Generator(device=device).manual_seed(_eval_seed(cfg.seed, samples))
-        kw = dict(
-            batch_size=cfg.eval_batch_size,
-            n_samples=cfg.n_latent_samples,
-            generator=eval_gen,
-            binarize=cfg.binarize == "dynamic",
-        )
-        tr, te = evaluate(model, train_x, **kw), evaluate(model, test_x, **kw)
-        rows.append(
-            {
-                "samples": samples,
-                "train_elbo": tr.elbo,
-                "test_elbo": te.elbo,
-                "train_loglik": tr.loglik,
-                "train_kl": tr.kl,
-                "test_loglik": te.loglik,
-                "test_kl": te.kl,
-                "wall_s": wall_before + time.perf_counter() - start,
-                "train_samples_per_s": train_rate,
-            }
-        )
-        bar.set_postfix(train=f"{tr.elbo:.2f}", test=f"{te.elbo:.2f}")
-
-        write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "batches": batches.state_dict(),
-                "samples": samples,
-                "wall_s": rows[-1]["wall_s"],
-                "rows": rows,
-                "config": cfg.to_dict(),
-            },
-            files.ckpt,
-        )
+            if samples % cfg.eval_every == 0:
+                check_finite(nonfinite, samples - cfg.eval_every)
+                train_rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
+                eval_gen = torch.Generator(device=device).manual_seed(_eval_seed(cfg.seed, samples))
+                kw = dict(
+                    batch_size=cfg.eval_batch_size,
+                    n_samples=cfg.n_latent_samples,
+                    generator=eval_gen,
+                    binarize=cfg.binarize == "dynamic",
+                )
+                tr, te = evaluate(model, train_x, **kw), evaluate(model, test_x, **kw)
+                rows.append(
+                    {
+                        "samples": samples,
+                        "train_elbo": tr.elbo,
+                        "test_elbo": te.elbo,
+                        "train_loglik": tr.loglik,
+                        "train_kl": tr.kl,
+                        "test_loglik": te.loglik,
+                        "test_kl": te.kl,
+                        "wall_s": wall_before + time.perf_counter() - start,
+                        "train_samples_per_s": train_rate,
+                    }
+                )
+                bar.set_postfix(train=f"{tr.elbo:.2f}", test=f"{te.elbo:.2f}")
+                write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)
+                checkpoint()
+                interval_start, interval_samples = time.perf_counter(), samples
+            if interrupted():
+                check_finite(nonfinite, rows[-1]["samples"] if rows else 0)
+                checkpoint()
+                bar.close()
+                raise Interrupted(
+                    f"N_z={cfg.nz}: interrupted at samples={samples}; "
+                    f"checkpoint written to {files.ckpt}"
+                )
     bar.close()
 
     save_torch({"model": model.state_dict(), "config": cfg.to_dict()}, files.weights)

@@ -1,0 +1,167 @@
+"""Figures of a finished run: Fig. 2 with the paper overlaid, ELBO terms, and per-model
+diagnostics from the final weights (reconstructions, samples, interpolations, latent space,
+KL per dimension). Everything lands in RUN_DIR/figures/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+from .evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
+from .model import VAE  # noqa: E402
+from .reference import fig2 as paper_fig2  # noqa: E402
+
+PAPER_COLOUR = "0.65"  # muted grey for the paper's curves
+OURS_COLOUR = "tab:red"  # the paper draws AEVB in red
+PAPER_XLIM = (1e5, 10**8.39794)  # the paper's MNIST panels
+PAPER_YLIM = (-150, -95)
+
+
+def _row_of_panels(n: int, height: float = 3.2):
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, height), sharey=True, squeeze=False)
+    return fig, axes[0]
+
+
+def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
+    """Fig. 2 redrawn: one panel per N_z, ELBO against log-scaled training samples."""
+    ref = paper_fig2()
+    fig, axes = _row_of_panels(len(runs))
+    for ax, (meta, df) in zip(axes, runs, strict=True):
+        nz = meta["config"]["nz"]
+        for split, style in (("train", "-"), ("test", "--")):
+            curve = ref[(ref.n_z == nz) & (ref.split == split)]
+            ax.plot(
+                curve.samples,
+                curve.elbo,
+                style,
+                color=PAPER_COLOUR,
+                lw=1.5,
+                label=f"paper AEVB ({split})",
+            )
+            ax.plot(
+                df.samples,
+                df[f"{split}_elbo"],
+                style,
+                color=OURS_COLOUR,
+                lw=1.8,
+                label=f"ours ({split})",
+            )
+        ax.set(
+            xscale="log",
+            xlim=PAPER_XLIM,
+            ylim=PAPER_YLIM,
+            title=f"MNIST, $N_z = {nz}$",
+            xlabel="# Training samples evaluated",
+        )
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
+    axes[-1].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fig2.png", dpi=150)
+    fig.savefig(out / "fig2.pdf")
+    plt.close(fig)
+
+
+def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
+    """The ELBO's two terms, E_q[log p(x|z)] and KL(q||p), against samples per N_z."""
+    fig, axes = plt.subplots(
+        2, len(runs), figsize=(2.9 * len(runs), 5.6), squeeze=False, sharex=True
+    )
+    for col, (meta, df) in enumerate(runs):
+        for row, term in enumerate(("loglik", "kl")):
+            ax = axes[row, col]
+            for split, style in (("train", "-"), ("test", "--")):
+                ax.plot(df.samples, df[f"{split}_{term}"], style, color=OURS_COLOUR, label=split)
+            ax.set(xscale="log")
+            ax.grid(alpha=0.3, which="both", lw=0.5)
+        axes[0, col].set_title(f"$N_z = {meta['config']['nz']}$")
+        axes[1, col].set_xlabel("# Training samples evaluated")
+    axes[0, 0].set_ylabel("E_q[log p(x|z)] (nats)")
+    axes[1, 0].set_ylabel("KL(q(z|x) || p(z)) (nats)")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "components.png", dpi=150)
+    plt.close(fig)
+
+
+def _as_images(x: torch.Tensor) -> torch.Tensor:
+    """(N, 784) -> (N, 1, 28, 28) for torchvision's grids."""
+    return x.reshape(-1, 1, 28, 28).clamp(0, 1)
+
+
+@torch.inference_mode()
+def plot_model(
+    model: VAE, nz: int, test_x: torch.Tensor, test_y: torch.Tensor, out: Path, seed: int = 0
+) -> dict:
+    """Per-model figures from the final weights; returns {"active_units", "kl_per_dim"}."""
+    gen = torch.Generator().manual_seed(seed)
+    x = test_x[:32]
+    mu, _ = model.encode(x)
+    save_image(
+        _as_images(
+            torch.cat([x[:16], model.mean_image(mu[:16]), x[16:], model.mean_image(mu[16:])])
+        ),
+        out / f"recon_nz{nz}.png",
+        nrow=16,
+        padding=2,
+        pad_value=1.0,
+    )
+
+    z = torch.randn(64, nz, generator=gen)
+    save_image(_as_images(model.mean_image(z)), out / f"samples_nz{nz}.png", nrow=8, pad_value=1.0)
+
+    pairs = torch.randint(len(test_x), (8, 2), generator=gen)
+    mu_pairs, _ = model.encode(test_x[pairs.flatten()])
+    a, b = mu_pairs[0::2], mu_pairs[1::2]  # (8, N_z) each
+    t = torch.linspace(0, 1, 10).reshape(1, 10, 1)
+    path = a[:, None] + t * (b - a)[:, None]  # (8, 10, N_z), straight lines in latent space
+    save_image(
+        _as_images(model.mean_image(path).reshape(-1, 784)),
+        out / f"interpolation_nz{nz}.png",
+        nrow=10,
+        pad_value=1.0,
+    )
+
+    mu_all, _ = model.encode(test_x)
+    if nz <= 3:
+        coords, labels = mu_all[:, :2], ("$z_1$ (posterior mean)", "$z_2$ (posterior mean)")
+    else:
+        centred = mu_all - mu_all.mean(0)
+        _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+        coords, labels = centred @ v, ("PC 1 of posterior means", "PC 2")
+    if nz == 1:
+        coords = torch.cat([coords, torch.zeros_like(coords)], 1)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    sc = ax.scatter(coords[:, 0], coords[:, 1], c=test_y, cmap="tab10", s=2, alpha=0.6)
+    fig.colorbar(sc, ax=ax, ticks=range(10), boundaries=np.arange(-0.5, 10), label="digit")
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=f"Test set in latent space, $N_z = {nz}$")
+    fig.tight_layout()
+    fig.savefig(out / f"latent_nz{nz}.png", dpi=150)
+    plt.close(fig)
+
+    kl = kl_per_dimension(model, test_x)
+    n_active = active_units(kl)
+    sorted_kl = kl.sort(descending=True).values.numpy()
+    fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.25 * nz + 2)), 3.4))
+    ax.bar(np.arange(1, nz + 1), sorted_kl, color=OURS_COLOUR, width=0.8)
+    ax.axhline(ACTIVE_UNIT_NATS, color="k", ls=":", lw=1, label=f"{ACTIVE_UNIT_NATS} nats")
+    ax.set(
+        yscale="log",
+        xlabel="latent dimension (sorted)",
+        ylabel="average KL (nats)",
+        title=f"$N_z = {nz}$: {n_active} of {nz} units active",
+    )
+    ax.set_ylim(bottom=max(1e-5, min(sorted_kl.min(), ACTIVE_UNIT_NATS) / 2))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"kl_per_dim_nz{nz}.png", dpi=150)
+    plt.close(fig)
+    return {"active_units": n_active, "kl_per_dim": kl.tolist()}

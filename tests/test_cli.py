@@ -9,6 +9,7 @@ import pytest
 from vaerepro.cli import main
 
 TINY = [
+    "--no-plot",
     "--samples",
     "2000",
     "--eval-every",
@@ -45,10 +46,9 @@ def test_help_explains_every_option():
 
 def test_reproduce_end_to_end(data_root, tmp_path):
     out = tmp_path / "run"
-    rc = main(
-        ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out), *TINY]
-    )
-    assert rc == 0
+    with_plots = [a for a in TINY if a != "--no-plot"]
+    argv = ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out)]
+    assert main([*argv, *with_plots]) == 0
     for nz in (3, 5):
         df = pd.read_csv(out / f"nz{nz}-seed0.csv")
         assert df.samples.tolist() == [1000, 2000]
@@ -57,6 +57,7 @@ def test_reproduce_end_to_end(data_root, tmp_path):
         assert (out / f"nz{nz}-seed0.pt").exists()
     manifest = json.loads((out / "run.json").read_text())
     assert [c["nz"] for c in manifest["configs"]] == [3, 5]
+    assert (out / "figures" / "fig2.png").exists() and (out / "REPORT.md").exists()
 
 
 def test_console_script_runs(data_root, tmp_path):
@@ -139,7 +140,10 @@ def existing_run(tmp_path_factory, data_root):
         (["--preset", "nope"], "unknown preset"),
         (["--device", "tpu"], "unknown device"),
         (["--lr", "0.03"], "lr: 0.02 != 0.03"),
-        (["--data-root", "/nonexistent"], "MNIST files missing under data root /nonexistent"),
+        (
+            ["--data-root", "/nonexistent", "--overwrite"],
+            "MNIST files missing under data root /nonexistent",
+        ),
         ([], "is a finished run; use --overwrite"),
     ],
 )

@@ -1,6 +1,7 @@
 """The regression gate fails on deliberate breakages and passes the unbroken model."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from vaerepro.optim import PaperAdagrad
 from vaerepro.train import train
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
-GATE_NZ = 20  # one N_z of the committed CI reference keeps these tests short
+GATE_NZ = 200  # one N_z of the committed CI reference keeps these tests short; at N_z = 3
+# the decoder-tanh breakage stays within tolerance (see the README)
 
 
 def _no_decoder_tanh(self, z):
@@ -63,7 +65,7 @@ def test_breakage_fails_the_gate(mnist, tmp_path, gate_cfg, monkeypatch, mutatio
     assert not result.problems  # it fails on the numbers, not on config or files
     assert not result.ok and len(result.failures) > 0
     monkeypatch.undo()
-    assert main(["check", str(tmp_path), "--reference", str(REFERENCE), "--nz", "20"]) == 1
+    assert main(["check", str(tmp_path), "--reference", str(REFERENCE), "--nz", str(GATE_NZ)]) == 1
 
 
 def _copy_reference_run(tmp_path) -> Path:
@@ -105,11 +107,12 @@ def test_different_config_fails(tmp_path, capsys):
 def test_out_of_tolerance_point_is_printed(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     df = pd.read_csv(run / "nz200-seed0.csv")
-    df.loc[1, "test_elbo"] -= 5.0
+    df.loc[2, "test_elbo"] -= 5.0  # at 3e5 samples the tolerance is about 2.4 nats
     df.to_csv(run / "nz200-seed0.csv", index=False)
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
     out = capsys.readouterr().out
-    assert "1 of 30 points out of tolerance" in out and "200   test  200000" in out
+    assert "1 of 30 points out of tolerance" in out
+    assert re.search(r"200\s+test\s+300000\s+-160\.\d+\s+-155\.\d+\s+-5\.000", out)
 
 
 def test_make_reference_measures_spread(tmp_path):

@@ -29,6 +29,7 @@ RUN = [
     "--train-size",
     "5000",
     "--no-progress",
+    "--no-plot",
     "--device",
     "cpu",
 ]

@@ -83,7 +83,7 @@ def check_run(
         merged = ref.merge(
             ours, on=["nz", "split", "samples"], how="left", suffixes=("_ref", "_ours")
         )
-        missing = merged[merged.elbo_ours.isna()].samples.unique()
+        missing = [int(n) for n in merged[merged.elbo_ours.isna()].samples.unique()]
         if len(missing):
             problems.append(f"N_z={cfg['nz']}: rows missing at samples {list(missing)}")
         parts.append(merged)

@@ -189,7 +189,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if not args.no_plot:
-        report = make_figures(out, args.data_root)
+        report = make_figures(out, args.data_root or _manifest_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
 

@@ -61,12 +61,12 @@ class TrainConfig:
                 f"eval_every ({self.eval_every}) is larger than samples ({self.samples})",
             ),
             (
-                self.eval_every % self.batch_size == 0,
+                self.batch_size > 0 and self.eval_every % self.batch_size == 0,
                 f"eval_every ({self.eval_every}) must be a multiple of batch_size "
                 f"({self.batch_size})",
             ),
             (
-                self.samples % self.eval_every == 0,
+                self.eval_every > 0 and self.samples % self.eval_every == 0,
                 f"samples ({self.samples}) must be a multiple of eval_every ({self.eval_every})",
             ),
             (

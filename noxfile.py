@@ -3,7 +3,9 @@
 Environments are reused between runs (torch is installed once per session environment).
 """
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -54,10 +56,29 @@ def reproduce(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint and run the test suite (MNIST from $VAEREPRO_DATA, default ../shared/data)."""
-    _install(session, "[test]")
+    _install(session, "[test,bench]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("pytest", *session.posargs, env=_data_env())
+    # the benchmarks run (tiny sizes, no timing): speed is measured by `nox -s bench`
+    session.run("pytest", "bench", "--quick", "--benchmark-disable", "-q", env=_data_env())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput benchmarks: nox -s bench -- --device cpu|cuda|mps. Saves pytest-benchmark's
+    JSON with machine info to results/bench/<machine>-<device>.json and prints the table."""
+    _install(session, "[test,bench]")
+    raw = Path(session.create_tmp()) / "bench.json"
+    session.run(
+        "pytest", "bench", f"--benchmark-json={raw}", "-q", *session.posargs, env=_data_env()
+    )
+    info = json.loads(raw.read_text())["machine_info"]["vaerepro"]
+    target = ROOT / "results" / "bench" / f"{info['machine']}-{info['device']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(raw, target)
+    session.log(f"saved {target}")
+    session.run("vaerepro", "hwtable")
 
 
 @nox.session

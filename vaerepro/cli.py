@@ -14,6 +14,7 @@ from .check import TOLERANCE_FLOOR, TOLERANCE_SIGMAS, check_run, make_reference
 from .compare import write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
+from .hwtable import hardware_table
 from .report import make_figures
 from .store import (
     RunFiles,
@@ -23,6 +24,7 @@ from .store import (
     remove_stale_temps,
     write_json,
 )
+from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train
 
 MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
@@ -241,6 +243,11 @@ def cmd_make_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hwtable(args: argparse.Namespace) -> int:
+    print(to_markdown(hardware_table(args.folder)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaerepro",
@@ -267,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root",
         help="MNIST root for the per-model figures (default: the run's, from its run.json)",
     )
+
+    p = sub.add_parser(
+        "hwtable",
+        help="Markdown table of the saved benchmarks of every machine",
+        description="Render results/bench/*.json (from `nox -s bench`) into one table: train "
+        "and eval samples/s, speedup over the pyautoencoder baseline, fraction of the matmul "
+        "limit.",
+    )
+    p.add_argument("folder", nargs="?", default="results/bench")
 
     p = sub.add_parser(
         "check",
@@ -298,6 +314,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "plot": cmd_plot,
     "check": cmd_check,
+    "hwtable": cmd_hwtable,
     "make-reference": cmd_make_reference,
 }
 

@@ -110,15 +110,12 @@ def _load_split(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def load_mnist(
-    data_root: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-    download: bool = True,
-) -> MnistSplits:
-    """Load both splits as float tensors on `device`, verifying the files first.
+def torchvision_root(data_root: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """A root where `torchvision.datasets.MNIST(root)` finds verified, extracted files.
 
-    Raises DataError naming the data root and the expected files when files are missing
-    (and cannot be downloaded), and naming the file when one is corrupted.
+    The data root itself, or a writable mirror of it. Raises DataError naming the data root
+    and the expected files when files are missing (and cannot be downloaded), and naming the
+    file when one is corrupted.
     """
     root = resolve_data_root(data_root)
     missing = _missing_files(root)
@@ -127,13 +124,23 @@ def load_mnist(
     if not missing:
         check_raw_files(root)
         root = _extraction_root(root)
-    elif download:
+    else:
         root.mkdir(parents=True, exist_ok=True)
         try:
             MNIST(str(root), train=True, download=True)
         except Exception as err:
             raise DataError(_missing_message(root, missing) + f"\nDownload failed: {err}") from err
         check_raw_files(root)
+    return root
+
+
+def load_mnist(
+    data_root: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+) -> MnistSplits:
+    """Load both splits as float tensors on `device`, verifying the files first (DataError)."""
+    root = torchvision_root(data_root, download)
     tensors = [*_load_split(root, train=True), *_load_split(root, train=False)]
     x_train, y_train, x_test, y_test = (t.to(device) for t in tensors)
     return MnistSplits(

@@ -107,6 +107,19 @@ def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool)
     return "resume"
 
 
+def train_step(
+    model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """One update on the minibatch x (M, 784); returns the loss (-ELBO, a 0-d device tensor)."""
+    if cfg.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=gen)
+    loss = -model(x, cfg.n_latent_samples, gen).elbo.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def _eval_seed(seed: int, samples: int) -> int:
     # Evaluation noise depends only on (seed, samples), so a resumed run evaluates identically.
     return (seed * 1_000_003 + samples) % (2**63)
@@ -206,13 +219,7 @@ def train(
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     with sigint_flag() as interrupted:
         while samples < cfg.samples:
-            x = train_x[batches.next()]
-            if cfg.binarize == "dynamic":
-                x = torch.bernoulli(x, generator=gen)
-            loss = -model(x, cfg.n_latent_samples, gen).elbo.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(model, opt, train_x[batches.next()], cfg, gen)
             nonfinite |= ~torch.isfinite(loss)  # checked at evaluations: no host sync per step
             samples += cfg.batch_size
             bar.update(cfg.batch_size)

@@ -1,0 +1,64 @@
+"""Options and fixtures of the throughput benchmarks: `pytest bench --device cpu|cuda|mps`.
+
+`--quick` shrinks every benchmark to a smoke test (CI runs it with --benchmark-disable).
+"""
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaerepro.cli import resolve_device
+from vaerepro.data import load_mnist, torchvision_root
+from vaerepro.store import device_name
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="cpu, cuda, mps or auto")
+    parser.addoption("--quick", action="store_true", help="tiny sizes: checks that all run")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    return resolve_device(request.config.getoption("--device"))
+
+
+@pytest.fixture(scope="session")
+def quick(request) -> bool:
+    return request.config.getoption("--quick")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> str:
+    """A root with verified, extracted MNIST for torchvision (a mirror of a read-only one)."""
+    return str(torchvision_root(os.environ.get("VAEREPRO_DATA") or SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def mnist(data_root, device):
+    return load_mnist(data_root, device)
+
+
+def machine_name(device: torch.device) -> str:
+    """A file-name-safe machine label: the CPU (or GPU) model and the core count."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return f"{slug}-{os.cpu_count()}c" if device.type == "cpu" else slug
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    dev = resolve_device(config.getoption("--device"))
+    machine_info["vaerepro"] = {
+        "device": dev.type,
+        "device_name": device_name(dev),
+        "machine": machine_name(dev),
+        "cpu_model": device_name(torch.device("cpu")),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

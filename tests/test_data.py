@@ -86,3 +86,14 @@ def test_sampler_state_round_trips():
     b = MinibatchIndices(1000, 10, "epoch", torch.Generator().manual_seed(99))
     b.load_state_dict(state)
     assert torch.equal(a.next(), b.next())
+
+
+def test_wrong_shape_is_reported(data_root, tmp_path):
+    raw = _copy_raw(data_root, tmp_path, list(MNIST_MD5))
+    load_mnist(tmp_path)
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
+        good = f.read()
+    # a valid IDX header that announces 9,999 labels, followed by 9,999 labels
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(good[:4] + (9999).to_bytes(4, "big") + good[8:-1])
+    with pytest.raises(DataError, match=r"test split .* labels \(9999,\); expected"):
+        load_mnist(tmp_path)

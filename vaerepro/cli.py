@@ -93,17 +93,31 @@ def add_reproduce_parser(sub) -> None:
         action="store_true",
         help="skip `vaerepro plot` (figures and REPORT.md) at the end",
     )
-    g = p.add_argument_group("config fields (override the preset one at a time)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g = p.add_argument_group(
+        "config fields", "override the preset one field at a time (None: the preset's value)"
+    )
+    g.add_argument("--lr", type=float, help="Adagrad learning rate (preset: 0.02)")
+    g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="paper_adagrad: the authors' warm-started Adagrad; torch_adagrad",
+    )
     g.add_argument("--train-size", type=int, help="use the first N training images")
     g.add_argument("--sampling", choices=SAMPLINGS, help="minibatches with replacement or epochs")
-    g.add_argument("--binarize", choices=BINARIZE)
+    g.add_argument(
+        "--binarize",
+        choices=BINARIZE,
+        help="none: grey levels in [0, 1]; dynamic: resampled each draw; fixed: once",
+    )
     g.add_argument(
         "--weight-decay", action=argparse.BooleanOptionalAction, help="N(0, I) prior on the weights"
     )
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="minibatch size M (preset: 100)")
+    g.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="batch size of the no-gradient evaluation passes (preset: 10000)",
+    )
 
 
 OVERRIDES = (

@@ -37,6 +37,7 @@ def _run_ci_config(session: nox.Session, seed: int, out: Path) -> None:
         str(out),
         "--overwrite",
         "--no-progress",
+        "--no-plot",
         env=_data_env(),
     )
 

@@ -15,7 +15,7 @@ from vaerepro.evaluate import evaluate
 from vaerepro.flops import step_matmuls, train_flops_per_sample
 from vaerepro.model import VAE
 from vaerepro.optim import make_optimizer
-from vaerepro.train import train, train_step
+from vaerepro.train import make_train_step, train
 
 # The speed comparison runs both sides on the same protocol: pyautoencoder's (60k images in
 # shuffled epochs, torch's Adagrad, no weight decay).
@@ -41,14 +41,14 @@ def test_train_step_vaerepro(benchmark, nz, device, mnist, quick):
     cfg = SWEEP_CFG.replace(nz=nz)
     torch.manual_seed(0)
     model = VAE.from_config(cfg).to(device)
-    opt = make_optimizer(cfg, model)
+    step = make_train_step(model, make_optimizer(cfg, model), cfg, mnist.train_x[: cfg.train_size])
     gen = torch.Generator(device=device).manual_seed(0)
     batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
     steps = 5 if quick else 50
 
     def run():
         for _ in range(steps):
-            train_step(model, opt, mnist.train_x[batches.next()], cfg, gen)
+            step(batches.next(), gen)
         _sync(device)
 
     run()  # warm-up: allocator, kernels

@@ -13,7 +13,7 @@ from vaerepro import model as model_mod
 from vaerepro.check import check_run, make_reference
 from vaerepro.cli import main
 from vaerepro.config import preset
-from vaerepro.optim import PaperAdagrad
+from vaerepro.optim import Adagrad
 from vaerepro.store import CSV_COLUMNS
 from vaerepro.train import train
 
@@ -26,22 +26,31 @@ def _no_decoder_tanh(self, z):
     return self.dec_out(self.dec(z))
 
 
-def _z_is_mu(mu, logvar, n_samples, generator=None):
-    return mu.expand(n_samples, *mu.shape)
+def _latent_grads_without_kl(d_z, mu, sigma, eps, d_mu, d_logvar):
+    torch.sum(d_z, 0, out=d_mu)
+    torch.sum(d_z.mul_(eps), 0, out=d_logvar)
+    d_logvar.mul_(sigma).mul_(0.5)
+
+
+def _no_noise(size, *, generator=None, out=None, **kw):
+    return out.zero_() if out is not None else torch.zeros(size, **kw)
 
 
 _kl = model_mod.gaussian_kl
-_adagrad_init = PaperAdagrad.__init__
+_adagrad_init = Adagrad.__init__
 
+# Training runs the hand-written gradient (vaerepro/gradients.py), evaluation the model's
+# forward pass (vaerepro/model.py): the gate must catch a breakage in either.
 MUTATIONS = {
-    "kl_dropped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: torch.zeros_like(mu[..., 0])),
-    "kl_sign_flipped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: -_kl(mu, logvar)),
-    "decoder_tanh_removed": ("vaerepro.model.VAE.decode", _no_decoder_tanh),
+    "kl_gradient_dropped": ("vaerepro.gradients.latent_grads", _latent_grads_without_kl),
+    "tanh_derivative_dropped": ("vaerepro.gradients.tanh_backward", lambda grad, out: grad),
     "lr_times_10": (
-        "vaerepro.optim.PaperAdagrad.__init__",
+        "vaerepro.optim.Adagrad.__init__",
         lambda self, params, lr=0.02, **kw: _adagrad_init(self, params, lr=10 * lr, **kw),
     ),
-    "z_is_mu": ("vaerepro.model.VAE.reparameterize", staticmethod(_z_is_mu)),
+    "z_is_mu": ("torch.randn", _no_noise),  # in training and evaluation
+    "eval_kl_sign_flipped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: -_kl(mu, logvar)),
+    "eval_decoder_tanh_removed": ("vaerepro.model.VAE.decode", _no_decoder_tanh),
 }
 
 

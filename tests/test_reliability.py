@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vaerepro.cli import main
-from vaerepro.optim import PaperAdagrad
+from vaerepro.optim import Adagrad
 from vaerepro.store import CSV_COLUMNS, folder_lock
 from vaerepro.train import TrainingDiverged, train
 
@@ -141,7 +141,7 @@ def test_second_process_on_the_same_folder_is_refused(tmp_path, data_root, capsy
 
 def test_nan_stops_the_run_and_keeps_the_last_good_state(mnist, tmp_path, tiny_cfg, monkeypatch):
     cfg = tiny_cfg.replace(samples=3000)
-    real_step, steps = PaperAdagrad.step, [0]
+    real_step, steps = Adagrad.step, [0]
 
     def poisoned_step(self, closure=None):  # corrupt a weight in the 2nd interval
         real_step(self)
@@ -149,7 +149,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_state(mnist, tmp_path, tiny_c
         if steps[0] == 15:
             self.param_groups[0]["params"][0].data[0, 0] = float("inf")
 
-    monkeypatch.setattr(PaperAdagrad, "step", poisoned_step)
+    monkeypatch.setattr(Adagrad, "step", poisoned_step)
     with pytest.raises(
         TrainingDiverged,
         match=r"N_z=3.*between samples 1000 and 2000.*"

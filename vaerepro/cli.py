@@ -76,8 +76,8 @@ def add_reproduce_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
         "--data-root",
-        help=f"folder holding MNIST/raw (default: ${ENV_DATA_ROOT}, "
-        "else ~/.cache/vaerepro/data; downloaded there when online)",
+        help=f"folder holding MNIST/raw (default: the one --resume's run used, else "
+        f"${ENV_DATA_ROOT}, else ~/.cache/vaerepro/data; downloaded there when online)",
     )
     p.add_argument("--out", help="run folder (default: results/runs/<timestamp>)")
     p.add_argument(
@@ -169,14 +169,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise RunFolderError(
                 f"{out} holds a sweep over N_z={saved}; use another --out or --overwrite"
             )
-    data = load_mnist(args.data_root, device)  # raises DataError before any training
+    # --resume reads the data where the run started unless told otherwise
+    data_root = args.data_root or (_manifest_data_root(out) if args.resume else None)
+    data = load_mnist(data_root, device)  # raises DataError before any training
     with folder_lock(out):
         remove_stale_temps(out)
         write_json(
             {
                 "preset": preset_name,
                 "configs": [c.to_dict() for c in configs],
-                "data_root": str(resolve_data_root(args.data_root)),
+                "data_root": str(resolve_data_root(data_root)),
             },
             manifest,
         )
@@ -205,7 +207,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if not args.no_plot:
-        report = make_figures(out, args.data_root or _manifest_data_root(out))
+        report = make_figures(out, data_root or _manifest_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
 

@@ -39,6 +39,12 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return gaussian_kl_per_dim(mu, logvar).sum(-1)
 
 
+def tanh(a: Tensor) -> Tensor:
+    """tanh(a) computed as 2 sigmoid(2a) - 1: on the CPU three times cheaper than torch.tanh
+    (whose SLEEF kernel is slow), within 2e-7 of it. The hidden layers' activation."""
+    return torch.sigmoid(2.0 * a).mul(2.0).sub(1.0)
+
+
 def bernoulli_loglik(logits: Tensor, x: Tensor) -> Tensor:
     """log p(x|logits) for x in [0, 1] (grey levels allowed), summed over pixels.
 
@@ -81,12 +87,12 @@ class VAE(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, 784) -> mu, logvar (B, N_z)."""
-        return self.enc_out(torch.tanh(self.enc(x))).chunk(2, dim=-1)
+        return self.enc_out(tanh(self.enc(x))).chunk(2, dim=-1)
 
     def decode(self, z: Tensor) -> Tensor:
         """z (..., N_z) -> decoder output (..., 784): Bernoulli logits, or the Gaussian's
         [mean, logvar] concatenated (..., 1568) when the variance is learned."""
-        return self.dec_out(torch.tanh(self.dec(z)))
+        return self.dec_out(tanh(self.dec(z)))
 
     def mean_image(self, z: Tensor) -> Tensor:
         """E[x|z] in [0, 1]: (..., N_z) -> (..., 784)."""

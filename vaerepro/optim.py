@@ -1,4 +1,4 @@
-"""Optimizers: the authors' Adagrad and torch's, with the paper's weight prior as weight decay."""
+"""Adagrad in the two forms the presets use, with the paper's weight prior as weight decay."""
 
 from __future__ import annotations
 
@@ -8,51 +8,73 @@ from torch import nn
 from .config import TrainConfig
 
 
-class PaperAdagrad(torch.optim.Optimizer):
-    """Adagrad as in the authors' code (anglepy).
+class Adagrad(torch.optim.Optimizer):
+    """w <- w - lr * g / (sqrt(sum of g^2 + eps_inside) + eps_outside), g = grad + decay * w.
 
-    The first `warmup` steps only accumulate squared gradients; from then on every step adds g^2
-    and moves  w <- w - lr * g / sqrt(sum g^2 + eps).  torch's Adagrad instead puts eps outside
-    the root and moves at full lr from the first step.
-    Gradients get `weight_decay * w` added first (as torch's Adagrad does); they are changed
-    in place.
+    The first `warmup` steps only accumulate g^2 (they run at lr 0, which leaves w exactly
+    unchanged). Two settings matter here:
+      the authors' code (anglepy): eps_inside=1e-8, eps_outside=0, warmup=100;
+      torch.optim.Adagrad:         eps_inside=0, eps_outside=1e-10, warmup=0 (same numbers,
+                                   tests/test_optim.py), without its per-step Python overhead.
+    On the CPU one fused torch kernel per param group does the whole update; elsewhere a few
+    foreach ops do. The step count lives in the param groups, so it is in `state_dict()`.
     """
 
     def __init__(
         self,
         params,
         lr: float = 0.02,
-        eps: float = 1e-8,
-        warmup: int = 100,
+        eps_inside: float = 0.0,
+        eps_outside: float = 1e-10,
+        warmup: int = 0,
         weight_decay: float = 0.0,
+        fused: bool | None = None,
     ):
-        super().__init__(params, dict(lr=lr, eps=eps, warmup=warmup, weight_decay=weight_decay))
+        defaults = dict(
+            lr=lr,
+            eps_inside=eps_inside,
+            eps_outside=eps_outside,
+            warmup=warmup,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            group["steps_taken"] = 0
+            for p in group["params"]:
+                self.state[p]["sum"] = torch.full_like(p, group["eps_inside"])
+        devices = {p.device.type for g in self.param_groups for p in g["params"]}
+        self.fused = devices == {"cpu"} if fused is None else fused
+        # The fused kernel wants step counts; it reads them only for an lr decay, which is 0.
+        self._kernel_steps = [torch.ones(()) for g in self.param_groups for _ in g["params"]]
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                torch._foreach_add_(grads, params, alpha=group["weight_decay"])
-            states = [self.state[p] for p in params]
-            for p, s in zip(params, states, strict=True):
-                if not s:
-                    # eps starts in the accumulator: sum g^2 + eps without an extra pass per step
-                    s["sum"] = torch.full_like(p, group["eps"])
-                    s["denom"] = torch.empty_like(p)
-                    s["step"] = 0
-            sums = [s["sum"] for s in states]
-            torch._foreach_addcmul_(sums, grads, grads)
-            step = states[0]["step"]
-            for s in states:
-                s["step"] += 1
-            if step < group["warmup"]:
+            sums = [self.state[p]["sum"] for p in params]
+            lr = group["lr"] if group["steps_taken"] >= group["warmup"] else 0.0
+            group["steps_taken"] += 1
+            if self.fused:
+                torch._fused_adagrad_(
+                    params,
+                    grads,
+                    sums,
+                    self._kernel_steps[: len(params)],
+                    lr=lr,
+                    lr_decay=0.0,
+                    weight_decay=group["weight_decay"],
+                    eps=group["eps_outside"],
+                    maximize=False,
+                )
                 continue
-            denoms = [torch.sqrt(s["sum"], out=s["denom"]) for s in states]
-            torch._foreach_addcdiv_(params, grads, denoms, value=-group["lr"])
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            torch._foreach_addcmul_(sums, grads, grads)
+            if lr:
+                std = torch._foreach_sqrt(sums)
+                torch._foreach_add_(std, group["eps_outside"])
+                torch._foreach_addcdiv_(params, grads, std, value=-lr)
 
 
 def param_groups(model: nn.Module, decay: float) -> list[dict]:
@@ -62,10 +84,12 @@ def param_groups(model: nn.Module, decay: float) -> list[dict]:
     return [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of `cfg`. The N(0, I) weight prior, scaled by M/N on the minibatch sum,
-    is a decay of 1/N on the minibatch mean that we minimise."""
+def make_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool | None = None) -> Adagrad:
+    """The optimizer of `cfg` for `model` (already on its device). The N(0, I) weight prior,
+    scaled by M/N on the minibatch sum, is a decay of 1/N on the minibatch mean we minimise."""
     groups = param_groups(model, 1.0 / cfg.train_size if cfg.weight_decay else 0.0)
     if cfg.optimizer == "paper_adagrad":
-        return PaperAdagrad(groups, lr=cfg.lr, warmup=cfg.adagrad_warmup)
-    return torch.optim.Adagrad(groups, lr=cfg.lr)
+        return Adagrad(
+            groups, cfg.lr, eps_inside=1e-8, eps_outside=0.0, warmup=cfg.adagrad_warmup, fused=fused
+        )
+    return Adagrad(groups, cfg.lr, fused=fused)

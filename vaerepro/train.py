@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, config_diff
 from .data import MinibatchIndices, MnistSplits, binarize_fixed
 from .evaluate import evaluate
+from .gradients import BernoulliGradients
 from .model import VAE
 from .optim import make_optimizer
 from .store import (
@@ -107,17 +109,38 @@ def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool)
     return "resume"
 
 
-def train_step(
-    model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
-) -> torch.Tensor:
-    """One update on the minibatch x (M, 784); returns the loss (-ELBO, a 0-d device tensor)."""
-    if cfg.binarize == "dynamic":
-        x = torch.bernoulli(x, generator=gen)
-    loss = -model(x, cfg.n_latent_samples, gen).elbo.mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
+def make_train_step(
+    model: VAE,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    train_x: torch.Tensor,
+    autograd: bool = False,
+) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """A function doing one update per call on the minibatch train_x[idx], idx (M,), drawing
+    its noise from `gen`.
+
+    The Bernoulli model gets its gradients written out by hand (gradients.py: the same numbers
+    as autograd, far less overhead); the Gaussian decoder, or `autograd=True` (the reference
+    for tests and benchmarks), goes through autograd.
+    """
+    manual = (
+        BernoulliGradients(model, cfg.batch_size, cfg.n_latent_samples)
+        if cfg.likelihood == "bernoulli" and not autograd
+        else None
+    )
+    x = torch.empty((cfg.batch_size, train_x.shape[1]), device=train_x.device)
+
+    def step(idx: torch.Tensor, gen: torch.Generator) -> None:
+        torch.index_select(train_x, 0, idx, out=x)
+        xb = torch.bernoulli(x, generator=gen) if cfg.binarize == "dynamic" else x
+        if manual is not None:
+            manual(xb, gen)
+        else:
+            opt.zero_grad(set_to_none=True)
+            (-model(xb, cfg.n_latent_samples, gen).elbo.mean()).backward()
+        opt.step()
+
+    return step
 
 
 def _eval_seed(seed: int, samples: int) -> int:
@@ -182,8 +205,10 @@ def train(
     write_json(meta, files.json)
     write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)  # drops rows past the ckpt
 
-    def check_finite(nonfinite: torch.Tensor, since: int) -> None:
-        if nonfinite.item() or not all(p.isfinite().all() for p in model.parameters()):
+    def check_finite(since: int) -> None:
+        # A NaN/inf loss or gradient reaches the parameters within one step; checking them at
+        # evaluations only keeps host syncs out of the loop.
+        if not all(p.isfinite().all() for p in model.parameters()):
             raise TrainingDiverged(
                 f"N_z={cfg.nz}: the loss or the parameters became NaN/inf between samples "
                 f"{since} and {samples}. The CSV and checkpoint in {files.folder} hold the "
@@ -216,16 +241,15 @@ def train(
     )
     start = interval_start = time.perf_counter()
     interval_samples = samples
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    train_step = make_train_step(model, opt, cfg, train_x)
     with sigint_flag() as interrupted:
         while samples < cfg.samples:
-            loss = train_step(model, opt, train_x[batches.next()], cfg, gen)
-            nonfinite |= ~torch.isfinite(loss)  # checked at evaluations: no host sync per step
+            train_step(batches.next(), gen)
             samples += cfg.batch_size
             bar.update(cfg.batch_size)
 
             if samples % cfg.eval_every == 0:
-                check_finite(nonfinite, samples - cfg.eval_every)
+                check_finite(samples - cfg.eval_every)
                 train_rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
                 eval_gen = torch.Generator(device=device).manual_seed(_eval_seed(cfg.seed, samples))
                 kw = dict(
@@ -253,7 +277,7 @@ def train(
                 checkpoint()
                 interval_start, interval_samples = time.perf_counter(), samples
             if interrupted():
-                check_finite(nonfinite, rows[-1]["samples"] if rows else 0)
+                check_finite(rows[-1]["samples"] if rows else 0)
                 checkpoint()
                 bar.close()
                 raise Interrupted(

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from vaerepro.evaluate import CPU_CHUNK, evaluate
 from vaerepro.model import VAE, bernoulli_loglik, gaussian_kl, gaussian_loglik
 
 
@@ -62,3 +63,17 @@ def test_untrained_elbo_is_near_784_log2():
     torch.manual_seed(0)
     out = VAE(nz=3)(torch.rand(16, 784))
     assert out.elbo.mean().item() == pytest.approx(-784 * math.log(2), abs=0.5)
+
+
+def test_evaluate_in_chunks_equals_one_forward_pass(mnist):
+    torch.manual_seed(0)
+    model = VAE(nz=4, hidden=32)
+    x = mnist.test_x[:2500]
+    gen = torch.Generator().manual_seed(7)
+    split = evaluate(model, x, batch_size=2500, n_samples=2, generator=gen)
+    with torch.no_grad():  # one pass, drawing the noise as model(batch) does
+        out = model(x, 2, torch.Generator().manual_seed(7))
+    assert CPU_CHUNK < len(x)  # the evaluation went through several chunks
+    assert split.loglik == pytest.approx(out.loglik.mean().item(), abs=1e-4)
+    assert split.kl == pytest.approx(out.kl.mean().item(), abs=1e-4)
+    assert split.elbo == pytest.approx(split.loglik - split.kl)

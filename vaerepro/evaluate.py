@@ -19,6 +19,11 @@ class SplitELBO:
     kl: float
 
 
+# Rows per forward pass on the CPU: activations of 1,000 rows stay in cache, which makes the
+# pass about 1.4x faster than 10,000 rows on a 2-core CPU. Other devices take whole batches.
+CPU_CHUNK = 1_000
+
+
 @torch.inference_mode()
 def evaluate(
     model: VAE,
@@ -30,15 +35,21 @@ def evaluate(
 ) -> SplitELBO:
     """Mean ELBO terms over x (N, 784); one host sync at the end.
 
+    The noise is drawn per batch of `batch_size` rows, as `model(batch)` would draw it.
     binarize: draw a Bernoulli sample of x first (for dynamically binarized training).
     """
     totals = torch.zeros(2, device=x.device, dtype=torch.float64)
+    chunk = CPU_CHUNK if x.device.type == "cpu" else batch_size
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         if binarize:
             xb = torch.bernoulli(xb, generator=generator)
-        out = model(xb, n_samples=n_samples, generator=generator)
-        totals += torch.stack([out.loglik.sum(), out.kl.sum()]).double()
+        eps = torch.randn(
+            (n_samples, xb.shape[0], model.nz), generator=generator, device=x.device, dtype=x.dtype
+        )
+        for c in range(0, xb.shape[0], chunk):
+            out = model(xb[c : c + chunk], n_samples, eps=eps[:, c : c + chunk])
+            totals += torch.stack([out.loglik.sum(), out.kl.sum()]).double()
     loglik, kl = (totals / x.shape[0]).tolist()
     return SplitELBO(elbo=loglik - kl, loglik=loglik, kl=kl)
 

@@ -114,20 +114,31 @@ class VAE(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mu: Tensor, logvar: Tensor, n_samples: int, generator: torch.Generator | None = None
+        mu: Tensor,
+        logvar: Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
     ) -> Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): mu, logvar (B, N_z) -> z (L, B, N_z)."""
-        eps = torch.randn(
-            (n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype
-        )
+        """z = mu + sigma * eps: mu, logvar (B, N_z) -> z (L, B, N_z); eps ~ N(0, I) (L, B, N_z)
+        is drawn from `generator` unless given."""
+        if eps is None:
+            eps = torch.randn(
+                (n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype
+            )
         return mu + (0.5 * logvar).exp() * eps
 
     def forward(
-        self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        n_samples: int = 1,
+        generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
     ) -> VAEOutput:
-        """ELBO terms of x (B, 784) with L = n_samples reparameterized samples of z."""
+        """ELBO terms of x (B, 784) with L = n_samples reparameterized samples of z (noise eps
+        (L, B, N_z) drawn from `generator` unless given)."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, n_samples, generator)
+        z = self.reparameterize(mu, logvar, n_samples, generator, eps)
         loglik = self.log_likelihood(x, z).mean(0)
         kl = gaussian_kl(mu, logvar)
         return VAEOutput(elbo=loglik - kl, loglik=loglik, kl=kl, mu=mu, logvar=logvar)

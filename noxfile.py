@@ -77,7 +77,9 @@ def bench(session: nox.Session) -> None:
     info = json.loads(raw.read_text())["machine_info"]["vaerepro"]
     target = ROOT / "results" / "bench" / f"{info['machine']}-{info['device']}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(raw, target)
+    partial = target.with_suffix(".json.tmp")  # never a half-written file under the real name
+    shutil.copyfile(raw, partial)
+    os.replace(partial, target)
     session.log(f"saved {target}")
     session.run("vaerepro", "hwtable")
 

@@ -45,14 +45,14 @@ def test_train_step_vaerepro(benchmark, nz, autograd, device, mnist, quick):
     torch.manual_seed(0)
     model = VAE.from_config(cfg).to(device)
     opt = make_optimizer(cfg, model)
-    step = make_train_step(model, opt, cfg, mnist.train_x[: cfg.train_size], autograd=autograd)
+    step = make_train_step([model], [opt], cfg, mnist.train_x[: cfg.train_size], autograd=autograd)
     gen = torch.Generator(device=device).manual_seed(0)
     batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
     steps = 5 if quick else 50
 
     def run():
         for _ in range(steps):
-            step(batches.next(), gen)
+            step([batches.next()], [gen])
         _sync(device)
 
     run()  # warm-up: allocator, kernels

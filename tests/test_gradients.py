@@ -26,7 +26,7 @@ def test_hand_written_gradient_equals_autograd(mnist, n_samples):
     x = mnist.train_x[:100].double()
     loss = -auto(x, n_samples, torch.Generator().manual_seed(3)).elbo.mean()
     loss.backward()
-    BernoulliGradients(manual, 100, n_samples)(x, torch.Generator().manual_seed(3))
+    BernoulliGradients([manual], 100, n_samples)(x[None], [torch.Generator().manual_seed(3)])
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12, msg=name)
 
@@ -37,14 +37,14 @@ def test_training_steps_follow_autograd(mnist):
     models = _pair(nz=3, dtype=torch.float32)
     train_x = mnist.train_x[:1000]
     steps = [
-        make_train_step(m, make_optimizer(cfg, m), cfg, train_x, autograd=autograd)
+        make_train_step([m], [make_optimizer(cfg, m)], cfg, train_x, autograd=autograd)
         for m, autograd in zip(models, (True, False), strict=True)
     ]
     gens = [torch.Generator().manual_seed(1) for _ in models]
     for i in range(5):
         idx = torch.arange(100) + 100 * i
         for step, gen in zip(steps, gens, strict=True):
-            step(idx, gen)
+            step([idx], [gen])
     for a, b in zip(*(m.parameters() for m in models), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
@@ -55,7 +55,7 @@ def test_tanh_is_tanh():
 
 
 def test_wrong_minibatch_shape_is_refused():
-    with pytest.raises(ValueError, match="expected \\(100, 784\\)"):
-        BernoulliGradients(VAE(nz=2), 100)(torch.zeros(50, 784))
+    with pytest.raises(ValueError, match="expected \\(1, 100, 784\\)"):
+        BernoulliGradients([VAE(nz=2)], 100)(torch.zeros(1, 50, 784), [None])
     with pytest.raises(ValueError, match="Bernoulli"):
-        BernoulliGradients(VAE(nz=2, likelihood="gaussian"), 100)
+        BernoulliGradients([VAE(nz=2, likelihood="gaussian")], 100)

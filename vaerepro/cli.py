@@ -25,7 +25,7 @@ from .store import (
     write_json,
 )
 from .tables import to_markdown
-from .train import Interrupted, TrainingDiverged, run_status, train
+from .train import Interrupted, TrainingDiverged, run_status, train_together
 
 MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
 
@@ -87,6 +87,12 @@ def add_reproduce_parser(sub) -> None:
         "read from OUT; finished models are skipped)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="train all N_z at once, their big layers stacked into one batched step: the "
+        "numbers of separate runs, fewer and larger kernels (for GPUs; on a CPU it is slower)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-plot",
@@ -186,26 +192,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for cfg in configs:
             if plan[cfg.nz] == "skip":
                 print(f"N_z={cfg.nz}: finished already, skipped", file=sys.stderr)
-                continue
+        pending = [c for c in configs if plan[c.nz] != "skip"]
+        # --fused: all pending N_z in one stacked step; otherwise one model after the other
+        groups = [pending] if args.fused and len(pending) > 1 else [[c] for c in pending]
+        for group in groups:
+            if len(group) > 1:
+                nzs = ",".join(str(c.nz) for c in group)
+                print(f"N_z={nzs} in one fused step", file=sys.stderr)
             try:
-                df = train(
-                    cfg,
+                dfs = train_together(
+                    group,
                     data,
                     out,
                     device,
-                    resume=plan[cfg.nz] == "resume",
+                    resume=any(plan[c.nz] == "resume" for c in group),
                     progress=not args.no_progress,
                     preset=preset_name,
                 )
             except Interrupted as err:
                 print(f"{err}\nResume with: vaerepro reproduce --resume {out}", file=sys.stderr)
                 return 130
-            last = df.iloc[-1]
-            print(
-                f"N_z={cfg.nz}: samples={int(last.samples)} train ELBO={last.train_elbo:.2f} "
-                f"test ELBO={last.test_elbo:.2f} nats  ({last.wall_s:.0f} s)",
-                file=sys.stderr,
-            )
+            for cfg, df in zip(group, dfs, strict=True):
+                last = df.iloc[-1]
+                print(
+                    f"N_z={cfg.nz}: samples={int(last.samples)} train ELBO={last.train_elbo:.2f} "
+                    f"test ELBO={last.test_elbo:.2f} nats  ({last.wall_s:.0f} s)",
+                    file=sys.stderr,
+                )
     if not args.no_plot:
         report = make_figures(out, data_root or _manifest_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)

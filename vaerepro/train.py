@@ -1,8 +1,10 @@
-"""The training loop: one VAE, from config to CSV rows, checkpoints and final weights.
+"""The training loop: VAEs from config to CSV rows, checkpoints and final weights.
 
-Read top to bottom: set up (model, optimizer, data, RNG) -> maybe resume -> loop over
-minibatches drawn by index -> every `eval_every` samples evaluate both splits, append a CSV
-row, checkpoint -> save final weights.
+Read top to bottom: set up each model (`ModelRun`: model, optimizer, data, RNG, maybe resumed
+from its checkpoint) -> loop over minibatches drawn by index -> every `eval_every` samples
+evaluate both splits, append a CSV row, checkpoint -> save final weights. Usually one model
+trains at a time; `--fused` trains several (differing only in N_z) in lockstep, one step
+for all of them (gradients.py), with the same numbers as separate runs.
 """
 
 from __future__ import annotations
@@ -110,35 +112,43 @@ def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool)
 
 
 def make_train_step(
-    model: VAE,
-    opt: torch.optim.Optimizer,
+    models: list[VAE],
+    opts: list[torch.optim.Optimizer],
     cfg: TrainConfig,
     train_x: torch.Tensor,
     autograd: bool = False,
-) -> Callable[[torch.Tensor, torch.Generator], None]:
-    """A function doing one update per call on the minibatch train_x[idx], idx (M,), drawing
-    its noise from `gen`.
+) -> Callable[[list[torch.Tensor], list[torch.Generator]], None]:
+    """A function doing one update of every model per call: model k on the minibatch
+    train_x[idxs[k]], idxs[k] (M,), drawing its noise from gens[k]. `cfg` is the models'
+    shared config (N_z aside).
 
     The Bernoulli model gets its gradients written out by hand (gradients.py: the same numbers
     as autograd, far less overhead); the Gaussian decoder, or `autograd=True` (the reference
-    for tests and benchmarks), goes through autograd.
+    for tests and benchmarks), goes through autograd, one model at a time.
     """
-    manual = (
-        BernoulliGradients(model, cfg.batch_size, cfg.n_latent_samples)
-        if cfg.likelihood == "bernoulli" and not autograd
-        else None
+    hand_written = cfg.likelihood == "bernoulli" and not autograd
+    if len(models) > 1 and not hand_written:
+        raise ValueError("training models together needs the Bernoulli decoder's own gradient")
+    grads = (
+        BernoulliGradients(models, cfg.batch_size, cfg.n_latent_samples) if hand_written else None
     )
-    x = torch.empty((cfg.batch_size, train_x.shape[1]), device=train_x.device)
+    xs = torch.empty((len(models), cfg.batch_size, train_x.shape[1]), device=train_x.device)
+    binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
-    def step(idx: torch.Tensor, gen: torch.Generator) -> None:
-        torch.index_select(train_x, 0, idx, out=x)
-        xb = torch.bernoulli(x, generator=gen) if cfg.binarize == "dynamic" else x
-        if manual is not None:
-            manual(xb, gen)
+    def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        for k, (idx, gen) in enumerate(zip(idxs, gens, strict=True)):
+            torch.index_select(train_x, 0, idx, out=xs[k])
+            if binary is not None:
+                torch.bernoulli(xs[k], generator=gen, out=binary[k])
+        batch = xs if binary is None else binary
+        if grads is not None:
+            grads(batch, gens)
         else:
+            model, opt = models[0], opts[0]
             opt.zero_grad(set_to_none=True)
-            (-model(xb, cfg.n_latent_samples, gen).elbo.mean()).backward()
-        opt.step()
+            (-model(batch[0], cfg.n_latent_samples, gens[0]).elbo.mean()).backward()
+        for opt in opts:
+            opt.step()
 
     return step
 
@@ -146,6 +156,140 @@ def make_train_step(
 def _eval_seed(seed: int, samples: int) -> int:
     # Evaluation noise depends only on (seed, samples), so a resumed run evaluates identically.
     return (seed * 1_000_003 + samples) % (2**63)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ModelRun:
+    """One model's training state and files: model, optimizer, minibatch sampler and its
+    generator, CSV rows and metadata; restored from its checkpoint when resuming."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: MnistSplits,
+        out_dir: str | Path,
+        device: torch.device,
+        resume: bool,
+        preset: str | None,
+    ):
+        cfg.validate()
+        self.cfg, self.device = cfg, device
+        self.files = files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.model = VAE.from_config(cfg).to(device)
+        self.opt = make_optimizer(cfg, self.model)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.train_x, self.test_x = data.train_x[: cfg.train_size], data.test_x
+        if cfg.binarize == "fixed":
+            self.train_x = binarize_fixed(self.train_x, cfg.seed)
+            self.test_x = binarize_fixed(self.test_x, cfg.seed + 1)
+        self.batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, self.gen)
+        self.rows: list[dict] = []
+        self.samples, self.wall_before = 0, 0.0
+        self.meta = {
+            "config": cfg.to_dict(),
+            "preset": preset,
+            "seed": cfg.seed,
+            "status": "running",
+            "started": _now(),
+            **environment_info(device),
+        }
+        if not resume:  # a fresh start must never pick up another run's checkpoint later
+            files.ckpt.unlink(missing_ok=True)
+            files.weights.unlink(missing_ok=True)
+        elif files.ckpt.exists():
+            ckpt = torch.load(files.ckpt, map_location=device, weights_only=False)
+            if ckpt["config"] != cfg.to_dict():
+                raise RunFolderError(
+                    f"{files.ckpt} was written by a different config: "
+                    + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
+                )
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.batches.load_state_dict(ckpt["batches"])
+            set_rng_state(ckpt["rng"])
+            self.samples, self.wall_before, self.rows = (
+                ckpt["samples"],
+                ckpt["wall_s"],
+                ckpt["rows"],
+            )
+            self.meta["started"] = read_json(files.json).get("started", self.meta["started"])
+            self.meta["resumed"] = _now()
+        write_json(self.meta, files.json)
+        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), files.csv)  # drops rows past ckpt
+
+    def check_finite(self, since: int, samples: int) -> None:
+        # A NaN/inf loss or gradient reaches the parameters within one step; checking them at
+        # evaluations only keeps host syncs out of the loop.
+        if not all(p.isfinite().all() for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"N_z={self.cfg.nz}: the loss or the parameters became NaN/inf between samples "
+                f"{since} and {samples}. The CSV and checkpoint in {self.files.folder} hold the "
+                f"last good state (samples={self.rows[-1]['samples'] if self.rows else 0})."
+            )
+
+    def log_evaluation(self, samples: int, wall_s: float, train_rate: float) -> dict:
+        """Evaluate both splits, append the CSV row and write the CSV; returns the row."""
+        cfg = self.cfg
+        eval_gen = torch.Generator(device=self.device).manual_seed(_eval_seed(cfg.seed, samples))
+        kw = dict(
+            batch_size=cfg.eval_batch_size,
+            n_samples=cfg.n_latent_samples,
+            generator=eval_gen,
+            binarize=cfg.binarize == "dynamic",
+        )
+        tr, te = evaluate(self.model, self.train_x, **kw), evaluate(self.model, self.test_x, **kw)
+        row = {
+            "samples": samples,
+            "train_elbo": tr.elbo,
+            "test_elbo": te.elbo,
+            "train_loglik": tr.loglik,
+            "train_kl": tr.kl,
+            "test_loglik": te.loglik,
+            "test_kl": te.kl,
+            "wall_s": self.wall_before + wall_s,
+            "train_samples_per_s": train_rate,
+        }
+        self.rows.append(row)
+        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), self.files.csv)
+        return row
+
+    def _weights(self) -> dict:
+        # clones: with --fused the parameters are views into stacks shared by all models
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def checkpoint(self, samples: int, wall_s: float) -> None:
+        save_torch(
+            {
+                "model": self._weights(),
+                "optimizer": self.opt.state_dict(),
+                "batches": self.batches.state_dict(),
+                "rng": get_rng_state(),
+                "samples": samples,
+                "rows": self.rows,
+                "config": self.cfg.to_dict(),
+                "wall_s": self.wall_before + wall_s,
+            },
+            self.files.ckpt,
+        )
+
+    def finish(self, samples: int, trained_with: list[int]) -> pd.DataFrame:
+        save_torch({"model": self._weights(), "config": self.cfg.to_dict()}, self.files.weights)
+        last = self.rows[-1]
+        self.meta.update(
+            status="finished",
+            samples_done=samples,
+            wall_s=last["wall_s"],
+            finished=_now(),
+            final={k: last[k] for k in ("train_elbo", "test_elbo")},
+        )
+        if len(trained_with) > 1:
+            self.meta["fused_with_nz"] = trained_with
+        write_json(self.meta, self.files.json)
+        return pd.DataFrame(self.rows, columns=CSV_COLUMNS)
 
 
 def train(
@@ -162,141 +306,75 @@ def train(
     ELBO columns are nats per datapoint; `wall_s` counts from the run's start (across
     resumes), `train_samples_per_s` is the training rate over the last interval.
     """
-    cfg.validate()
+    return train_together([cfg], data, out_dir, device, resume, progress, preset)[0]
+
+
+def train_together(
+    cfgs: list[TrainConfig],
+    data: MnistSplits,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+) -> list[pd.DataFrame]:
+    """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one fused step for
+    all; each model gets the files, and the numbers, of a separate `train` run."""
     device = torch.device(device)
-    files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
-
-    torch.manual_seed(cfg.seed)
-    model = VAE.from_config(cfg).to(device)
-    opt = make_optimizer(cfg, model)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    train_x, test_x = data.train_x[: cfg.train_size], data.test_x
-    if cfg.binarize == "fixed":
-        train_x, test_x = binarize_fixed(train_x, cfg.seed), binarize_fixed(test_x, cfg.seed + 1)
-    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
-
-    rows: list[dict] = []
-    samples, wall_before = 0, 0.0
-    meta = {
-        "config": cfg.to_dict(),
-        "preset": preset,
-        "seed": cfg.seed,
-        "status": "running",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment_info(device),
-    }
-    if not resume:  # a fresh start must never pick up another run's checkpoint later
-        files.ckpt.unlink(missing_ok=True)
-        files.weights.unlink(missing_ok=True)
-    elif files.ckpt.exists():
-        ckpt = torch.load(files.ckpt, map_location=device, weights_only=False)
-        if ckpt["config"] != cfg.to_dict():
-            raise RunFolderError(
-                f"{files.ckpt} was written by a different config: "
-                + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
-            )
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        batches.load_state_dict(ckpt["batches"])
-        set_rng_state(ckpt["rng"])
-        samples, wall_before, rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
-        meta["started"] = read_json(files.json).get("started", meta["started"])
-        meta["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(meta, files.json)
-    write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)  # drops rows past the ckpt
-
-    def check_finite(since: int) -> None:
-        # A NaN/inf loss or gradient reaches the parameters within one step; checking them at
-        # evaluations only keeps host syncs out of the loop.
-        if not all(p.isfinite().all() for p in model.parameters()):
-            raise TrainingDiverged(
-                f"N_z={cfg.nz}: the loss or the parameters became NaN/inf between samples "
-                f"{since} and {samples}. The CSV and checkpoint in {files.folder} hold the "
-                f"last good state (samples={rows[-1]['samples'] if rows else 0})."
-            )
-
-    def checkpoint() -> None:
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "batches": batches.state_dict(),
-                "rng": get_rng_state(),
-                "samples": samples,
-                "rows": rows,
-                "config": cfg.to_dict(),
-                "wall_s": wall_before + time.perf_counter() - start,
-            },
-            files.ckpt,
+    cfg = cfgs[0]
+    for other in cfgs[1:]:
+        diff = [d for d in config_diff(cfg.to_dict(), other.to_dict()) if not d.startswith("nz:")]
+        if diff:
+            raise ValueError("models trained together may differ in nz only: " + "; ".join(diff))
+    runs = [ModelRun(c, data, out_dir, device, resume, preset) for c in cfgs]
+    samples = runs[0].samples
+    if any(r.samples != samples for r in runs):
+        raise RunFolderError(
+            "the checkpoints are at different sample counts ("
+            + ", ".join(f"N_z={r.cfg.nz}: {r.samples}" for r in runs)
+            + "); resume them one at a time (without --fused)"
         )
-
+    nzs = [r.cfg.nz for r in runs]
+    train_step = make_train_step(
+        [r.model for r in runs], [r.opt for r in runs], cfg, runs[0].train_x
+    )
     bar = tqdm(
         total=cfg.samples,
         initial=samples,
         unit="sample",
         unit_scale=True,
-        desc=f"N_z={cfg.nz}",
+        desc="N_z=" + ",".join(map(str, nzs)),
         disable=not progress,
         dynamic_ncols=True,
     )
     start = interval_start = time.perf_counter()
     interval_samples = samples
-    train_step = make_train_step(model, opt, cfg, train_x)
     with sigint_flag() as interrupted:
         while samples < cfg.samples:
-            train_step(batches.next(), gen)
+            train_step([r.batches.next() for r in runs], [r.gen for r in runs])
             samples += cfg.batch_size
             bar.update(cfg.batch_size)
 
             if samples % cfg.eval_every == 0:
-                check_finite(samples - cfg.eval_every)
+                for r in runs:
+                    r.check_finite(samples - cfg.eval_every, samples)
                 train_rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
-                eval_gen = torch.Generator(device=device).manual_seed(_eval_seed(cfg.seed, samples))
-                kw = dict(
-                    batch_size=cfg.eval_batch_size,
-                    n_samples=cfg.n_latent_samples,
-                    generator=eval_gen,
-                    binarize=cfg.binarize == "dynamic",
-                )
-                tr, te = evaluate(model, train_x, **kw), evaluate(model, test_x, **kw)
-                rows.append(
-                    {
-                        "samples": samples,
-                        "train_elbo": tr.elbo,
-                        "test_elbo": te.elbo,
-                        "train_loglik": tr.loglik,
-                        "train_kl": tr.kl,
-                        "test_loglik": te.loglik,
-                        "test_kl": te.kl,
-                        "wall_s": wall_before + time.perf_counter() - start,
-                        "train_samples_per_s": train_rate,
-                    }
-                )
-                bar.set_postfix(train=f"{tr.elbo:.2f}", test=f"{te.elbo:.2f}")
-                write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), files.csv)
-                checkpoint()
+                for r in runs:
+                    row = r.log_evaluation(samples, time.perf_counter() - start, train_rate)
+                    r.checkpoint(samples, time.perf_counter() - start)
+                bar.set_postfix(train=f"{row['train_elbo']:.2f}", test=f"{row['test_elbo']:.2f}")
                 interval_start, interval_samples = time.perf_counter(), samples
             if interrupted():
-                check_finite(rows[-1]["samples"] if rows else 0)
-                checkpoint()
+                for r in runs:
+                    r.check_finite(r.rows[-1]["samples"] if r.rows else 0, samples)
+                    r.checkpoint(samples, time.perf_counter() - start)
                 bar.close()
                 raise Interrupted(
-                    f"N_z={cfg.nz}: interrupted at samples={samples}; "
-                    f"checkpoint written to {files.ckpt}"
+                    f"N_z={','.join(map(str, nzs))}: interrupted at samples={samples}; "
+                    f"checkpoint written to {', '.join(str(r.files.ckpt) for r in runs)}"
                 )
     bar.close()
-
-    save_torch({"model": model.state_dict(), "config": cfg.to_dict()}, files.weights)
-    last = rows[-1]
-    meta.update(
-        status="finished",
-        samples_done=samples,
-        wall_s=last["wall_s"],
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        final={k: last[k] for k in ("train_elbo", "test_elbo")},
-    )
-    write_json(meta, files.json)
-    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+    return [r.finish(samples, nzs) for r in runs]
 
 
 def load_model(files: RunFiles, device: torch.device | str = "cpu") -> VAE:

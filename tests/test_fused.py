@@ -1,0 +1,100 @@
+"""`--fused`: several N_z trained in one stacked step give the numbers of separate runs."""
+
+import pandas as pd
+import pytest
+import torch
+
+from vaerepro import store
+from vaerepro.cli import main
+from vaerepro.gradients import BernoulliGradients
+from vaerepro.model import VAE
+from vaerepro.store import CSV_COLUMNS, RunFolderError, read_json
+from vaerepro.train import train, train_together
+
+DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
+NZS = (2, 5, 3)
+
+
+def _models(seed_offset: int = 0) -> list[VAE]:
+    models = []
+    for i, nz in enumerate(NZS):
+        torch.manual_seed(i + seed_offset)
+        model = VAE(nz=nz, hidden=32).double()
+        for p in model.parameters():
+            p.data.normal_(0.0, 0.1)
+        models.append(model)
+    return models
+
+
+def test_stacked_gradients_equal_one_model_at_a_time(mnist):
+    together, alone = _models(), _models()
+    xs = torch.stack([mnist.train_x[i * 100 : (i + 1) * 100] for i in range(len(NZS))]).double()
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(len(NZS))]
+    BernoulliGradients(together, 100, n_samples=2)(xs, gens)
+    for i, model in enumerate(alone):
+        BernoulliGradients([model], 100, n_samples=2)(
+            xs[i : i + 1], [torch.Generator().manual_seed(10 + i)]
+        )
+    for a, b in zip(together, alone, strict=True):
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-13, msg=name)
+            assert p.data_ptr() != q.data_ptr()
+    # the big layers are views into one stack, shared by the models
+    assert (
+        together[1].enc.weight.untyped_storage().data_ptr()
+        == together[0].enc.weight.untyped_storage().data_ptr()
+    )
+
+
+def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
+    cfgs = [
+        tiny_cfg.replace(nz=nz, sampling=s) for nz, s in zip(NZS, ("replacement",) * 3, strict=True)
+    ]
+    fused = train_together(cfgs, mnist, tmp_path / "fused", progress=False)
+    for cfg, df in zip(cfgs, fused, strict=True):
+        alone = train(cfg, mnist, tmp_path / "alone", progress=False)
+        pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
+        meta = read_json(tmp_path / "fused" / f"nz{cfg.nz}-seed0.json")
+        assert meta["fused_with_nz"] == list(NZS) and meta["status"] == "finished"
+        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=False)
+        assert weights["model"]["enc.weight"].untyped_storage().nbytes() == 64 * 784 * 4  # own copy
+
+
+def test_fused_needs_configs_equal_but_for_nz(mnist, tmp_path, tiny_cfg):
+    with pytest.raises(ValueError, match="differ in nz only: lr"):
+        train_together([tiny_cfg, tiny_cfg.replace(nz=5, lr=0.1)], mnist, tmp_path, progress=False)
+
+
+def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeypatch):
+    """Killed after the first model's 2nd checkpoint: the fused resume refuses (the models
+    are at different points), a resume one model at a time completes with the same numbers."""
+    cfgs = [tiny_cfg.replace(nz=nz, samples=3000) for nz in NZS]
+    full = train_together(cfgs, mnist, tmp_path / "full", progress=False)
+    real_save, ckpts = store.save_torch, []
+
+    def crash_mid_checkpoints(obj, path):
+        if path.suffix == ".ckpt":
+            ckpts.append(path)
+            if len(ckpts) == len(NZS) + 2:
+                raise KeyboardInterrupt("simulated crash")
+        real_save(obj, path)
+
+    monkeypatch.setattr("vaerepro.train.save_torch", crash_mid_checkpoints)
+    with pytest.raises(KeyboardInterrupt):
+        train_together(cfgs, mnist, tmp_path / "crashed", progress=False)
+    monkeypatch.undo()
+    with pytest.raises(RunFolderError, match="different sample counts.*without --fused"):
+        train_together(cfgs, mnist, tmp_path / "crashed", progress=False, resume=True)
+    for cfg, expected in zip(cfgs, full, strict=True):
+        df = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
+        pd.testing.assert_frame_equal(df[DETERMINISTIC], expected[DETERMINISTIC], rtol=1e-4)
+
+
+def test_cli_fused(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["reproduce", "--nz", "3", "5", "--samples", "2000", "--eval-every", "1000"]
+    args += ["--train-size", "2000", "--data-root", str(data_root), "--out", str(out)]
+    assert main([*args, "--fused", "--no-progress", "--no-plot"]) == 0
+    assert "N_z=3,5 in one fused step" in capsys.readouterr().err
+    for nz in (3, 5):
+        assert len(pd.read_csv(out / f"nz{nz}-seed0.csv")) == 2

@@ -155,7 +155,8 @@ def test_refusals_leave_an_existing_run_untouched(existing_run, data_root, capsy
     assert _snapshot(existing_run) == before
 
 
-def test_a_different_config_in_the_folder_is_refused(data_root, tmp_path, capsys):
+def test_a_different_config_in_the_folder_is_refused(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VAEREPRO_DATA", raising=False)  # --resume must find the data by itself
     out = tmp_path / "run"
     base = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
     assert main(base) == 0

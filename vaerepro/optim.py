@@ -43,7 +43,9 @@ class Adagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p]["sum"] = torch.full_like(p, group["eps_inside"])
         devices = {p.device.type for g in self.param_groups for p in g["params"]}
-        self.fused = devices == {"cpu"} if fused is None else fused
+        if fused is None:  # torch's fused Adagrad kernel exists for the CPU only
+            fused = devices == {"cpu"} and hasattr(torch, "_fused_adagrad_")
+        self.fused = fused
         # The fused kernel wants step counts; it reads them only for an lr decay, which is 0.
         self._kernel_steps = [torch.ones(()) for g in self.param_groups for _ in g["params"]]
 

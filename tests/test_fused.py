@@ -63,6 +63,10 @@ def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
 def test_fused_needs_configs_equal_but_for_nz(mnist, tmp_path, tiny_cfg):
     with pytest.raises(ValueError, match="differ in nz only: lr"):
         train_together([tiny_cfg, tiny_cfg.replace(nz=5, lr=0.1)], mnist, tmp_path, progress=False)
+    gaussian = tiny_cfg.replace(likelihood="gaussian")
+    with pytest.raises(ValueError, match="Bernoulli"):
+        train_together([gaussian, gaussian.replace(nz=5)], mnist, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # refused before any file was written
 
 
 def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeypatch):

@@ -124,7 +124,7 @@ def make_train_step(
 
     The Bernoulli model gets its gradients written out by hand (gradients.py: the same numbers
     as autograd, far less overhead); the Gaussian decoder, or `autograd=True` (the reference
-    for tests and benchmarks), goes through autograd, one model at a time.
+    for tests and benchmarks), goes through autograd, which takes one model only.
     """
     hand_written = cfg.likelihood == "bernoulli" and not autograd
     if len(models) > 1 and not hand_written:
@@ -326,6 +326,8 @@ def train_together(
         diff = [d for d in config_diff(cfg.to_dict(), other.to_dict()) if not d.startswith("nz:")]
         if diff:
             raise ValueError("models trained together may differ in nz only: " + "; ".join(diff))
+    if len(cfgs) > 1 and cfg.likelihood != "bernoulli":
+        raise ValueError("--fused needs the Bernoulli decoder (its gradient is written by hand)")
     runs = [ModelRun(c, data, out_dir, device, resume, preset) for c in cfgs]
     samples = runs[0].samples
     if any(r.samples != samples for r in runs):

@@ -63,6 +63,11 @@ def latent_grads(
     d_logvar.mul_(sigma).add_(sigma.square().sub_(1.0), alpha=1.0 / m).mul_(0.5)
 
 
+def _empty(like: Tensor, *shape: int) -> Tensor:
+    """A buffer of `shape` on the device and in the dtype of `like`."""
+    return torch.empty(shape, device=like.device, dtype=like.dtype)
+
+
 def _stack_into_views(params: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
     """Stack same-shaped parameters (K of them) into one tensor, and their gradients into
     another; every parameter (and its .grad) becomes a view of row k of these."""
@@ -78,14 +83,10 @@ class _Latent:
 
     def __init__(self, model: VAE, m: int, n_samples: int, like: Tensor):
         nz = model.nz
-
-        def buf(*shape: int) -> Tensor:
-            return torch.empty(shape, device=like.device, dtype=like.dtype)
-
         self.model, self.nz = model, nz
-        self.enc_out, self.d_enc_out = buf(m, 2 * nz), buf(m, 2 * nz)
-        self.eps, self.sigma = buf(n_samples, m, nz), buf(m, nz)
-        self.z, self.d_z = buf(n_samples * m, nz), buf(n_samples * m, nz)
+        self.enc_out, self.d_enc_out = _empty(like, m, 2 * nz), _empty(like, m, 2 * nz)
+        self.eps, self.sigma = _empty(like, n_samples, m, nz), _empty(like, m, nz)
+        self.z, self.d_z = _empty(like, n_samples * m, nz), _empty(like, n_samples * m, nz)
         for layer in (model.enc_out, model.dec):
             for p in layer.parameters():
                 p.grad = torch.zeros_like(p)
@@ -109,12 +110,9 @@ class BernoulliGradients:
         self.out_b, self.out_b_grad = _stack_into_views([m.dec_out.bias for m in models])
         k, m, n = len(models), batch_size, n_samples * batch_size
         (hidden, x_dim), like = first.enc.weight.shape, first.enc.weight
-
-        def buf(*shape: int) -> Tensor:
-            return torch.empty(shape, device=like.device, dtype=like.dtype)
-
-        self.h1, self.d_h1 = buf(k, m, hidden), buf(k, m, hidden)
-        self.h3, self.d_h3, self.logits = buf(k, n, hidden), buf(k, n, hidden), buf(k, n, x_dim)
+        self.h1, self.d_h1 = _empty(like, k, m, hidden), _empty(like, k, m, hidden)
+        self.h3, self.d_h3 = _empty(like, k, n, hidden), _empty(like, k, n, hidden)
+        self.logits = _empty(like, k, n, x_dim)
         self.latents = [_Latent(model, m, n_samples, like) for model in models]
         self.n_samples, self.batch_size = n_samples, m
 

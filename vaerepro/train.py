@@ -211,11 +211,8 @@ class ModelRun:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.batches.load_state_dict(ckpt["batches"])
             set_rng_state(ckpt["rng"])
-            self.samples, self.wall_before, self.rows = (
-                ckpt["samples"],
-                ckpt["wall_s"],
-                ckpt["rows"],
-            )
+            self.samples, self.wall_before = ckpt["samples"], ckpt["wall_s"]
+            self.rows = ckpt["rows"]
             self.meta["started"] = read_json(files.json).get("started", self.meta["started"])
             self.meta["resumed"] = _now()
         write_json(self.meta, files.json)

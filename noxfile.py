@@ -1,16 +1,18 @@
-"""nox sessions: `nox -s reproduce -- [vaerepro reproduce options]` and `nox -s tests`.
+"""nox sessions: `nox -s reproduce -- [vaerepro reproduce options]`, `nox -s tests regression`,
+`nox -s bench`.
 
-Environments are reused between runs (torch is installed once per session environment).
+Environments are reused between runs. With uv (`pip install "nox[uv]"`) every session's
+environment links the same cached torch, so torch is downloaded and stored once; without uv,
+nox falls back to virtualenv and pip, and each session installs its own copy.
 """
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import nox
 
 nox.options.reuse_venv = "yes"
+nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests", "regression"]
 
 ROOT = Path(__file__).parent
@@ -20,6 +22,8 @@ REFERENCE_SEEDS = range(5)
 
 
 def _data_env() -> dict:
+    # the package finds ../shared/data by itself (vaerepro.data.default_data_roots); the
+    # tests and the gate name it explicitly so that they never download
     return {"VAEREPRO_DATA": os.environ.get("VAEREPRO_DATA", str(SHARED_DATA))}
 
 
@@ -43,8 +47,9 @@ def _run_ci_config(session: nox.Session, seed: int, out: Path) -> None:
 
 
 def _install(session: nox.Session, extras: str = "") -> None:
-    # pip is a no-op when the environment already satisfies the project's requirements.
-    session.install("-e", f".{extras}")
+    # a no-op when the environment already satisfies the project's requirements; the
+    # constraints pin the torch the references were made with
+    session.install("-e", f".{extras}", "-c", str(ROOT / "constraints.txt"))
 
 
 @nox.session
@@ -65,23 +70,31 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "bench", "--quick", "--benchmark-disable", "-q", env=_data_env())
 
 
+BENCH_HELP = """nox -s bench -- [options]: throughput benchmarks (bench/, pytest-benchmark)
+
+  --device cpu|cuda|mps|auto   device of our step, evaluation and sweep (default: cpu)
+  --quick                      tiny sizes, a smoke test: nothing is saved under results/
+  -k EXPR                      only the benchmarks matching EXPR (pytest's -k)
+
+A full run saves results/bench/<machine>-<device>-<host>.json (with "quick": false) and prints
+`vaerepro hwtable`. Any other option goes to pytest."""
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput benchmarks: nox -s bench -- --device cpu|cuda|mps. Saves pytest-benchmark's
-    JSON with machine info to results/bench/<machine>-<device>.json and prints the table."""
+    """Throughput benchmarks: nox -s bench -- --device cpu|cuda|mps [--quick]. A full run
+    saves pytest-benchmark's JSON with machine info to
+    results/bench/<machine>-<device>-<host>.json and prints the table."""
+    if {"-h", "--help"} & set(session.posargs):
+        print(BENCH_HELP)
+        return
     _install(session, "[test,bench]")
     raw = Path(session.create_tmp()) / "bench.json"
     session.run(
         "pytest", "bench", f"--benchmark-json={raw}", "-q", *session.posargs, env=_data_env()
     )
-    info = json.loads(raw.read_text())["machine_info"]["vaerepro"]
-    target = ROOT / "results" / "bench" / f"{info['machine']}-{info['device']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".json.tmp")  # never a half-written file under the real name
-    shutil.copyfile(raw, partial)
-    os.replace(partial, target)
-    session.log(f"saved {target}")
-    session.run("vaerepro", "hwtable")
+    # saves a full run's file under results/bench (never a --quick one), prints the table
+    session.run("vaerepro", "hwtable", "--add", str(raw))
 
 
 @nox.session

@@ -3,9 +3,11 @@
 `--quick` shrinks every benchmark to a smoke test (CI runs it with --benchmark-disable).
 """
 
+import hashlib
 import os
 import platform
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -44,10 +46,24 @@ def mnist(data_root, device):
     return load_mnist(data_root, device)
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
 def machine_name(device: torch.device) -> str:
     """A file-name-safe machine label: the CPU (or GPU) model and the core count."""
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    slug = _slug(device_name(device))
     return f"{slug}-{os.cpu_count()}c" if device.type == "cpu" else slug
+
+
+def host_id() -> str:
+    """The host name and a short hash of the machine's id: hosts often share a name ("vm")."""
+    try:
+        ident = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        ident = ""
+    ident = ident or str(uuid.getnode())  # the MAC address where there is no machine id
+    return f"{_slug(platform.node())}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -56,6 +72,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "device": dev.type,
         "device_name": device_name(dev),
         "machine": machine_name(dev),
+        "host": host_id(),  # saved file names differ between hosts
+        "quick": config.getoption("--quick"),  # hwtable refuses smoke-test timings
         "cpu_model": device_name(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -3,8 +3,17 @@ import shutil
 
 import pytest
 import torch
+from torchvision.datasets.utils import calculate_md5
 
-from vaerepro.data import MNIST_MD5, DataError, MinibatchIndices, load_mnist
+from vaerepro import data as data_mod
+from vaerepro.data import (
+    EXTRACTED_MD5,
+    MNIST_MD5,
+    DataError,
+    MinibatchIndices,
+    load_mnist,
+    resolve_data_root,
+)
 
 
 def test_splits_are_flat_grey_levels(mnist):
@@ -50,14 +59,73 @@ def test_truncated_file_gives_md5_error(data_root, tmp_path):
         load_mnist(tmp_path)
 
 
-def test_bad_extracted_file_is_reported(data_root, tmp_path):
-    raw = _copy_raw(data_root, tmp_path, list(MNIST_MD5))
-    load_mnist(tmp_path)  # extracts next to the archives in this writable root
-    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
-        good = f.read()
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x09" + good[4:])  # bad magic
-    with pytest.raises(DataError, match="test files"):
-        load_mnist(tmp_path)
+def _tree(root):
+    """{relative path: bytes} of every file under root (symlinks followed)."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_data_root_is_never_written(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    _copy_raw(data_root, root, list(MNIST_MD5))
+    before = _tree(root)
+    assert load_mnist(root).train_x.shape == (60_000, 784)
+    assert _tree(root) == before  # nothing extracted, added or changed next to the archives
+    extracted = list((tmp_path / "cache").rglob("train-images-idx3-ubyte"))
+    assert len(extracted) == 1 and not extracted[0].is_symlink()
+
+
+def test_a_tampered_extracted_file_is_extracted_again(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    _copy_raw(data_root, root, list(MNIST_MD5))
+    good = load_mnist(root)
+    [path] = (tmp_path / "cache").rglob("train-images-idx3-ubyte")
+    data = bytearray(path.read_bytes())
+    data[16 + 784 * 5 + 400] ^= 0xFF  # one pixel of the sixth training image
+    path.write_bytes(bytes(data))
+    assert torch.equal(load_mnist(root).train_x, good.train_x)
+    assert calculate_md5(str(path)) == EXTRACTED_MD5[path.name]
+
+
+def test_extracted_files_alone_are_verified(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_MD5:
+        with gzip.open(data_root / "MNIST" / "raw" / name) as f:
+            (raw / name[:-3]).write_bytes(f.read())
+    assert load_mnist(tmp_path / "root").test_x.shape == (10_000, 784)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x03")
+    with pytest.raises(DataError, match="MD5 mismatch.*t10k-labels-idx1-ubyte"):
+        load_mnist(tmp_path / "root")
+
+
+@pytest.mark.parametrize("via", ["option", "variable"])
+def test_a_mistyped_data_root_creates_nothing(tmp_path, monkeypatch, via):
+    typo = tmp_path / "no" / "such" / "root"
+    if via == "variable":
+        monkeypatch.setenv("VAEREPRO_DATA", str(typo))
+    with pytest.raises(DataError, match=r"does not exist") as err:
+        load_mnist(typo if via == "option" else None)
+    assert str(typo) in str(err.value)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_file_as_data_root_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        load_mnist(tmp_path / "f")
+
+
+def test_the_default_root_is_the_first_that_holds_the_files(data_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("VAEREPRO_DATA", raising=False)
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))  # empty: nothing there
+    monkeypatch.setattr(data_mod, "CHECKOUT_SHARED_DATA", data_root)
+    assert resolve_data_root(None) == data_root.resolve()
+    monkeypatch.setattr(data_mod, "CHECKOUT_SHARED_DATA", tmp_path / "absent")
+    assert resolve_data_root(None) == (tmp_path / "cache" / "data").resolve()
 
 
 def test_replacement_sampling_is_uniform_with_repeats():
@@ -86,14 +154,3 @@ def test_sampler_state_round_trips():
     b = MinibatchIndices(1000, 10, "epoch", torch.Generator().manual_seed(99))
     b.load_state_dict(state)
     assert torch.equal(a.next(), b.next())
-
-
-def test_wrong_shape_is_reported(data_root, tmp_path):
-    raw = _copy_raw(data_root, tmp_path, list(MNIST_MD5))
-    load_mnist(tmp_path)
-    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
-        good = f.read()
-    # a valid IDX header that announces 9,999 labels, followed by 9,999 labels
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(good[:4] + (9999).to_bytes(4, "big") + good[8:-1])
-    with pytest.raises(DataError, match=r"test split .* labels \(9999,\); expected"):
-        load_mnist(tmp_path)

@@ -1,10 +1,12 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from vaerepro.cli import main
 from vaerepro.flops import step_matmuls, train_flops_per_sample
-from vaerepro.hwtable import hardware_table
+from vaerepro.hwtable import hardware_table, save_benchmark
 from vaerepro.store import RunFolderError
 
 
@@ -17,6 +19,7 @@ def _bench(impl, kind, nz, samples, median, flop=None):
 
 def test_hardware_table_from_a_benchmark_file(tmp_path, capsys):
     info = {"machine": "cpu-x-2c", "device": "cpu", "device_name": "CPU X", "torch": "2.14.1"}
+    info.update(quick=False, host="h")
     benches = [
         _bench("vaerepro", "train_step", 20, 5000, 0.5, flop=4e6),  # 10k samples/s
         _bench("pyautoencoder", "train_step", 20, 5000, 2.0),  # 2.5k samples/s
@@ -52,3 +55,62 @@ def test_step_flops_count_every_matmul():
     forward = 2 * (784 * 500 + 500 * 40 + 20 * 500 + 500 * 784)
     backward = 2 * forward - 2 * 784 * 500
     assert train_flops_per_sample(20) == pytest.approx(forward + backward)
+
+
+def _bench_file(path, info_changes=None, benches=None):
+    info = {"machine": "cpu-x-2c", "device": "cpu", "device_name": "CPU X", "torch": "2.14.1"}
+    info.update({"quick": False, "host": "h-1", **(info_changes or {})})
+    benches = benches or [_bench("vaerepro", "train_step", 20, 5000, 0.5, flop=4e6)]
+    path.write_text(json.dumps({"machine_info": {"vaerepro": info}, "benchmarks": benches}))
+    return path
+
+
+def test_a_quick_run_is_never_saved_or_tabled(tmp_path):
+    raw = _bench_file(tmp_path / "raw.json", {"quick": True})
+    results = tmp_path / "results"
+    assert save_benchmark(raw, results) is None
+    assert not results.exists()
+    results.mkdir()
+    shutil.copy(raw, results / "smoke.json")
+    with pytest.raises(RunFolderError, match="smoke.json holds smoke-test timings"):
+        hardware_table(results)
+
+
+def test_a_full_run_is_saved_under_a_host_unique_name(tmp_path):
+    raw = _bench_file(tmp_path / "raw.json")
+    saved = save_benchmark(raw, tmp_path / "results")
+    assert saved.name == "cpu-x-2c-cpu-h-1.json" and saved.read_bytes() == raw.read_bytes()
+    other = _bench_file(tmp_path / "raw2.json", {"host": "h-2"})
+    assert save_benchmark(other, tmp_path / "results").name == "cpu-x-2c-cpu-h-2.json"
+    assert len(hardware_table(tmp_path / "results")) == 2
+
+
+@pytest.mark.parametrize(
+    "info_changes, benches, why",
+    [
+        ({"quick": None}, None, "smoke-test"),  # no mark: not known to be a full run
+        ({"device_name": None}, None, "machine info lacks"),
+        (None, [{"extra_info": {"impl": "x"}, "stats": {"median": 1.0}}], "lack"),
+        (None, [{"extra_info": {}, "stats": {}}], "missing"),
+        (None, [_bench("vaerepro", "eval", 20, 10000, -1.0)], "positive number"),
+    ],
+)
+def test_malformed_benchmark_files_are_named(tmp_path, capsys, info_changes, benches, why):
+    _bench_file(tmp_path / "odd.json", info_changes, benches)
+    assert main(["hwtable", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "odd.json" in err and why in err and "Traceback" not in err
+
+
+def test_machine_names_cannot_break_the_table(tmp_path, capsys):
+    _bench_file(tmp_path / "a.json", {"device_name": "CPU | evil\nrow"})
+    assert main(["hwtable", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3  # header, rule, one row
+    assert "CPU \\| evil row" in table[2]
+    assert {line.count("|") - line.count("\\|") for line in table} == {12}
+
+
+def test_the_committed_benchmarks_are_full_runs():
+    results = Path(__file__).resolve().parents[1] / "results" / "bench"
+    assert len(hardware_table(results)) >= 5

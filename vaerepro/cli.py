@@ -14,7 +14,7 @@ from .check import TOLERANCE_FLOOR, TOLERANCE_SIGMAS, check_run, make_reference
 from .compare import write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
-from .hwtable import hardware_table
+from .hwtable import hardware_table, save_benchmark
 from .report import make_figures
 from .store import (
     RunFiles,
@@ -273,6 +273,12 @@ def cmd_make_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_hwtable(args: argparse.Namespace) -> int:
+    if args.add:
+        saved = save_benchmark(args.add, args.folder)
+        if saved is None:
+            print(f"{args.add}: a --quick smoke test; nothing saved", file=sys.stderr)
+            return 0
+        print(f"saved {saved}", file=sys.stderr)
     print(to_markdown(hardware_table(args.folder)), end="")
     return 0
 
@@ -312,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         "limit.",
     )
     p.add_argument("folder", nargs="?", default="results/bench")
+    p.add_argument(
+        "--add",
+        metavar="JSON",
+        help="first save this pytest-benchmark JSON into FOLDER as "
+        "<machine>-<device>-<host>.json (a --quick run is not saved)",
+    )
 
     p = sub.add_parser(
         "check",

@@ -1,16 +1,18 @@
 """MNIST as whole-split tensors on the training device, and minibatches drawn by index.
 
-torchvision downloads and MD5-checks the four MNIST files on a machine with internet.
-Offline, put the four `.gz` files in `ROOT/MNIST/raw/`: they are verified and extracted
-without going online. A read-only root (such as `../shared/data`) is mirrored by symlinks
-into a writable cache folder, because torchvision extracts next to the archives.
+A data root is a folder whose `MNIST/raw/` holds the four original `.gz` files. It is only
+ever read: the archives are MD5-checked (torchvision's sums) and extracted by torchvision into
+a folder of the cache (`~/.cache/vaerepro`, or $VAEREPRO_CACHE) that links to them, and every
+extracted file is checked against the MD5 of the genuine file (re-extracted when it differs).
+Without --data-root or $VAEREPRO_DATA, the first default root that holds the files is used,
+else the files are downloaded into the cache.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,15 @@ from torchvision.datasets.utils import calculate_md5
 ENV_DATA_ROOT = "VAEREPRO_DATA"
 ENV_CACHE = "VAEREPRO_CACHE"
 MNIST_MD5: dict[str, str] = dict(MNIST.resources)  # {"train-images-idx3-ubyte.gz": md5, ...}
-SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+# MD5 of the files torchvision extracts from the genuine archives (the archives' content)
+EXTRACTED_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# The project's read-only offline copy, beside a source checkout (absent in a pip install)
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class DataError(RuntimeError):
@@ -47,28 +57,46 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "vaerepro")
 
 
+def default_data_roots() -> list[Path]:
+    """Where MNIST is looked for without --data-root or $VAEREPRO_DATA, in order; the first
+    one is also where it is downloaded when none holds it."""
+    return [default_cache_dir() / "data", CHECKOUT_SHARED_DATA]
+
+
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """`--data-root`, else $VAEREPRO_DATA, else the cache folder's `data/`."""
-    if data_root is None:
-        data_root = os.environ.get(ENV_DATA_ROOT) or default_cache_dir() / "data"
-    return Path(data_root).expanduser().resolve()
+    """`--data-root`, else $VAEREPRO_DATA, else the first default root holding the files.
 
-
-def _is_writable(path: Path) -> bool:
-    # os.access alone says yes to root on a read-only (r-x) folder, so look at the mode bits too.
-    mode = path.stat().st_mode
-    return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    A root that was named (option or variable) must be an existing folder: DataError
+    otherwise, so a typo never creates a folder tree.
+    """
+    named = data_root if data_root is not None else os.environ.get(ENV_DATA_ROOT)
+    if named:
+        root = Path(named).expanduser().resolve()
+        source = "--data-root" if data_root is not None else f"${ENV_DATA_ROOT}"
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise DataError(
+                f"data root {root} (from {source}) {what}. Give a folder whose MNIST/raw holds "
+                f"{', '.join(MNIST_MD5)}, or leave {source} unset to use or download the "
+                "default copy."
+            )
+        return root
+    candidates = default_data_roots()
+    for root in candidates:
+        if not _missing_files(root):
+            return root.resolve()
+    return candidates[0].resolve()
 
 
 def check_raw_files(root: Path) -> None:
-    """Verify the MD5 of every `.gz` present in ROOT/MNIST/raw; DataError on a mismatch."""
+    """Verify the MD5 of every MNIST file present in ROOT/MNIST/raw; DataError on a mismatch."""
     raw = root / "MNIST" / "raw"
-    for name, md5 in MNIST_MD5.items():
+    for name, md5 in (*MNIST_MD5.items(), *EXTRACTED_MD5.items()):
         path = raw / name
         if path.exists() and calculate_md5(str(path)) != md5:
             raise DataError(
                 f"MD5 mismatch for {path}: expected {md5}. The file is corrupted or truncated; "
-                "delete it and download it again (torchvision does so when online)."
+                "replace it with the original (torchvision downloads it when online)."
             )
 
 
@@ -78,60 +106,56 @@ def _missing_files(root: Path) -> list[str]:
 
 
 def _extraction_root(root: Path) -> Path:
-    """A writable root whose MNIST/raw holds (links to) the verified archives."""
+    """A cache folder whose MNIST/raw links to the root's verified files, for torchvision to
+    extract into (the data root itself is never written). Extracted files that differ from
+    the genuine ones are removed, so torchvision extracts them again from the archives."""
     raw = root / "MNIST" / "raw"
-    if _is_writable(raw):
-        return root
     digest = hashlib.sha1(str(raw).encode()).hexdigest()[:12]
     mirror = default_cache_dir() / "mnist-mirror" / digest
-    (mirror / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-    for name in MNIST_MD5:
-        link = mirror / "MNIST" / "raw" / name
-        if (raw / name).exists() and not link.exists():
-            link.symlink_to(raw / name)
+    mirror_raw = mirror / "MNIST" / "raw"
+    mirror_raw.mkdir(parents=True, exist_ok=True)
+    with open(mirror / ".lock", "a") as lock:  # concurrent loads share one mirror
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in (*MNIST_MD5, *EXTRACTED_MD5):
+            link = mirror_raw / name
+            if (raw / name).exists() and not link.is_symlink():
+                link.unlink(missing_ok=True)
+                link.symlink_to(raw / name)
+        for name, md5 in EXTRACTED_MD5.items():
+            path = mirror_raw / name
+            if path.exists() and not path.is_symlink() and calculate_md5(str(path)) != md5:
+                path.unlink()
+        for split in (True, False):
+            try:
+                MNIST(str(mirror), train=split, download=True)  # extracts; offline is fine
+            except Exception as err:  # torchvision raises RuntimeError/AssertionError
+                raise DataError(f"could not extract the MNIST files of {raw}: {err}") from err
     return mirror
 
 
 def _load_split(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    split = "train" if train else "test"
-    try:
-        ds = MNIST(str(root), train=train, download=True)
-    except Exception as err:  # torchvision raises AssertionError/RuntimeError on bad IDX files
-        raise DataError(
-            f"could not read the MNIST {split} files under {root / 'MNIST' / 'raw'}: {err}"
-        ) from err
-    x, y = ds.data, ds.targets
-    n = SPLIT_SIZES[split]
-    if tuple(x.shape) != (n, 28, 28) or tuple(y.shape) != (n,):
-        raise DataError(
-            f"MNIST {split} split under {root / 'MNIST' / 'raw'} has images {tuple(x.shape)} and "
-            f"labels {tuple(y.shape)}; expected ({n}, 28, 28) and ({n},)"
-        )
-    return x, y
+    ds = MNIST(str(root), train=train, download=False)
+    return ds.data, ds.targets
 
 
 def torchvision_root(data_root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """A root where `torchvision.datasets.MNIST(root)` finds verified, extracted files.
 
-    The data root itself, or a writable mirror of it. Raises DataError naming the data root
-    and the expected files when files are missing (and cannot be downloaded), and naming the
-    file when one is corrupted.
+    Raises DataError naming the data root and the expected files when files are missing (and
+    cannot be downloaded), and naming the file when one is corrupted.
     """
     root = resolve_data_root(data_root)
     missing = _missing_files(root)
-    if missing and not download:
-        raise DataError(_missing_message(root, missing))
-    if not missing:
-        check_raw_files(root)
-        root = _extraction_root(root)
-    else:
-        root.mkdir(parents=True, exist_ok=True)
+    if missing:
+        downloadable = data_root is None and not os.environ.get(ENV_DATA_ROOT)
+        if not (download and downloadable):
+            raise DataError(_missing_message(root, missing))
         try:
             MNIST(str(root), train=True, download=True)
         except Exception as err:
             raise DataError(_missing_message(root, missing) + f"\nDownload failed: {err}") from err
-        check_raw_files(root)
-    return root
+    check_raw_files(root)
+    return _extraction_root(root)
 
 
 def load_mnist(
@@ -155,7 +179,8 @@ def _missing_message(root: Path, missing: list[str]) -> str:
     return (
         f"MNIST files missing under data root {root}: expected {', '.join(MNIST_MD5)} in "
         f"{root / 'MNIST' / 'raw'} (missing: {', '.join(missing)}). Set --data-root or "
-        f"${ENV_DATA_ROOT} to a folder whose MNIST/raw holds them, or run once with internet."
+        f"${ENV_DATA_ROOT} to a folder whose MNIST/raw holds them, or leave both unset on a "
+        "machine with internet to download them into the cache."
     )
 
 

@@ -1,29 +1,59 @@
 """`vaerepro hwtable`: one Markdown table from the saved benchmark files of many machines.
 
-Each `results/bench/<machine>-<device>.json` is pytest-benchmark's JSON (from `nox -s bench`)
-with `machine_info["vaerepro"]` (device, CPU/GPU model, torch). Speeds are medians; every
+Each `results/bench/<machine>-<device>-<host>.json` is pytest-benchmark's JSON (from
+`nox -s bench`) with `machine_info["vaerepro"]` (device, CPU/GPU model, torch, and
+`"quick": false`: smoke-test timings from `--quick` are refused). Speeds are medians; every
 ratio is taken between benchmarks of the same file, i.e. of one session on one machine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from .store import RunFolderError
+from .store import RunFolderError, atomic_write_bytes
+
+INFO_FIELDS = ("machine", "device", "device_name", "torch")
+EXTRA_FIELDS = ("impl", "kind", "nz", "samples_per_round")
 
 
 def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
+    """(machine info, one row per benchmark with its median) of a saved benchmark file;
+    RunFolderError naming the file when it is malformed or a --quick smoke test."""
+
+    def bad(why: str) -> RunFolderError:
+        return RunFolderError(
+            f"{path} is not a vaerepro benchmark file ({why}); remove it or save it again "
+            "with `nox -s bench`"
+        )
+
     try:
         data = json.loads(path.read_text())
         info = data["machine_info"]["vaerepro"]
         rows = [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in data["benchmarks"]]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise RunFolderError(f"{path} is not a vaerepro benchmark file: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise bad(f"unreadable: {err}") from err
+    except (KeyError, TypeError, AttributeError) as err:
+        raise bad(f"missing {err}") from err
+    if info.get("quick") is not False:
+        raise RunFolderError(
+            f"{path} holds smoke-test timings (quick: {info.get('quick')!r}, not false); "
+            "only full `nox -s bench` runs belong in the table: remove it"
+        )
+    missing = [k for k in INFO_FIELDS if not isinstance(info.get(k), str)]
+    if missing or not rows:
+        raise bad(f"machine info lacks {missing}" if missing else "no benchmarks")
     df = pd.DataFrame(rows)
-    df["samples_per_s"] = df.samples_per_round / df.median_s
+    for col in EXTRA_FIELDS:
+        if col not in df:
+            raise bad(f"benchmarks lack {col!r}")
+    medians = pd.to_numeric(df.median_s, errors="coerce")
+    if not (medians > 0).all() or not medians.map(math.isfinite).all():
+        raise bad("a median time is not a positive number")
+    df["samples_per_s"] = df.samples_per_round / medians
     return info, df
 
 
@@ -63,3 +93,21 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(out)
+
+
+def save_benchmark(raw: str | Path, folder: str | Path = "results/bench") -> Path | None:
+    """Copy pytest-benchmark's JSON of a full run into `folder` as
+    `<machine>-<device>-<host>.json`; returns None, saving nothing, for a --quick run.
+    RunFolderError naming the file when it is not a vaerepro benchmark file."""
+    raw = Path(raw)
+    try:
+        info = json.loads(raw.read_text())["machine_info"]["vaerepro"]
+        quick = info["quick"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RunFolderError(f"{raw} is not a vaerepro benchmark file: {err}") from err
+    if quick:
+        return None
+    _medians(raw)  # the table must be able to read what is saved
+    target = Path(folder) / f"{info['machine']}-{info['device']}-{info['host']}.json"
+    atomic_write_bytes(target, raw.read_bytes())
+    return target

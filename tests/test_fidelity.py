@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaerepro.cli import main
-from vaerepro.compare import compare_run
+from vaerepro.compare import compare_run, write_comparison
 from vaerepro.config import PRESETS, TrainConfig, preset
 from vaerepro.data import MnistSplits
 from vaerepro.optim import make_optimizer
@@ -70,16 +70,46 @@ def test_compare_on_a_synthetic_run(tmp_path, capsys):
     _synthetic_run(tmp_path, 20, samples, offset=1.5)
     _synthetic_run(tmp_path, 3, samples, offset=-0.5)
     detail, summary = compare_run(tmp_path)
-    assert len(detail) == 2 * 2 * 4 and detail.paper.isna().sum() == 4  # 1e5 not covered
+    # 1e5 is not covered, nor N_z = 3 at 1e6 (its printed curve starts below the axes)
+    assert len(detail) == 2 * 2 * 4 and detail.paper.isna().sum() == 4 + 2
     s = summary.set_index(["nz", "split"])
     assert s.loc[(20, "train"), "mean_abs_diff"] == pytest.approx(1.5)
     assert s.loc[(20, "test"), "last_diff"] == pytest.approx(-1.5)
     assert s.loc[(3, "train"), "max_abs_diff"] == pytest.approx(0.5)
-    assert s.loc[(3, "test"), "points"] == 3
+    assert s.loc[(3, "test"), "points"] == 2 and s.loc[(3, "test"), "logged"] == 4
     assert main(["compare", str(tmp_path)]) == 0
     assert "mean_abs_diff" in capsys.readouterr().out
     assert (tmp_path / "comparison.csv").exists()
-    assert "| 20 | train | 3 | 1.50 |" in (tmp_path / "comparison.md").read_text()
+    assert "| 20 | train | 4 | 3 | 1.50 |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_compare_says_where_the_paper_has_no_value(tmp_path):
+    samples = [1e5, 4e5, 1e6, 2e6, 2e8, 3e8]
+    _synthetic_run(tmp_path, 3, samples, offset=0.0)
+    pd.read_csv(tmp_path / "nz3-seed0.csv").assign(train_elbo=-170.0, test_elbo=-170.0).to_csv(
+        tmp_path / "nz3-seed0.csv", index=False
+    )
+    detail, summary = compare_run(tmp_path)
+    train = detail[detail.split == "train"].set_index("samples")
+    # the digitized curve starts at 10^5.5; until 10^6.2 it lies below the figure's -150
+    assert train.paper_gap[1e5] == "before the paper's curve starts"
+    assert "below its axes" in train.paper_gap[4e5] and "below its axes" in train.paper_gap[1e6]
+    assert train.paper_gap[3e8] == "past the paper's visible curve"
+    assert train.paper_gap[2e6] == "" and train.paper_gap[2e8] == ""
+    gaps = train[train.paper_gap != ""]
+    assert gaps.paper.isna().all() and gaps["diff"].isna().all()  # no distance to hidden parts
+    assert (train.loc[[2e6, 2e8], "paper"] > -150).all()
+    s = summary.set_index(["nz", "split"]).loc[(3, "train")]
+    assert s.points == 2 and s.logged == 6
+
+
+def test_compare_with_no_covered_point(tmp_path):
+    _synthetic_run(tmp_path, 3, [1e5, 2e5, 3e5], offset=0.0)
+    detail, summary = compare_run(tmp_path)
+    assert detail.paper.isna().all() and (summary.points == 0).all()
+    assert summary.mean_abs_diff.isna().all()
+    write_comparison(tmp_path)
+    assert "| 3 | test | 3 | 0 | – |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_compare_names_a_malformed_csv(tmp_path, capsys):

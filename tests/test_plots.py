@@ -1,14 +1,18 @@
 import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from vaerepro.cli import main
 from vaerepro.config import TrainConfig
 from vaerepro.evaluate import active_units, kl_per_dimension
 from vaerepro.model import VAE
+from vaerepro.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
 from vaerepro.report import make_figures
-from vaerepro.store import RunFolderError
+from vaerepro.store import RunFolderError, load_run
 from vaerepro.train import train
 
 PER_MODEL = ("recon", "samples", "interpolation", "latent", "kl_per_dim")
@@ -67,9 +71,75 @@ def test_malformed_csv_is_named(tiny_run, tmp_path, content):
         make_figures(run)
 
 
-def test_missing_weights_are_named(tiny_run, tmp_path):
+def test_plot_without_weights_uses_the_csvs_alone(tiny_run, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for pt in run.glob("*.pt"):
+        pt.unlink()
+
+    def no_data(*args, **kw):
+        raise AssertionError("MNIST is not needed without weights")
+
+    monkeypatch.setattr("vaerepro.report.load_mnist", no_data)
+    assert main(["plot", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "per-model figures skipped for N_z=2,5: no final weights" in err
+    names = {p.name for p in (run / "figures").iterdir()}
+    assert names == {"fig2.png", "fig2.pdf", "components.png"}
+    assert (run / "comparison.md").exists() and (run / "comparison.csv").exists()
+    assert "| 5 | 3e+03 |" in (run / "REPORT.md").read_text()
+
+
+def test_plot_with_some_weights_draws_those_models(tiny_run, data_root, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "nz2-seed0.pt").unlink()
-    with pytest.raises(RunFolderError, match="nz2-seed0.pt"):
+    assert main(["plot", str(run), "--data-root", str(data_root)]) == 0
+    assert "skipped for N_z=2:" in capsys.readouterr().err
+    names = {p.name for p in (run / "figures").iterdir()}
+    assert "recon_nz5.png" in names and "recon_nz2.png" not in names
+    assert "| 2 | 3e+03 |" in (run / "REPORT.md").read_text()
+
+
+def _run_with(samples, elbo):
+    df = pd.DataFrame({"samples": samples, "train_elbo": elbo, "test_elbo": elbo})
+    return [({"config": {"nz": 3}}, df)]
+
+
+def test_fig2_keeps_the_paper_axes_unless_ours_leave_them():
+    inside = _run_with([1e5, 1e6, 1e7], [-149.0, -120.0, -100.0])
+    assert fig2_limits(inside) == (PAPER_XLIM, PAPER_YLIM, False)
+    (x0, _), (y0, y1), widened = fig2_limits(_run_with([5e4, 3e5], [-190.0, -169.0]))
+    assert widened and y0 <= -190 and y1 == PAPER_YLIM[1] and x0 < 5e4
+
+
+def test_a_short_run_draws_its_curves(tiny_run, tmp_path):
+    # 3e3 samples, ELBO far below -150: every point of ours must be inside the axes
+    runs = [(meta, df) for meta, df in load_run(tiny_run)]
+    out = tmp_path / "figures"
+    out.mkdir()
+    plot_fig2(runs, out)
+    (x0, x1), (y0, y1), widened = fig2_limits(runs)
+    assert widened
+    for _, df in runs:
+        assert df.samples.between(x0, x1).all()
+        assert df.train_elbo.between(y0, y1).all() and df.test_elbo.between(y0, y1).all()
+
+
+def test_a_kill_while_plotting_keeps_the_previous_figure(tiny_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for pt in run.glob("*.pt"):
+        pt.unlink()
+    make_figures(run)
+    before = (run / "figures" / "fig2.png").read_bytes()
+
+    def killed(self, fname, *args, **kw):
+        (open(fname, "wb") if isinstance(fname, (str, Path)) else fname).write(b"\x89PNG partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
         make_figures(run)
+    assert (run / "figures" / "fig2.png").read_bytes() == before
+    assert not list((run / "figures").glob(".*"))  # no temporary file left behind

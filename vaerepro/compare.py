@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .reference import SOURCE, paper_elbo
+from .reference import SOURCE, paper_elbo, paper_gap
 from .store import atomic_write_bytes, load_run, write_csv
 from .tables import to_markdown
 
@@ -15,9 +15,10 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(detail, summary) for every model in a run folder.
 
     detail: nz, split, samples, ours, paper, diff (ours - paper; nats per datapoint, positive
-    means our bound is higher), with NaN where the paper's curve does not reach.
-    summary: per nz and split, the mean and max |diff| over the points the paper covers, and
-    the diff at the last such point.
+    means our bound is higher), and paper_gap: NaN paper and diff where the printed curve shows
+    no value, with the reason in paper_gap ("" where it has a value).
+    summary: per nz and split, the logged points, how many the paper covers, the mean and max
+    |diff| over those, and the diff at the last of them (NaN when it covers none).
     """
     parts = []
     for meta, df in load_run(folder):
@@ -34,12 +35,14 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                         "ours": ours,
                         "paper": paper,
                         "diff": ours - paper,
+                        "paper_gap": paper_gap(nz, split, df.samples),
                     }
                 )
             )
     detail = pd.concat(parts, ignore_index=True)
+    logged = detail.groupby(["nz", "split"], sort=True).size().rename("logged")
     covered = detail.dropna(subset=["paper"])
-    summary = (
+    stats = (
         covered.assign(abs_diff=covered["diff"].abs())
         .groupby(["nz", "split"], sort=True)
         .agg(
@@ -49,8 +52,9 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             last_samples=("samples", "last"),
             last_diff=("diff", "last"),
         )
-        .reset_index()
     )
+    summary = pd.concat([logged, stats], axis=1).reset_index()
+    summary["points"] = summary.points.fillna(0).astype(int)
     return detail, summary
 
 
@@ -62,7 +66,9 @@ def write_comparison(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     text = (
         f"# Distance to the paper\n\nPaper: {SOURCE}. diff = ours - paper, nats per "
         "datapoint (positive: our bound is higher). The paper's curve is interpolated in "
-        "log10(samples).\n\n## Summary\n\n"
+        "log10(samples) along its visible part; where the printed figure shows no value, "
+        "paper and diff are blank and paper_gap says why. Summary: `points` of the `logged` "
+        "ones have a paper value.\n\n## Summary\n\n"
         + to_markdown(summary)
         + "\n## Every logged point\n\n"
         + to_markdown(detail)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from .compare import write_comparison
 from .data import load_mnist
 from .plots import plot_components, plot_fig2, plot_model
 from .reference import SOURCE, paper_elbo
@@ -16,25 +18,35 @@ from .tables import to_markdown
 from .train import load_model
 
 
-def make_figures(
-    run_dir: str | Path, data_root: str | Path | None = None, progress: bool = True
-) -> Path:
-    """Write RUN_DIR/figures/* and RUN_DIR/REPORT.md; returns the report's path.
+def make_figures(run_dir: str | Path, data_root: str | Path | None = None) -> Path:
+    """Write RUN_DIR/figures/*, the comparison with the paper and RUN_DIR/REPORT.md; returns
+    the report's path.
 
-    RunFolderError (naming the file) when a CSV, JSON or final weights file is missing or
-    malformed; DataError when MNIST cannot be loaded for the per-model figures.
+    Fig. 2, components.png, the comparison and the report need only the CSVs and JSONs. The
+    per-model figures need a model's final weights (`.pt`, not committed under results/):
+    models without them are skipped, with one line on stderr. RunFolderError (naming the
+    file) when a CSV or JSON is missing or malformed; DataError when MNIST cannot be loaded
+    for the per-model figures.
     """
     run_dir = Path(run_dir)
     runs = load_run(run_dir)
-    weights = [RunFiles.of(run_dir, m["config"]["nz"], m["config"]["seed"]) for m, _ in runs]
-    models = [load_model(files) for files in weights]  # fails early if weights are missing
+    files = [RunFiles.of(run_dir, m["config"]["nz"], m["config"]["seed"]) for m, _ in runs]
+    models = [load_model(f) if f.weights.exists() else None for f in files]
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     plot_fig2(runs, out)
     plot_components(runs, out)
-    data = load_mnist(data_root, "cpu")
+    write_comparison(run_dir)
+    skipped = [m["config"]["nz"] for model, (m, _) in zip(models, runs, strict=True) if not model]
+    if skipped:
+        print(
+            f"per-model figures skipped for N_z={','.join(map(str, skipped))}: no final weights "
+            f"(.pt) in {run_dir}",
+            file=sys.stderr,
+        )
+    data = load_mnist(data_root, "cpu") if len(skipped) < len(runs) else None
     diagnostics = [
-        plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out)
+        plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out) if model else None
         for model, (meta, _) in zip(models, runs, strict=True)
     ]
     report = run_dir / "REPORT.md"
@@ -43,8 +55,9 @@ def make_figures(
 
 
 def render_report(
-    run_dir: Path, runs: list[tuple[dict, pd.DataFrame]], diagnostics: list[dict]
+    run_dir: Path, runs: list[tuple[dict, pd.DataFrame]], diagnostics: list[dict | None]
 ) -> str:
+    """REPORT.md's text; a None diagnostic is a model without final weights."""
     rows, speed = [], []
     for (meta, df), diag in zip(runs, diagnostics, strict=True):
         nz, last = meta["config"]["nz"], df.iloc[-1]
@@ -56,7 +69,7 @@ def render_report(
                 "paper train": float(paper_elbo(nz, "train", last.samples)),
                 "test ELBO": last.test_elbo,
                 "paper test": float(paper_elbo(nz, "test", last.samples)),
-                "active units": f"{diag['active_units']} / {nz}",
+                "active units": f"{diag['active_units']} / {nz}" if diag else "–",
             }
         )
         speed.append(
@@ -78,8 +91,9 @@ def render_report(
             "(figures/fig2.png)",
             "",
             f"ELBO in nats per datapoint at the last evaluation. Paper: {SOURCE}, interpolated in "
-            "log10(samples) (– where the paper's curve does not reach). Active units: latent "
-            "dimensions whose average KL over the test set exceeds 0.01 nats.",
+            "log10(samples) (– where the printed curve shows no value; see comparison.md). "
+            "Active units: latent dimensions whose average KL over the test set exceeds 0.01 "
+            "nats (– without the final weights, which are not committed).",
             "",
             to_markdown(pd.DataFrame(rows)),
             "## Throughput",
@@ -98,9 +112,10 @@ def render_report(
             json.dumps(config, indent=2, sort_keys=True),
             "```",
             "",
-            "Figures: `figures/fig2.png` (and `.pdf`), `components.png`, and per N_z "
-            "`recon_nz*.png` (test images above reconstructions), `samples_nz*.png` (z ~ N(0, I)), "
-            "`interpolation_nz*.png`, `latent_nz*.png`, `kl_per_dim_nz*.png`.",
+            "Figures: `figures/fig2.png` (and `.pdf`), `components.png`, and per N_z with final "
+            "weights `recon_nz*.png` (test images above reconstructions), `samples_nz*.png` "
+            "(z ~ N(0, I)), `interpolation_nz*.png`, `latent_nz*.png`, `kl_per_dim_nz*.png`. "
+            "Distance to the paper at every logged point: [comparison.md](comparison.md).",
             "",
         ]
     )

@@ -42,6 +42,8 @@ def test_help_explains_every_option():
         "--overwrite",
     ):
         assert option in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "(preset: 1e7)" in out and "(default: 0)" in out  # --samples, --seed
 
 
 def test_reproduce_end_to_end(data_root, tmp_path):
@@ -58,6 +60,40 @@ def test_reproduce_end_to_end(data_root, tmp_path):
     manifest = json.loads((out / "run.json").read_text())
     assert [c["nz"] for c in manifest["configs"]] == [3, 5]
     assert (out / "figures" / "fig2.png").exists() and (out / "REPORT.md").exists()
+
+
+def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out)]
+    assert main([*argv, *TINY, "--samples", "4000", "--eval-every", "2000"]) == 0
+    err = capsys.readouterr().err
+    plan = next(line for line in err.splitlines() if line.startswith("plan:"))
+    assert "2 model(s) (N_z 3, 5), 4e3 samples each, on cpu; estimated" in plan
+    assert "training samples/s by N_z 3:" in plan and "evaluation" in plan
+    assert "model 2/2 (N_z=5):" in err and "left" in err
+    lines = err.splitlines()
+    table = lines[
+        next(i for i, line in enumerate(lines) if line.split()[:2] == ["N_z", "samples"]) :
+    ]
+    assert table[0].split() == [
+        "N_z", "samples", "train", "ELBO", "paper", "train", "train", "diff",
+        "test", "ELBO", "paper", "test", "test", "diff",
+    ]  # fmt: skip
+    assert table[1].split()[:2] == ["3", "4e3"] and table[1].split()[3] == "–"
+    last = pd.read_csv(out / "nz5-seed0.csv").iloc[-1]
+    assert f"{last.train_elbo:.2f}" in table[2] and f"{last.test_elbo:.2f}" in table[2]
+    assert "Trained in" in err
+
+
+def test_estimate_extrapolates_the_measured_rates():
+    from vaerepro.config import TrainConfig
+    from vaerepro.plan import Estimate
+
+    cfg = TrainConfig(nz=3, samples=1_000_000, eval_every=100_000)
+    est = Estimate(train_rate={3: 20_000.0}, eval_rate=60_000.0)
+    # 50 s of training + 10 evaluations of 50,000 + 10,000 rows at 60k/s
+    assert est.seconds(cfg) == pytest.approx(50 + 10)
+    assert est.seconds(cfg, samples_done=500_000) == pytest.approx(25 + 5)
 
 
 def test_console_script_runs(data_root, tmp_path):
@@ -78,7 +114,8 @@ def test_console_script_runs(data_root, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "N_z=3: samples=2000" in proc.stderr
+    assert "plan: 1 model(s) (N_z 3), 2e3 samples each" in proc.stderr
+    assert "Trained in" in proc.stderr
 
 
 def test_missing_data_is_refused_before_any_work(tmp_path, capsys):

@@ -314,9 +314,11 @@ def train_together(
     resume: bool = False,
     progress: bool = True,
     preset: str | None = None,
+    label: str = "",
 ) -> list[pd.DataFrame]:
     """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one fused step for
-    all; each model gets the files, and the numbers, of a separate `train` run."""
+    all; each model gets the files, and the numbers, of a separate `train` run. `label`
+    prefixes the progress bar (e.g. "model 2/5 ")."""
     device = torch.device(device)
     cfg = cfgs[0]
     for other in cfgs[1:]:
@@ -342,7 +344,7 @@ def train_together(
         initial=samples,
         unit="sample",
         unit_scale=True,
-        desc="N_z=" + ",".join(map(str, nzs)),
+        desc=f"{label}N_z=" + ",".join(map(str, nzs)),
         disable=not progress,
         dynamic_ncols=True,
     )

@@ -1,0 +1,86 @@
+"""How long a sweep will take: a short measured warm-up of the real training step and
+evaluation, extrapolated to every model's remaining samples."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import TrainConfig
+from .data import MinibatchIndices, MnistSplits
+from .evaluate import evaluate
+from .model import VAE
+from .optim import make_optimizer
+from .train import make_train_step
+
+WARMUP_STEPS = 3  # untimed: first calls allocate and pick kernels
+TIMED_STEPS = 30  # about 0.1-0.3 s per N_z on a 2-core CPU
+TIMED_EVAL_ROWS = 2_000
+TEST_SIZE = 10_000
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Estimate:
+    """Measured speeds: training samples/s per N_z, and evaluated datapoints/s."""
+
+    train_rate: dict[int, float]
+    eval_rate: float
+
+    def seconds(self, cfg: TrainConfig, samples_done: int = 0) -> float:
+        """Seconds left for a model of `cfg` that has trained `samples_done` samples: the
+        training steps plus a full train and test evaluation every `eval_every` samples."""
+        remaining = max(cfg.samples - samples_done, 0)
+        evaluations = remaining // cfg.eval_every
+        rows = evaluations * (cfg.train_size + TEST_SIZE)
+        return remaining / self.train_rate[cfg.nz] + rows / self.eval_rate
+
+
+def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device) -> Estimate:
+    """Time TIMED_STEPS training steps per distinct N_z and one evaluation pass, on throwaway
+    models (no files, the run's own seeds untouched)."""
+    rates = {}
+    for cfg in {c.nz: c for c in configs}.values():
+        model = VAE.from_config(cfg).to(device)
+        step = make_train_step([model], [make_optimizer(cfg, model)], cfg, data.train_x)
+        gen = torch.Generator(device=device).manual_seed(0)
+        batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
+        for _ in range(WARMUP_STEPS):
+            step([batches.next()], [gen])
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(TIMED_STEPS):
+            step([batches.next()], [gen])
+        _sync(device)
+        rates[cfg.nz] = TIMED_STEPS * cfg.batch_size / (time.perf_counter() - start)
+    widest = max(configs, key=lambda c: c.nz)
+    model = VAE.from_config(widest).to(device)
+    x = data.test_x[:TIMED_EVAL_ROWS]
+    evaluate(model, x[:100], generator=torch.Generator(device=device).manual_seed(0))
+    start = time.perf_counter()
+    evaluate(model, x, generator=torch.Generator(device=device).manual_seed(0))  # host sync
+    return Estimate(rates, len(x) / (time.perf_counter() - start))
+
+
+def duration(seconds: float) -> str:
+    """3 h 05 min, 12 min, 40 s."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds} s"
+
+
+def count(n: float) -> str:
+    """A sample count as people write it: 300000 -> 3e5, 1.5e6 -> 1.5e6, 2500 -> 2.5e3."""
+    mantissa, exponent = f"{n:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

@@ -89,6 +89,7 @@ def read_tolerances(reference_dir: Path) -> pd.DataFrame:
     missing = [c for c in need if c not in tol.columns]
     if missing or tol.empty:
         raise ReferenceFolderError(f"{path} lacks columns {missing} or rows; {fix}")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # for messages: as written
     for mode in TOLERANCE_MODES:
         tol[mode] = pd.to_numeric(tol[mode], errors="coerce")
     for tier, limits in TOLERANCE_LIMITS.items():
@@ -96,9 +97,9 @@ def read_tolerances(reference_dir: Path) -> pd.DataFrame:
             rows = tol[tol.tier == tier]
             bad = rows[~((rows[mode] > 0) & (rows[mode] <= limit))]  # NaN and inf are bad
             if len(bad):
-                row = bad.iloc[0]
+                row, text = bad.iloc[0], raw.loc[bad.index[0], mode]
                 raise ReferenceFolderError(
-                    f"{path}: the {mode} tolerance {row[mode]!r} of tier {tier}, N_z={row.nz}, "
+                    f"{path}: the {mode} tolerance {text!r} of tier {tier}, N_z={row.nz}, "
                     f"{row.split} {row.term} at {row.samples} samples is not a number in "
                     f"(0, {limit:g}] nats; {fix}"
                 )
@@ -122,7 +123,13 @@ def _merge(
 
 
 def _tier1(run_dir: Path, reference_dir: Path, nz, problems: list[str]) -> list[pd.DataFrame]:
-    ref_meta, ref = read_trajectory(reference_dir)
+    try:
+        ref_meta, ref = read_trajectory(reference_dir)
+    except RunFolderError as err:
+        raise ReferenceFolderError(
+            f"the reference lacks tier 1 ({err}); regenerate it with "
+            "`nox -s update_reference -- REASON`"
+        ) from err
     if nz is not None:
         ref = ref[ref.nz.isin(nz)]
     try:

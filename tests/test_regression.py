@@ -61,6 +61,15 @@ def test_unbroken_trajectory_passes_tier1(mnist, tmp_path, threads, n_threads):
     assert (tier1["diff"].abs() <= 1e-8).all()  # float64: nothing near the tolerance
 
 
+def test_trajectory_command_writes_tier1(data_root, tmp_path, capsys):
+    run = _copy_reference_run(tmp_path)
+    (run / "trajectory.csv").unlink()
+    argv = ["trajectory", str(run), "--nz", "3", "--data-root", str(data_root)]
+    assert main(argv) == 0
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", "3"]) == 0
+    assert "OK: tier 1: 24 points, tier 2: 6 points" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_breakage_fails_tier1_on_its_numbers(mnist, tmp_path, monkeypatch, threads, mutation):
     threads(1)  # tier 1 is the same to the last bit under 1 and 2 threads, and faster
@@ -98,7 +107,7 @@ def test_breakage_fails_tier2_on_its_numbers(mnist, tmp_path, monkeypatch, threa
     monkeypatch.undo()
     result = check_run(run, REFERENCE, nz=[TIER2_NZ])
     assert not result.problems and set(result.failures.tier) == {2}
-    assert _margin(result) > 1, result.failures
+    assert len(result.failures) >= 2, result.points  # not a single borderline point
 
 
 def test_the_reference_itself_passes(tmp_path, capsys):

@@ -161,7 +161,7 @@ def _check_out(out: Path, inputs: list[Path], names: set[str]) -> set[str]:
     """Refuse an --out that is an input or would overwrite files not ours; returns the files
     an earlier reference wrote there."""
     for folder in inputs:
-        if is_same_folder(out, folder) or out.resolve() == folder.resolve():
+        if is_same_folder(out, folder):
             raise ReferenceFolderError(
                 f"--out {out} is one of the input runs; write the reference to another folder"
             )
@@ -222,19 +222,44 @@ def make_reference(
     names = {p.name for p in model_files} | set(FIXED_FILES)
     owned = _check_out(out, [*seed_runs, *rounding_runs], names | {HISTORY})
 
-    for path in model_files:
+    _write_tables(out, model_files, base[0], spread, drift, tol)
+    _write_metadata(out, reason, seeds, reference_seed, ref_models[0][0], drift, names)
+    for stale in sorted(owned - names - {HISTORY}):  # e.g. a model of an N_z no longer run
+        (out / stale).unlink(missing_ok=True)
+    _append_history(out, reason, seeds)
+    return tol
+
+
+def _write_tables(
+    out: Path,
+    model_files: list[Path],
+    base: Path,
+    spread: pd.DataFrame,
+    drift: pd.DataFrame,
+    tol: pd.DataFrame,
+) -> None:
+    """The reference run's files, its trajectory, and the spread, drift and tolerances."""
+    for path in [*model_files, base / CSV_NAME, base / JSON_NAME]:
         atomic_write_bytes(out / path.name, path.read_bytes())
-    for name in (CSV_NAME, JSON_NAME):
-        atomic_write_bytes(out / name, (base[0] / name).read_bytes())
     write_csv(spread, out / "spread.csv")
-    write_csv(drift, out / "drift.csv")
-    atomic_write_bytes(out / TOLERANCES_CSV, tol.to_csv(index=False, float_format="%.6g").encode())
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ref_meta = ref_models[0][0]
+    for table, name in ((drift, "drift.csv"), (tol, TOLERANCES_CSV)):  # 1e-9 nats must show
+        atomic_write_bytes(out / name, table.to_csv(index=False, float_format="%.6g").encode())
+
+
+def _write_metadata(
+    out: Path,
+    reason: str,
+    seeds: list[int],
+    reference_seed: int,
+    ref_meta: dict,
+    drift: pd.DataFrame,
+    names: set[str],
+) -> None:
+    """reference.json: why and how the reference was made, and the files it owns."""
     write_json(
         {
             "reason": reason,
-            "made": when,
+            "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seeds": seeds,
             "reference_seed": reference_seed,
             "threads": ref_meta["device"].get("threads"),
@@ -250,20 +275,20 @@ def make_reference(
         },
         out / "reference.json",
     )
-    for stale in sorted(owned - names - {HISTORY}):  # e.g. a model of an N_z no longer run
-        (out / stale).unlink(missing_ok=True)
+
+
+def _append_history(out: Path, reason: str, seeds: list[int]) -> None:
     history = out / HISTORY
     old = history.read_text() if history.exists() else "# Reference updates\n\n"
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     commit = (git_state().get("commit") or "unknown")[:10]
-    atomic_write_bytes(
-        history, (old + f"- {when} (code {commit}, seeds {seeds}): {reason}\n").encode()
-    )
-    return tol
+    line = f"- {when} (code {commit}, seeds {seeds}): {reason}\n"
+    atomic_write_bytes(history, (old + line).encode())
 
 
 def is_same_folder(a: Path, b: Path) -> bool:
-    """Whether two paths name the same existing folder."""
+    """Whether two paths name the same folder (through links too)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return False
+        return a.resolve() == b.resolve()

@@ -6,9 +6,9 @@ drawn with replacement, a 10-minibatch Adagrad warm-up, 40 minibatches of 100), 
 its warm-up, the minibatch sampler, the noise generators and `evaluate` (on the 1,000
 training images and the first 1,000 test images), all in float64 on the CPU. Each of the
 four evaluations gives the ELBO, the log-likelihood and the KL term (nats per datapoint) of
-both splits. In float64, rounding (thread counts, SIMD kernels) moves these
-numbers by about 1e-12 nats, so a tolerance far below anything a change to the math or the
-protocol does still never fires by accident (README, "ELBO regression gate").
+both splits. In float64, rounding (thread counts, SIMD kernels, BLAS code paths) moves these
+numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to the math or the
+code does still never fires by accident (README, "ELBO regression gate").
 
 A run folder or reference holds the values in `trajectory.csv` (long format, full precision:
 nz, split, samples, term, value) and the config and environment in `trajectory.json`.

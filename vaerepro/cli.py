@@ -270,8 +270,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 160, "display.max_rows", 1000):
             print("tier 2 (ci run, ELBO; tolerance columns: rounding and seeds):")
             print(table[~tier1].to_string(index=False, float_format="%.4f"))
-            print("tier 1 (float64 trajectory):")
-            print(table[tier1].drop(columns="seeds").to_string(index=False, float_format="%.3g"))
+            print("tier 1 (float64 trajectory; ELBO, loglik, KL of both splits at 4 points):")
+            t1 = table[tier1].assign(abs_diff=table["diff"].abs())
+            summary = t1.groupby("nz").agg(
+                points=("ok", "size"),
+                failing=("ok", lambda ok: int((~ok).sum())),
+                max_abs_diff=("abs_diff", "max"),
+                tol=("tol", "min"),
+            )
+            print(summary.to_string(float_format="%.3g"))
     counts = result.points.groupby("tier").size().to_dict()
     summary = f"tier 1: {counts.get(1, 0)} points, tier 2: {counts.get(2, 0)} points"
     if result.ok:
@@ -295,7 +302,7 @@ def cmd_make_reference(args: argparse.Namespace) -> int:
 def cmd_trajectory(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
+        raise UsageError(f"OUT {out} is a file; give a folder")
     data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
     values = run_trajectory(data, args.nz)
     write_trajectory(values, out)

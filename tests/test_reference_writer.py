@@ -99,6 +99,8 @@ def test_out_that_is_an_input_is_refused(tmp_path, inputs, capsys):
     err = capsys.readouterr().err
     assert f"--out {seeds[0]} is one of the input runs" in err and "Traceback" not in err
     assert _checksums(seeds[0]) == before
+    assert main([*argv, "--out", str(tmp_path / "ref"), "--reason", "r"]) == 0
+    assert main(["check", str(seeds[0]), "--reference", str(tmp_path / "ref")]) == 0
 
 
 def test_out_with_files_it_did_not_write_is_refused(tmp_path, inputs, capsys):

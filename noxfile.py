@@ -19,6 +19,13 @@ ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CI_REFERENCE = "results/reference/ci"
 REFERENCE_SEEDS = range(5)
+REFERENCE_THREADS = "2"  # torch threads of the reference runs (the CI machine's 2 cores)
+# other float rounding on this CPU, like another CPU's: torch's scalar kernels, MKL's
+# SSE2 code path (measured for tier 1; README)
+TIER1_ROUNDING = {
+    "scalar-kernels": {"ATEN_CPU_CAPABILITY": "default"},
+    "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+}
 
 
 def _data_env() -> dict:
@@ -27,7 +34,7 @@ def _data_env() -> dict:
     return {"VAEREPRO_DATA": os.environ.get("VAEREPRO_DATA", str(SHARED_DATA))}
 
 
-def _run_ci_config(session: nox.Session, seed: int, out: Path) -> None:
+def _run_ci_config(session: nox.Session, seed: int, out: Path, env: dict | None = None) -> None:
     session.run(
         "vaerepro",
         "reproduce",
@@ -42,7 +49,7 @@ def _run_ci_config(session: nox.Session, seed: int, out: Path) -> None:
         "--overwrite",
         "--no-progress",
         "--no-plot",
-        env=_data_env(),
+        env={**_data_env(), **(env or {})},
     )
 
 
@@ -97,13 +104,30 @@ def bench(session: nox.Session) -> None:
     session.run("vaerepro", "hwtable", "--add", str(raw))
 
 
+def _reference_threads() -> str:
+    """The torch thread count the CI reference was made with: float32 rounding depends on it
+    (README, "ELBO regression gate"), so the gate's ci run uses it on every machine."""
+    meta = json.loads((ROOT / CI_REFERENCE / "reference.json").read_text())
+    return str(meta["threads"])
+
+
+def _gate_run(session: nox.Session, out: Path, seed: int = 0, threads: str | None = None) -> None:
+    """The ci preset under `seed` and, for seed 0, its float64 trajectory (tier 1), into out,
+    with `threads` torch threads (default: the reference's)."""
+    env = {"OMP_NUM_THREADS": threads or _reference_threads()}
+    _run_ci_config(session, seed, out, env)
+    if seed == 0:
+        session.run("vaerepro", "trajectory", str(out), env={**_data_env(), **env})
+
+
 @nox.session
 def regression(session: nox.Session) -> None:
-    """The ELBO regression gate: the `ci` preset (all five N_z, seed 0, CPU) against
-    results/reference/ci, within tolerances measured from the spread over seeds."""
+    """The ELBO regression gate, two tiers: the float64 trajectory (tier 1) and the `ci`
+    preset (tier 2: all five N_z, seed 0, CPU, the reference's thread count) against
+    results/reference/ci, within tolerances measured from rounding drift."""
     _install(session)
     out = Path(session.create_tmp()) / "regression-run"
-    _run_ci_config(session, 0, out)
+    _gate_run(session, out)
     session.run("vaerepro", "check", str(out), "--reference", CI_REFERENCE, "--verbose")
 
 
@@ -111,17 +135,28 @@ def regression(session: nox.Session) -> None:
 def update_reference(session: nox.Session) -> None:
     """Rewrite results/reference/ci after an intended change:
     nox -s update_reference -- "why the numbers change". Runs the `ci` preset under five
-    seeds and derives the tolerances from their spread."""
+    seeds (the spread, for --tolerance seeds), and seed 0 with its trajectory again under one
+    thread and the trajectory under other kernels (the rounding drift, for the default
+    tolerances)."""
     if not session.posargs:
         session.error('give the reason: nox -s update_reference -- "why the numbers change"')
     _install(session)
-    runs = [Path(session.create_tmp()) / f"ci-seed{seed}" for seed in REFERENCE_SEEDS]
+    tmp = Path(session.create_tmp())
+    runs = [tmp / f"ci-seed{seed}" for seed in REFERENCE_SEEDS]
     for seed, out in zip(REFERENCE_SEEDS, runs, strict=True):
-        _run_ci_config(session, seed, out)
+        _gate_run(session, out, seed, threads=REFERENCE_THREADS)
+    rounding = [tmp / "ci-seed0-threads1"]
+    _gate_run(session, rounding[0], 0, threads="1")
+    for name, variant in TIER1_ROUNDING.items():  # tier 1 only: cheap
+        rounding.append(tmp / f"trajectory-{name}")
+        env = {**_data_env(), **variant, "OMP_NUM_THREADS": REFERENCE_THREADS}
+        session.run("vaerepro", "trajectory", str(rounding[-1]), env=env)
     session.run(
         "vaerepro",
         "make-reference",
         *map(str, runs),
+        "--rounding-runs",
+        *map(str, rounding),
         "--out",
         CI_REFERENCE,
         "--reason",

@@ -1,4 +1,6 @@
-"""The regression gate fails on deliberate breakages and passes the unbroken model."""
+"""The regression gate fails on deliberate breakages, on their numbers, and passes the
+unbroken code under 1 and 2 threads. Tier 1 (the float64 trajectory) runs here for one N_z;
+tier 2 (the ci run) for N_z = 200, and through copies of the committed reference."""
 
 import json
 import re
@@ -8,101 +10,173 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from mutations import MUTATIONS
 
-from vaerepro import model as model_mod
-from vaerepro.check import check_run, make_reference
+from vaerepro.check import check_run
 from vaerepro.cli import main
 from vaerepro.config import preset
-from vaerepro.optim import Adagrad
-from vaerepro.store import CSV_COLUMNS
 from vaerepro.train import train
+from vaerepro.trajectory import run_trajectory, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
-GATE_NZ = 200  # one N_z of the committed CI reference keeps these tests short; at N_z = 3
-# the decoder-tanh breakage stays within tolerance (see the README)
+TIER1_NZ = 20  # one N_z of the reference keeps the tier-1 tests at seconds each
+TIER2_NZ = 200
 
 
-def _no_decoder_tanh(self, z):
-    return self.dec_out(self.dec(z))
-
-
-def _latent_grads_without_kl(d_z, mu, sigma, eps, d_mu, d_logvar):
-    torch.sum(d_z, 0, out=d_mu)
-    torch.sum(d_z.mul_(eps), 0, out=d_logvar)
-    d_logvar.mul_(sigma).mul_(0.5)
-
-
-def _no_noise(size, *, generator=None, out=None, **kw):
-    return out.zero_() if out is not None else torch.zeros(size, **kw)
-
-
-_kl = model_mod.gaussian_kl
-_adagrad_init = Adagrad.__init__
-
-# Training runs the hand-written gradient (vaerepro/gradients.py), evaluation the model's
-# forward pass (vaerepro/model.py): the gate must catch a breakage in either.
-MUTATIONS = {
-    "kl_gradient_dropped": ("vaerepro.gradients.latent_grads", _latent_grads_without_kl),
-    "tanh_derivative_dropped": ("vaerepro.gradients.tanh_backward", lambda grad, out: grad),
-    "lr_times_10": (
-        "vaerepro.optim.Adagrad.__init__",
-        lambda self, params, lr=0.02, **kw: _adagrad_init(self, params, lr=10 * lr, **kw),
-    ),
-    "z_is_mu": ("torch.randn", _no_noise),  # in training and evaluation
-    "eval_kl_sign_flipped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: -_kl(mu, logvar)),
-    "eval_decoder_tanh_removed": ("vaerepro.model.VAE.decode", _no_decoder_tanh),
-}
-
-
-@pytest.fixture(scope="module")
-def gate_cfg():
-    return preset("ci").replace(nz=GATE_NZ)
-
-
-def test_unbroken_model_passes_the_gate(mnist, tmp_path, gate_cfg):
-    train(gate_cfg, mnist, tmp_path, progress=False)
-    result = check_run(tmp_path, REFERENCE, nz=[GATE_NZ])
-    assert result.ok, (result.problems, result.failures)
-    assert len(result.points) == 2 * gate_cfg.samples // gate_cfg.eval_every
-
-
-@pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_breakage_fails_the_gate(mnist, tmp_path, gate_cfg, monkeypatch, mutation):
-    target, replacement = MUTATIONS[mutation]
-    monkeypatch.setattr(target, replacement)
-    train(gate_cfg, mnist, tmp_path, progress=False)
-    result = check_run(tmp_path, REFERENCE, nz=[GATE_NZ])
-    assert not result.problems  # it fails on the numbers, not on config or files
-    assert not result.ok and len(result.failures) > 0
-    monkeypatch.undo()
-    assert main(["check", str(tmp_path), "--reference", str(REFERENCE), "--nz", str(GATE_NZ)]) == 1
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test, restoring it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 def _copy_reference_run(tmp_path) -> Path:
+    """A run folder that passes both tiers: the reference's own files."""
     run = tmp_path / "run"
     shutil.copytree(REFERENCE, run)
     return run
 
 
+def _tier1_run(mnist, tmp_path) -> Path:
+    """A run folder with the reference's tier-2 files and a freshly computed trajectory."""
+    run = _copy_reference_run(tmp_path)
+    write_trajectory(run_trajectory(mnist, [TIER1_NZ]), run)
+    return run
+
+
+def _margin(result) -> float:
+    """The smallest |diff| / tolerance among the failing points."""
+    f = result.failures
+    return float((f["diff"].abs() / f.tol).min())
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_unbroken_trajectory_passes_tier1(mnist, tmp_path, threads, n_threads):
+    threads(n_threads)
+    result = check_run(_tier1_run(mnist, tmp_path), REFERENCE, nz=[TIER1_NZ])
+    assert result.ok, (result.problems, result.failures)
+    tier1 = result.points[result.points.tier == 1]
+    assert len(tier1) == 2 * 3 * 4  # splits x terms x evaluations
+    assert (tier1["diff"].abs() <= 1e-8).all()  # float64: nothing near the tolerance
+
+
+def test_trajectory_command_writes_tier1(data_root, tmp_path, capsys):
+    run = _copy_reference_run(tmp_path)
+    (run / "trajectory.csv").unlink()
+    argv = ["trajectory", str(run), "--nz", "3", "--data-root", str(data_root)]
+    assert main(argv) == 0
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", "3"]) == 0
+    assert "OK: tier 1: 24 points, tier 2: 6 points" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_breakage_fails_tier1_on_its_numbers(mnist, tmp_path, monkeypatch, threads, mutation):
+    threads(1)  # tier 1 is the same to the last bit under 1 and 2 threads, and faster
+    target, replacement = MUTATIONS[mutation]
+    monkeypatch.setattr(target, replacement)
+    values = run_trajectory(mnist, [TIER1_NZ])
+    monkeypatch.undo()
+    run = _copy_reference_run(tmp_path)
+    write_trajectory(values, run)
+    result = check_run(run, REFERENCE, nz=[TIER1_NZ])
+    assert not result.problems  # it fails on the numbers, not on config or files
+    assert len(result.failures) and set(result.failures.tier) == {1}
+    assert _margin(result) > 10, result.failures
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", str(TIER1_NZ)]) == 1
+
+
+def test_unbroken_ci_run_passes_tier2(mnist, tmp_path, threads):
+    threads(2)  # the reference's thread count (float32 rounding depends on it)
+    run = _copy_reference_run(tmp_path)
+    for path in run.glob(f"nz{TIER2_NZ}-seed0.*"):
+        path.unlink()
+    train(preset("ci").replace(nz=TIER2_NZ), mnist, run, progress=False)
+    result = check_run(run, REFERENCE, nz=[TIER2_NZ])
+    assert result.ok, (result.problems, result.failures)
+    tier2 = result.points[result.points.tier == 2]
+    assert len(tier2) == 6 and (tier2.tol < 0.5).all()
+
+
+def test_breakage_fails_tier2_on_its_numbers(mnist, tmp_path, monkeypatch, threads):
+    """One training breakage through the real float32 run (the rest: tier 1 above)."""
+    threads(2)
+    run = _copy_reference_run(tmp_path)
+    monkeypatch.setattr(*MUTATIONS["adagrad_warmup_removed"])
+    train(preset("ci").replace(nz=TIER2_NZ), mnist, run, progress=False)
+    monkeypatch.undo()
+    result = check_run(run, REFERENCE, nz=[TIER2_NZ])
+    assert not result.problems and set(result.failures.tier) == {2}
+    assert len(result.failures) >= 2, result.points  # not a single borderline point
+
+
 def test_the_reference_itself_passes(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 0
-    assert "OK: 30 points" in capsys.readouterr().out  # 5 N_z x 3 points x 2 splits
+    out = capsys.readouterr().out
+    assert "OK: tier 1: 120 points, tier 2: 30 points within the rounding" in out
+
+
+def test_half_a_nat_at_any_tier2_point_fails(tmp_path):
+    run = _copy_reference_run(tmp_path)
+    tol = pd.read_csv(REFERENCE / "tolerances.csv")
+    tier2 = tol[tol.tier == 2]
+    assert len(tier2) == 30 and (tier2.rounding < 0.5).all()
+    for _, point in tier2.iterrows():
+        path = run / f"nz{point.nz}-seed0.csv"
+        original = path.read_bytes()
+        df = pd.read_csv(path)
+        df.loc[df.samples == point.samples, f"{point.split}_elbo"] -= 0.5
+        df.to_csv(path, index=False)
+        result = check_run(run, REFERENCE, tolerance="rounding")
+        assert list(result.failures[["nz", "split", "samples"]].itertuples(index=False)) == [
+            (point.nz, point.split, point.samples)
+        ]
+        path.write_bytes(original)
+    assert check_run(run, REFERENCE).ok
+
+
+def test_failure_names_tier_point_diff_and_tolerance(tmp_path, capsys):
+    run = _copy_reference_run(tmp_path)
+    df = pd.read_csv(run / "nz200-seed0.csv")
+    df.loc[2, "test_elbo"] -= 0.5
+    df.to_csv(run / "nz200-seed0.csv", index=False)
+    traj = pd.read_csv(run / "trajectory.csv")
+    traj.loc[0, "value"] += 1e-4
+    traj.to_csv(run / "trajectory.csv", index=False, float_format="%.17g")
+    assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(
+        r"FAIL tier 2: N_z=200 test elbo at 300000 samples: ours -155\.79\d+, reference "
+        r"-155\.29\d+, diff -0\.5 nats, tolerance 0\.\d+ \(rounding\)",
+        out,
+    )
+    assert re.search(r"FAIL tier 1: N_z=3 train elbo at 1000 samples: .* diff \+0\.0001 nats", out)
+    assert "FAILED: 2 points out of tolerance" in out
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--tolerance", "seeds"]) == 1
+    assert "FAILED: 1 points" in capsys.readouterr().out  # tier 1 still fails
 
 
 def test_missing_file_fails(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     (run / "nz5-seed0.csv").unlink()
+    (run / "trajectory.csv").unlink()
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
-    assert "N_z=5: nz5-seed0.csv/.json missing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tier 2, N_z=5: nz5-seed0.csv/.json missing" in out
+    assert "tier 1: " in out and "trajectory.csv is missing; write it with `vaerepro" in out
 
 
 def test_missing_rows_fail(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     df = pd.read_csv(run / "nz3-seed0.csv")
     df.iloc[:-1].to_csv(run / "nz3-seed0.csv", index=False)
+    traj = pd.read_csv(run / "trajectory.csv")
+    traj[traj.samples < 4000].to_csv(run / "trajectory.csv", index=False)
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
-    assert "N_z=3: rows missing at samples [300000]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tier 2, N_z=3 (nz3-seed0.csv): rows missing at samples [300000]" in out
+    assert "tier 1, trajectory.csv: rows missing at samples [4000]" in out
 
 
 def test_different_config_fails(tmp_path, capsys):
@@ -110,45 +184,22 @@ def test_different_config_fails(tmp_path, capsys):
     meta = json.loads((run / "nz10-seed0.json").read_text())
     meta["config"]["lr"] = 0.03
     (run / "nz10-seed0.json").write_text(json.dumps(meta))
-    assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
-    assert "N_z=10: config differs from the reference: lr: 0.03 != 0.02" in capsys.readouterr().out
-
-
-def test_out_of_tolerance_point_is_printed(tmp_path, capsys):
-    run = _copy_reference_run(tmp_path)
-    df = pd.read_csv(run / "nz200-seed0.csv")
-    df.loc[2, "test_elbo"] -= 10.0  # at 3e5 samples the tolerance is about 5 nats
-    df.to_csv(run / "nz200-seed0.csv", index=False)
+    meta = json.loads((run / "trajectory.json").read_text())
+    meta["config"]["train_size"] = 2000
+    (run / "trajectory.json").write_text(json.dumps(meta))
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
     out = capsys.readouterr().out
-    assert "1 of 30 points out of tolerance" in out
-    assert re.search(r"200\s+test\s+300000\s+-165\.\d+\s+-155\.\d+\s+-10\.000", out)
+    assert "tier 2, N_z=10: config differs from the reference: lr: 0.03 != 0.02" in out
+    assert "tier 1: config differs from the reference: train_size: 2000 != 1000" in out
 
 
-def test_make_reference_measures_spread(tmp_path):
-    runs = []
-    for seed, offset in enumerate([0.0, 1.0, 2.0]):
-        folder = tmp_path / f"s{seed}"
-        folder.mkdir()
-        cfg = preset("ci").replace(nz=3, seed=seed).to_dict()
-        (folder / f"nz3-seed{seed}.json").write_text(json.dumps({"config": cfg}))
-        row = {c: 0.0 for c in CSV_COLUMNS}  # ELBO terms and timings do not matter here
-        pd.DataFrame(
-            [
-                {
-                    **row,
-                    "samples": 100000,
-                    "train_elbo": -150 + offset,
-                    "test_elbo": -150 + offset / 100,
-                }
-            ]
-        ).to_csv(folder / f"nz3-seed{seed}.csv", index=False)
-        runs.append(folder)
-    tol = make_reference(runs, tmp_path / "ref", reason="test").set_index("split").tol
-    assert tol["train"] == pytest.approx(4.0)  # 4 * std(0, 1, 2) = 4
-    assert tol["test"] == pytest.approx(0.25)  # the floor
-    ref = tmp_path / "ref"
-    assert (ref / "nz3-seed0.csv").exists() and not (ref / "nz3-seed1.csv").exists()
-    assert "test" in (ref / "HISTORY.md").read_text()
-    with pytest.raises(ValueError, match="reason"):
-        make_reference(runs, ref, reason=" ")
+def test_other_thread_count_fails_rounding_mode_with_advice(tmp_path, capsys):
+    run = _copy_reference_run(tmp_path)
+    meta = json.loads((run / "nz20-seed0.json").read_text())
+    meta["device"]["threads"] = 1
+    (run / "nz20-seed0.json").write_text(json.dumps(meta))
+    assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
+    out = capsys.readouterr().out
+    assert "tier 2, N_z=20: float32 rounding differs from the reference's (threads 1 != 2)" in out
+    assert "OMP_NUM_THREADS=2" in out and "--tolerance seeds" in out
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--tolerance", "seeds"]) == 0

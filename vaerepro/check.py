@@ -1,42 +1,57 @@
-"""ELBO regression gate: a run against reference numbers, with tolerances from seed spread.
+"""ELBO regression gate in two tiers: a run folder against a reference folder.
 
-A reference folder holds the CI configuration's run (`nz*-seed*.csv/.json`), `spread.csv`
-(per N_z, split and sample count: mean and standard deviation over several seeds),
-`tolerances.csv` (max(k * std, floor) per point), `reference.json` (how and why it was
-made) and `HISTORY.md` (one line per update, with its reason).
+Tier 1 (trajectory.py): a short float64 trajectory of the real training code; its numbers
+(ELBO, log-likelihood, KL of both splits, nats per datapoint) move by at most 6.3e-9 nats
+under any rounding variant measured, so its tolerance sees any change to the math or the code.
+Tier 2: the `ci` run itself (float32, all five N_z, 3e5 samples), each ELBO point within a
+tolerance from measured rounding drift (`--tolerance rounding`, the default), or within the
+spread over seeds (`--tolerance seeds`: for runs whose rounding differs by design, such as
+CUDA against the CPU reference).
+
+A reference folder holds the reference seed's `ci` run (`nz*-seed*.csv/.json`), its tier-1
+values (`trajectory.csv/.json`), `spread.csv` (per point: mean and standard deviation over
+seeds), `drift.csv` (per point and rounding variant: |run - reference|), `tolerances.csv`
+(per point: drift, rounding and seeds tolerances), `reference.json` (how and why it was made,
+and the files it owns) and `HISTORY.md` (one line per update, with its reason).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from .config import config_diff
-from .store import (
-    RunFiles,
-    atomic_write_bytes,
-    git_state,
-    load_run,
-    read_csv,
-    read_json,
-    write_csv,
-    write_json,
-)
+from .store import RunFiles, RunFolderError, load_run, read_csv, read_json
+from .trajectory import KEYS, read_trajectory
 
 SPLITS = ("train", "test")
-TOLERANCE_SIGMAS = 4.0
-TOLERANCE_FLOOR = 0.25  # nats; covers float differences between machines for one seed
+TOLERANCE_MODES = ("rounding", "seeds")
+SAFETY = 3.0  # rounding tolerance >= SAFETY * the largest drift measured at the point
+TIER1_FLOOR = 1e-6  # nats; measured float64 drift <= 6.3e-9 (README)
+TIER2_FLOOR = 0.1  # nats; README: covers rounding this machine cannot vary
+TIER2_CAP = 0.45  # nats; a half-nat shift must fail at every point
+SEED_SIGMAS = 4.0
+SEED_FLOOR = 0.25  # nats
+# tolerances outside (0, limit) are refused as corrupt: tier -> mode -> limit in nats
+TOLERANCE_LIMITS = {1: {"rounding": 1e-3}, 2: {"rounding": 0.5, "seeds": 50.0}}
+TOLERANCES_CSV = "tolerances.csv"
+POINT_COLUMNS = ["tier", "nz", "split", "samples", "term"]
+
+
+class ReferenceFolderError(RunFolderError):
+    """A reference folder is missing files or holds malformed or absurd tolerances."""
 
 
 @dataclass
 class CheckResult:
-    """points: nz, split, samples, ours, reference, diff, tol, ok. problems: reasons the
-    comparison itself is invalid (missing files or rows, different configs)."""
+    """points: tier, nz, split, samples, term, ours, reference, diff, tol (the mode's),
+    rounding, seeds, ok; nats per datapoint. problems: reasons the comparison itself is
+    invalid (missing files or rows, different configs or thread counts)."""
 
     points: pd.DataFrame
+    mode: str = "rounding"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -48,121 +63,171 @@ class CheckResult:
         return self.points[~self.points.ok]
 
 
-def _long(df: pd.DataFrame, nz: int) -> pd.DataFrame:
-    """A run CSV as rows of (nz, split, samples, elbo)."""
+def elbo_points(df: pd.DataFrame, nz: int) -> pd.DataFrame:
+    """A run CSV as tier-2 rows (nz, split, samples, term="elbo", value)."""
     parts = [
-        pd.DataFrame({"nz": nz, "split": s, "samples": df.samples, "elbo": df[f"{s}_elbo"]})
+        pd.DataFrame(
+            {"nz": nz, "split": s, "samples": df.samples, "term": "elbo", "value": df[f"{s}_elbo"]}
+        )
         for s in SPLITS
     ]
     return pd.concat(parts, ignore_index=True)
 
 
-def check_run(
-    run_dir: str | Path, reference_dir: str | Path, nz: list[int] | None = None
-) -> CheckResult:
-    """Compare every reference model (or only those with N_z in `nz`) with the run's."""
-    reference_dir, run_dir = Path(reference_dir), Path(run_dir)
-    tolerances = pd.read_csv(reference_dir / "tolerances.csv")
-    problems, parts = [], []
+def read_tolerances(reference_dir: Path) -> pd.DataFrame:
+    """The reference's tolerances.csv, validated: ReferenceFolderError naming the file when it
+    is missing, malformed, or holds a tolerance that is not a finite number within limits."""
+    path = reference_dir / TOLERANCES_CSV
+    fix = "regenerate the reference with `nox -s update_reference -- REASON`"
+    if not path.is_file():
+        raise ReferenceFolderError(f"reference file {path} is missing; {fix}")
+    try:
+        tol = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ReferenceFolderError(f"cannot read {path}: {err}; {fix}") from err
+    need = [*POINT_COLUMNS, "rounding", "seeds"]
+    missing = [c for c in need if c not in tol.columns]
+    if missing or tol.empty:
+        raise ReferenceFolderError(f"{path} lacks columns {missing} or rows; {fix}")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # for messages: as written
+    for mode in TOLERANCE_MODES:
+        tol[mode] = pd.to_numeric(tol[mode], errors="coerce")
+    for tier, limits in TOLERANCE_LIMITS.items():
+        for mode, limit in limits.items():
+            rows = tol[tol.tier == tier]
+            bad = rows[~((rows[mode] > 0) & (rows[mode] < limit))]  # NaN and inf are bad
+            if len(bad):
+                row, text = bad.iloc[0], raw.loc[bad.index[0], mode]
+                raise ReferenceFolderError(
+                    f"{path}: the {mode} tolerance {text!r} of tier {tier}, N_z={row.nz}, "
+                    f"{row.split} {row.term} at {row.samples} samples is not a number in "
+                    f"(0, {limit:g}) nats; {fix}"
+                )
+    unknown = sorted(set(tol.tier) - set(TOLERANCE_LIMITS))
+    if unknown:
+        raise ReferenceFolderError(f"{path}: unknown tiers {unknown}; {fix}")
+    return tol
+
+
+def _merge(
+    ref: pd.DataFrame, ours: pd.DataFrame, tier: int, label: str, problems: list[str]
+) -> pd.DataFrame:
+    """ref and ours (nz, split, samples, term, value) side by side; rows missing from ours
+    are reported in `problems` (and compare as failures)."""
+    merged = ref.merge(ours, on=KEYS, how="left", suffixes=("_ref", "_ours"))
+    missing = merged[merged.value_ours.isna()]
+    if len(missing):
+        where = sorted({int(n) for n in missing.samples})
+        problems.append(f"tier {tier}, {label}: rows missing at samples {where}")
+    return merged.assign(tier=tier)
+
+
+def _tier1(run_dir: Path, reference_dir: Path, nz, problems: list[str]) -> list[pd.DataFrame]:
+    try:
+        ref_meta, ref = read_trajectory(reference_dir)
+    except RunFolderError as err:
+        raise ReferenceFolderError(
+            f"the reference lacks tier 1 ({err}); regenerate it with "
+            "`nox -s update_reference -- REASON`"
+        ) from err
+    if nz is not None:
+        ref = ref[ref.nz.isin(nz)]
+    try:
+        meta, ours = read_trajectory(run_dir)
+    except RunFolderError as err:
+        problems.append(str(err))
+        return []
+    diff = config_diff(meta.get("config", {}), ref_meta.get("config", {}))
+    if diff:
+        problems.append("tier 1: config differs from the reference: " + "; ".join(diff))
+        return []
+    return [_merge(ref, ours, 1, "trajectory.csv", problems)]
+
+
+def _environment_diff(meta: dict, ref_meta: dict) -> list[str]:
+    """Thread count and torch version: what sets float32 rounding on the same CPU."""
+
+    def torch_version(m: dict) -> str:
+        return str(m.get("versions", {}).get("torch")).split("+")[0]  # 2.14.1+cu130 -> 2.14.1
+
+    pairs = [
+        ("threads", meta.get("device", {}).get("threads"), ref_meta["device"].get("threads")),
+        ("torch", torch_version(meta), torch_version(ref_meta)),
+    ]
+    return [f"{k} {a} != {b}" for k, a, b in pairs if a != b]
+
+
+def _tier2(
+    run_dir: Path, reference_dir: Path, nz, mode: str, problems: list[str]
+) -> list[pd.DataFrame]:
+    parts = []
     for ref_meta, ref_df in load_run(reference_dir):
         cfg = ref_meta["config"]
         if nz is not None and cfg["nz"] not in nz:
             continue
         files = RunFiles.of(run_dir, cfg["nz"], cfg["seed"])
         if not files.json.exists() or not files.csv.exists():
-            problems.append(f"N_z={cfg['nz']}: {files.stem}.csv/.json missing in {run_dir}")
+            problems.append(f"tier 2, N_z={cfg['nz']}: {files.stem}.csv/.json missing in {run_dir}")
             continue
-        diff = config_diff(read_json(files.json).get("config", {}), cfg)
+        meta = read_json(files.json)
+        diff = config_diff(meta.get("config", {}), cfg)
         if diff:
             problems.append(
-                f"N_z={cfg['nz']}: config differs from the reference: " + "; ".join(diff)
+                f"tier 2, N_z={cfg['nz']}: config differs from the reference: " + "; ".join(diff)
             )
             continue
-        ours = _long(read_csv(files.csv), cfg["nz"])
-        ref = _long(ref_df, cfg["nz"])
-        merged = ref.merge(
-            ours, on=["nz", "split", "samples"], how="left", suffixes=("_ref", "_ours")
-        )
-        missing = [int(n) for n in merged[merged.elbo_ours.isna()].samples.unique()]
-        if len(missing):
-            problems.append(f"N_z={cfg['nz']}: rows missing at samples {list(missing)}")
-        parts.append(merged)
+        env = _environment_diff(meta, ref_meta) if mode == "rounding" else []
+        if env:
+            problems.append(
+                f"tier 2, N_z={cfg['nz']}: float32 rounding differs from the reference's "
+                f"({'; '.join(env)}); rerun with OMP_NUM_THREADS="
+                f"{ref_meta['device'].get('threads')} and the reference's torch, or compare "
+                "with --tolerance seeds"
+            )
+            continue
+        ours = elbo_points(read_csv(files.csv), cfg["nz"])
+        label = f"N_z={cfg['nz']} ({files.stem}.csv)"
+        parts.append(_merge(elbo_points(ref_df, cfg["nz"]), ours, 2, label, problems))
+    return parts
+
+
+def check_run(
+    run_dir: str | Path,
+    reference_dir: str | Path,
+    nz: list[int] | None = None,
+    tolerance: str = "rounding",
+) -> CheckResult:
+    """Compare a run folder's tier-1 values and `ci` run (every reference N_z, or only those
+    in `nz`) with the reference's, within the `tolerance` mode's tolerances.
+
+    ReferenceFolderError (exit 2) when the reference itself is missing or malformed; every
+    problem with the run (missing files or rows, other config) makes the check fail.
+    """
+    if tolerance not in TOLERANCE_MODES:
+        raise ValueError(f"--tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
+    reference_dir, run_dir = Path(reference_dir), Path(run_dir)
+    tolerances = read_tolerances(reference_dir)
+    problems: list[str] = []
+    parts = _tier1(run_dir, reference_dir, nz, problems)
+    parts += _tier2(run_dir, reference_dir, nz, tolerance, problems)
     if nz is not None and not parts and not problems:
         problems.append(f"no reference model has N_z in {nz}")
-    points = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=["nz", "split", "samples", "elbo_ref", "elbo_ours"])
-    )
-    points = points.merge(tolerances, on=["nz", "split", "samples"], how="left")
-    points = points.rename(columns={"elbo_ours": "ours", "elbo_ref": "reference"})
+    cols = [*POINT_COLUMNS, "value_ours", "value_ref"]
+    points = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+    points = points.merge(tolerances[[*POINT_COLUMNS, "rounding", "seeds"]], how="left")
+    unknown = points[points.rounding.isna()]
+    if len(unknown):
+        row = unknown.iloc[0]
+        raise ReferenceFolderError(
+            f"{reference_dir / TOLERANCES_CSV} has no tolerance for tier {row.tier}, "
+            f"N_z={row.nz}, {row.split} {row.term} at {row.samples} samples; regenerate it "
+            "with `nox -s update_reference -- REASON`"
+        )
+    points = points.rename(columns={"value_ours": "ours", "value_ref": "reference"})
     points["diff"] = points.ours - points.reference
+    # tier 1 has no seed tolerance: its float64 trajectory is portable across CPUs
+    points["tol"] = points.rounding if tolerance == "rounding" else points.seeds
+    points["tol"] = points.tol.fillna(points.rounding)
     points["ok"] = points["diff"].abs() <= points.tol  # NaN (missing) compares False
-    cols = ["nz", "split", "samples", "ours", "reference", "diff", "tol", "ok"]
-    return CheckResult(points[cols], problems)
-
-
-def make_reference(
-    seed_runs: list[str | Path],
-    out: str | Path,
-    reason: str,
-    reference_seed: int = 0,
-    sigmas: float = TOLERANCE_SIGMAS,
-    floor: float = TOLERANCE_FLOOR,
-) -> pd.DataFrame:
-    """Write a reference folder from runs of one config under several seeds.
-
-    The reference numbers are those of `reference_seed`'s run; each point's tolerance is
-    max(sigmas * std over seeds, floor). Returns the tolerance table.
-    """
-    if not reason.strip():
-        raise ValueError("a reason for the reference update is required")
-    models = [(meta, df) for folder in seed_runs for meta, df in load_run(folder)]
-    seeds = sorted({m["config"]["seed"] for m, _ in models})
-    if len(seeds) < 2:
-        raise ValueError(f"need runs under at least 2 seeds to measure spread, got {seeds}")
-    base = {m["config"]["nz"]: {**m["config"], "seed": None} for m, _ in models}
-    for meta, _ in models:
-        diff = config_diff({**meta["config"], "seed": None}, base[meta["config"]["nz"]])
-        if diff:
-            raise ValueError(f"seed runs differ in more than the seed: {diff}")
-    long = pd.concat(
-        [_long(df, m["config"]["nz"]).assign(seed=m["config"]["seed"]) for m, df in models],
-        ignore_index=True,
-    )
-    spread = (
-        long.groupby(["nz", "split", "samples"])
-        .elbo.agg(seeds="count", mean="mean", std="std", min="min", max="max")
-        .reset_index()
-    )
-    tol = spread[["nz", "split", "samples"]].assign(tol=(sigmas * spread["std"]).clip(lower=floor))
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("nz*-seed*.*"):
-        old.unlink()
-    for folder in seed_runs:
-        for path in Path(folder).glob(f"nz*-seed{reference_seed}.*"):
-            if path.suffix in (".csv", ".json"):
-                atomic_write_bytes(out / path.name, path.read_bytes())
-    write_csv(spread, out / "spread.csv")
-    write_csv(tol, out / "tolerances.csv")
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(
-        {
-            "reason": reason,
-            "made": when,
-            "seeds": seeds,
-            "reference_seed": reference_seed,
-            "tolerance": f"max({sigmas} * std over seeds, {floor} nats)",
-            "git": git_state(),
-        },
-        out / "reference.json",
-    )
-    history = out / "HISTORY.md"
-    old = history.read_text() if history.exists() else "# Reference updates\n\n"
-    commit = (git_state().get("commit") or "unknown")[:10]
-    atomic_write_bytes(
-        history, (old + f"- {when} (code {commit}, seeds {seeds}): {reason}\n").encode()
-    )
-    return tol
+    cols = [*POINT_COLUMNS, "ours", "reference", "diff", "tol", "rounding", "seeds", "ok"]
+    return CheckResult(points[cols].reset_index(drop=True), tolerance, problems)

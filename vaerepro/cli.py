@@ -11,13 +11,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .check import TOLERANCE_FLOOR, TOLERANCE_SIGMAS, check_run, make_reference
+from .check import TOLERANCE_MODES, check_run
 from .compare import compare_run, write_comparison
 from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
 from .hwtable import hardware_table, save_benchmark
 from .plan import Estimate, duration, measure
 from .plan import count as count_text
+from .reference_writer import make_reference
 from .report import make_figures
 from .store import (
     RunFiles,
@@ -30,6 +31,7 @@ from .store import (
 )
 from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train_together
+from .trajectory import run_trajectory, write_trajectory
 
 MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
 
@@ -336,29 +338,65 @@ def _manifest_data_root(run_dir: str) -> str | None:
     return read_json(manifest).get("data_root") if manifest.exists() else None
 
 
+def _failure_line(p: pd.Series, mode: str) -> str:
+    """One failing point: tier, point, ours, reference, diff and tolerance (nats)."""
+    which = "rounding" if p.tier == 1 or mode == "rounding" else "seeds"
+    return (
+        f"FAIL tier {p.tier}: N_z={p.nz} {p.split} {p.term} at {p.samples} samples: "
+        f"ours {p.ours:.6f}, reference {p.reference:.6f}, diff {p['diff']:+.3g} nats, "
+        f"tolerance {p.tol:.3g} ({which})"
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    result = check_run(args.run_dir, args.reference, args.nz)
+    result = check_run(args.run_dir, args.reference, args.nz, args.tolerance)
     for problem in result.problems:
         print(f"FAIL: {problem}")
-    with pd.option_context("display.width", 120, "display.max_rows", 500):
-        if args.verbose:
-            print(result.points.to_string(index=False, float_format="%.3f"))
-        if len(result.failures):
-            print(
-                f"{len(result.failures)} of {len(result.points)} points out of tolerance "
-                "(nats per datapoint):"
+    for _, point in result.failures.iterrows():
+        print(_failure_line(point, result.mode))
+    if args.verbose:
+        table = result.points.copy()
+        tier1 = table.tier == 1
+        with pd.option_context("display.width", 160, "display.max_rows", 1000):
+            print("tier 2 (ci run, ELBO; tolerance columns: rounding and seeds):")
+            print(table[~tier1].to_string(index=False, float_format="%.4f"))
+            print("tier 1 (float64 trajectory; ELBO, loglik, KL of both splits at 4 points):")
+            t1 = table[tier1].assign(abs_diff=table["diff"].abs())
+            summary = t1.groupby("nz").agg(
+                points=("ok", "size"),
+                failing=("ok", lambda ok: int((~ok).sum())),
+                max_abs_diff=("abs_diff", "max"),
+                tol=("tol", "min"),
             )
-            print(result.failures.to_string(index=False, float_format="%.3f"))
+            print(summary.to_string(float_format="%.3g"))
+    counts = result.points.groupby("tier").size().to_dict()
+    summary = f"tier 1: {counts.get(1, 0)} points, tier 2: {counts.get(2, 0)} points"
     if result.ok:
-        print(f"OK: {len(result.points)} points within tolerance of {args.reference}")
+        print(f"OK: {summary} within the {result.mode} tolerances of {args.reference}")
         return 0
+    print(
+        f"FAILED: {len(result.failures)} points out of tolerance, {len(result.problems)} "
+        f"problems ({summary}, {result.mode} tolerances of {args.reference})"
+    )
     return 1
 
 
 def cmd_make_reference(args: argparse.Namespace) -> int:
-    tol = make_reference(args.seed_runs, args.out, args.reason)
-    print(tol.to_string(index=False, float_format="%.3f"))
+    tol = make_reference(args.seed_runs, args.out, args.reason, args.rounding_runs)
+    with pd.option_context("display.width", 160, "display.max_rows", 1000):
+        print(tol[tol.tier == 2].to_string(index=False, float_format="%.4g"))
     print(f"wrote the reference to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"OUT {out} is a file; give a folder")
+    data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
+    values = run_trajectory(data, args.nz)
+    write_trajectory(values, out)
+    print(f"wrote {out / 'trajectory.csv'} ({len(values)} values)")
     return 0
 
 
@@ -417,24 +455,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "check",
-        help="regression gate: a run against reference ELBO numbers",
-        description="Compare a run's ELBO at every (N_z, samples) point with a "
-        "reference folder's, within its measured tolerances. Exits 1 and prints "
-        "every point out of tolerance, or when files, rows or configs differ.",
+        help="regression gate: a run against reference ELBO numbers (two tiers)",
+        description="Compare a run folder with a reference folder in two tiers: tier 1, the "
+        "float64 trajectory (trajectory.csv, from `vaerepro trajectory`) within float64 "
+        "rounding; tier 2, the ci run's ELBO at every (N_z, split, samples) point within "
+        "the tolerance mode's tolerances. Exits 1 and prints every point out of tolerance "
+        "(tier, point, diff, tolerance), or when files, rows, configs or (rounding mode) "
+        "thread counts differ; exits 2 when the reference itself is missing or malformed.",
     )
     p.add_argument("run_dir")
     p.add_argument("--reference", required=True, help="e.g. results/reference/ci")
     p.add_argument("--nz", type=int, nargs="+", help="check only these N_z of the reference")
+    p.add_argument(
+        "--tolerance",
+        choices=TOLERANCE_MODES,
+        default="rounding",
+        help="tier-2 tolerances: rounding (measured float rounding drift, < 0.5 nats; the "
+        "reference's CPU kind and thread count) or seeds (spread over seeds: for runs from "
+        "other hardware, e.g. CUDA)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print every point")
 
     p = sub.add_parser(
+        "trajectory",
+        help="tier 1 of the regression gate: the float64 trajectory of the ci protocol",
+        description="Run the ci protocol scaled down (per N_z: 4,000 samples from 1,000 "
+        "images) in float64 on the CPU, through the real training and evaluation code, and "
+        "write trajectory.csv/.json into OUT for `vaerepro check`. About 3 s per N_z.",
+    )
+    p.add_argument("out", help="the folder to write into (usually the ci run's)")
+    p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ))
+    p.add_argument("--data-root", help=f"MNIST root (default ${ENV_DATA_ROOT})")
+
+    p = sub.add_parser(
         "make-reference",
-        help="write a reference folder from seed runs",
-        description="From runs of one config under several seeds, write the "
-        "reference numbers (seed 0), the spread per point and tolerances "
-        f"max({TOLERANCE_SIGMAS:g} std, {TOLERANCE_FLOOR} nats).",
+        help="write a reference folder from seed runs and rounding runs",
+        description="From the ci run under several seeds (the reference seed's folder with "
+        "its trajectory.csv) and the reference seed again under other rounding (another "
+        "thread count), write the reference numbers, the spread over seeds, the rounding "
+        "drift per point and the tolerances of both modes. --out may not be an input, and "
+        "only files an earlier make-reference wrote there are replaced or removed.",
     )
     p.add_argument("seed_runs", nargs="+", help="run folders, one config, different seeds")
+    p.add_argument(
+        "--rounding-runs",
+        nargs="+",
+        required=True,
+        help="the reference seed's run (with trajectory.csv) under other rounding",
+    )
     p.add_argument("--out", required=True, help="the reference folder to (re)write")
     p.add_argument("--reason", required=True, help="why the reference changes (recorded)")
     return parser
@@ -447,6 +515,7 @@ COMMANDS = {
     "check": cmd_check,
     "hwtable": cmd_hwtable,
     "make-reference": cmd_make_reference,
+    "trajectory": cmd_trajectory,
 }
 
 

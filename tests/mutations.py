@@ -1,0 +1,93 @@
+"""Deliberate breakages of the training and evaluation code, for the regression gate's tests.
+
+Each is (target, replacement) for `monkeypatch.setattr`: the code changes while every config
+a run records stays the reference's, so the gate must fail on the numbers. Training runs the
+hand-written gradient (vaerepro/gradients.py), evaluation the model's forward pass
+(vaerepro/model.py), so there are breakages of each.
+"""
+
+import dataclasses
+
+import torch
+
+from vaerepro import evaluate as evaluate_mod
+from vaerepro import model as model_mod
+from vaerepro import optim
+from vaerepro import train as train_mod
+from vaerepro.data import MinibatchIndices
+
+
+def _no_decoder_tanh(self, z):
+    return self.dec_out(self.dec(z))
+
+
+def _latent_grads_without_kl(d_z, mu, sigma, eps, d_mu, d_logvar):
+    torch.sum(d_z, 0, out=d_mu)
+    torch.sum(d_z.mul_(eps), 0, out=d_logvar)
+    d_logvar.mul_(sigma).mul_(0.5)
+
+
+def _no_noise(size, *, generator=None, out=None, **kw):
+    return out.zero_() if out is not None else torch.zeros(size, **kw)
+
+
+def _optimizer_with(**changes):
+    """make_optimizer as train.py calls it, but for the config with `changes`."""
+    return lambda cfg, model, **kw: optim.make_optimizer(cfg.replace(**changes), model, **kw)
+
+
+def _eps_outside_sqrt(cfg, model, **kw):
+    groups = optim.param_groups(model, 1.0 / cfg.train_size)
+    return optim.Adagrad(
+        groups, cfg.lr, eps_inside=0.0, eps_outside=1e-8, warmup=cfg.adagrad_warmup, **kw
+    )
+
+
+_model_run_init = train_mod.ModelRun.__init__
+
+
+def _all_60000_images(self, cfg, data, *args, **kw):
+    _model_run_init(self, cfg, data, *args, **kw)
+    self.train_x = data.train_x
+    self.batches = MinibatchIndices(len(data.train_x), cfg.batch_size, cfg.sampling, self.gen)
+
+
+def _shifted_evaluation(*args, **kw):
+    result = evaluate_mod.evaluate(*args, **kw)
+    return dataclasses.replace(result, elbo=result.elbo - 0.5)
+
+
+def _training_without_tanh(inputs, weight, bias, out):
+    from vaerepro.gradients import affine
+
+    return affine(inputs, weight, bias, out)
+
+
+_kl = model_mod.gaussian_kl
+_adagrad_init = optim.Adagrad.__init__
+
+OPTIMIZER = "vaerepro.train.make_optimizer"  # as train.py calls it
+
+MUTATIONS = {
+    "weight_prior_removed": (OPTIMIZER, _optimizer_with(weight_decay=False)),
+    "torch_adagrad_rule": (OPTIMIZER, _optimizer_with(optimizer="torch_adagrad")),
+    "adagrad_warmup_removed": (OPTIMIZER, _optimizer_with(adagrad_warmup=0)),
+    "adagrad_eps_outside_sqrt": (OPTIMIZER, _eps_outside_sqrt),
+    "train_on_60000_images": ("vaerepro.train.ModelRun.__init__", _all_60000_images),
+    "epoch_sampling": (
+        "vaerepro.train.MinibatchIndices",
+        lambda n, batch, sampling, gen: MinibatchIndices(n, batch, "epoch", gen),
+    ),
+    "kl_gradient_dropped": ("vaerepro.gradients.latent_grads", _latent_grads_without_kl),
+    "eval_kl_dropped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: 0.0 * _kl(mu, logvar)),
+    "eval_kl_sign_flipped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: -_kl(mu, logvar)),
+    "training_tanh_removed": ("vaerepro.gradients.tanh_affine", _training_without_tanh),
+    "tanh_derivative_dropped": ("vaerepro.gradients.tanh_backward", lambda grad, out: grad),
+    "eval_decoder_tanh_removed": ("vaerepro.model.VAE.decode", _no_decoder_tanh),
+    "lr_times_10": (
+        "vaerepro.optim.Adagrad.__init__",
+        lambda self, params, lr=0.02, **kw: _adagrad_init(self, params, lr=10 * lr, **kw),
+    ),
+    "z_is_mu": ("torch.randn", _no_noise),  # in training and evaluation
+    "eval_elbo_shifted_half_a_nat": ("vaerepro.train.evaluate", _shifted_evaluation),
+}

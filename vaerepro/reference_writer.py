@@ -1,0 +1,294 @@
+"""Writes a regression-gate reference folder (check.py reads it) from measured runs.
+
+Inputs: the `ci` run under several seeds (the reference seed's folder also holds the tier-1
+`trajectory.csv`), and rounding runs: the reference seed's `ci` run and trajectory again under
+other rounding (another thread count). Tolerances per point, nats per datapoint:
+  rounding, tier 1: max(SAFETY * drift, TIER1_FLOOR)
+  rounding, tier 2: min(max(SAFETY * drift, TIER2_FLOOR), TIER2_CAP)
+  seeds,    tier 2: max(SEED_SIGMAS * std over seeds, SEED_FLOOR)
+where drift is the largest |rounding run - reference| at that point.
+
+The writer deletes only files it wrote before (listed in reference.json's "files"), and
+refuses an --out that is one of its inputs or holds files it does not own.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .check import (
+    POINT_COLUMNS,
+    SAFETY,
+    SEED_FLOOR,
+    SEED_SIGMAS,
+    TIER1_FLOOR,
+    TIER2_CAP,
+    TIER2_FLOOR,
+    TOLERANCES_CSV,
+    ReferenceFolderError,
+    elbo_points,
+)
+from .config import config_diff
+from .store import atomic_write_bytes, git_state, load_run, read_json, write_csv, write_json
+from .trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
+
+FIXED_FILES = ("spread.csv", "drift.csv", TOLERANCES_CSV, CSV_NAME, JSON_NAME, "reference.json")
+HISTORY = "HISTORY.md"
+
+
+def _tier2_values(folder: Path) -> tuple[list[tuple[dict, pd.DataFrame]], pd.DataFrame]:
+    """(models, ELBO points with tier=2) of one run folder."""
+    models = load_run(folder)
+    points = pd.concat([elbo_points(df, m["config"]["nz"]) for m, df in models])
+    return models, points.assign(tier=2)
+
+
+def _configs(models: list[tuple[dict, pd.DataFrame]]) -> dict:
+    """{"nz3": config, ...} of a run folder's models, for config_diff."""
+    return {f"nz{m['config']['nz']}": m["config"] for m, _ in models}
+
+
+def _rounding_values(
+    folder: Path, ref_models: list[tuple[dict, pd.DataFrame]], traj_meta: dict
+) -> tuple[pd.DataFrame, str]:
+    """A rounding run's points (tier 1 from its trajectory.csv, tier 2 from its ci run; it
+    may hold either or both) and its label, after checking its configs against the
+    reference's. ValueError naming the folder otherwise."""
+    parts, threads = [], set()
+    if any(folder.glob("nz*-seed*.json")):
+        models, points = _tier2_values(folder)
+        diff = config_diff(_configs(models), _configs(ref_models))
+        if diff:
+            raise ValueError(f"rounding run {folder} differs from the reference run: {diff}")
+        parts.append(points)
+        threads |= {m.get("device", {}).get("threads") for m, _ in models}
+    if (folder / CSV_NAME).exists():
+        meta, values = read_trajectory(folder)
+        diff = config_diff(meta.get("config", {}), traj_meta.get("config", {}))
+        if diff:
+            raise ValueError(f"rounding run {folder}: trajectory config differs: {diff}")
+        parts.append(values.assign(tier=1))
+        threads.add(meta.get("device", {}).get("threads"))
+    if not parts:
+        raise ValueError(f"rounding run {folder} holds neither a ci run nor {CSV_NAME}")
+    label = f"{folder.name} (threads={','.join(map(str, sorted(threads, key=str)))})"
+    return pd.concat(parts, ignore_index=True), label
+
+
+def _drift(reference: pd.DataFrame, other: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """|other - reference| per point (tier, nz, split, samples, term) of the tiers `other`
+    holds; ValueError naming the variant when it lacks a point of such a tier."""
+    reference = reference[reference.tier.isin(set(other.tier))]
+    merged = reference.merge(other, on=["tier", *KEYS], how="left", suffixes=("", "_other"))
+    if merged.value_other.isna().any():
+        row = merged[merged.value_other.isna()].iloc[0]
+        raise ValueError(
+            f"rounding run {variant} lacks tier {row.tier} N_z={row.nz} {row.split} "
+            f"{row.term} at {row.samples} samples"
+        )
+    drift = (merged.value_other - merged.value).abs()
+    return merged[POINT_COLUMNS].assign(variant=variant, drift=drift)
+
+
+def _spread(seed_runs: list[Path]) -> tuple[list[int], pd.DataFrame]:
+    """Seeds and the spread per tier-2 point (seeds, mean, std, min, max) over the seed runs."""
+    models = [(meta, df) for folder in seed_runs for meta, df in load_run(folder)]
+    seeds = sorted({m["config"]["seed"] for m, _ in models})
+    if len(seeds) < 2:
+        raise ValueError(f"need runs under at least 2 seeds to measure spread, got {seeds}")
+    base = {m["config"]["nz"]: {**m["config"], "seed": None} for m, _ in models}
+    for meta, _ in models:
+        diff = config_diff({**meta["config"], "seed": None}, base[meta["config"]["nz"]])
+        if diff:
+            raise ValueError(f"seed runs differ in more than the seed: {diff}")
+    long = pd.concat([elbo_points(df, m["config"]["nz"]) for m, df in models])
+    spread = (
+        long.groupby(["nz", "split", "samples"])
+        .value.agg(seeds="count", mean="mean", std="std", min="min", max="max")
+        .reset_index()
+    )
+    return seeds, spread
+
+
+def tolerance_table(drift: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
+    """Per point: tier, nz, split, samples, term, drift (largest over variants), rounding
+    and seeds tolerances (tier 1 has none from seeds), nats per datapoint."""
+    worst = drift.groupby(POINT_COLUMNS, as_index=False).drift.max()
+    tier1 = worst.tier == 1
+    rounding = (SAFETY * worst.drift).where(
+        tier1, (SAFETY * worst.drift).clip(TIER2_FLOOR, TIER2_CAP)
+    )
+    worst["rounding"] = rounding.where(~tier1, rounding.clip(lower=TIER1_FLOOR))
+    seeds = spread.assign(tier=2, term="elbo", seeds=(SEED_SIGMAS * spread["std"]).clip(SEED_FLOOR))
+    out = worst.merge(seeds[[*POINT_COLUMNS, "seeds"]], on=POINT_COLUMNS, how="left")
+    return out.sort_values(POINT_COLUMNS, ignore_index=True)
+
+
+def _owned_files(out: Path) -> set[str]:
+    """Names of the files in `out` that an earlier make-reference wrote (it never deletes or
+    replaces others). ReferenceFolderError if `out` holds files and no reference.json."""
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise ReferenceFolderError(f"--out {out} is a file; give a folder")
+    present = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    meta_path = out / "reference.json"
+    if not present:
+        return set()
+    if not meta_path.exists():
+        raise ReferenceFolderError(
+            f"--out {out} holds files but no reference.json: not a reference folder this "
+            "command wrote; give a new or empty folder"
+        )
+    meta = read_json(meta_path)
+    if "files" in meta:
+        return set(meta["files"]) | {HISTORY}
+    # written before reference.json listed its files: the old writer's fixed set
+    seed = meta.get("reference_seed", 0)
+    legacy = {
+        n
+        for n in present
+        if n.startswith("nz") and n.endswith((f"-seed{seed}.csv", f"-seed{seed}.json"))
+    }
+    return legacy | {"spread.csv", TOLERANCES_CSV, "reference.json", HISTORY}
+
+
+def _check_out(out: Path, inputs: list[Path], names: set[str]) -> set[str]:
+    """Refuse an --out that is an input or would overwrite files not ours; returns the files
+    an earlier reference wrote there."""
+    for folder in inputs:
+        if is_same_folder(out, folder):
+            raise ReferenceFolderError(
+                f"--out {out} is one of the input runs; write the reference to another folder"
+            )
+    owned = _owned_files(out)
+    foreign = sorted(n for n in names if (out / n).exists() and n not in owned)
+    if foreign:
+        raise ReferenceFolderError(
+            f"--out {out} holds {', '.join(foreign)}, not written by make-reference; "
+            "give a new or empty folder"
+        )
+    return owned
+
+
+def make_reference(
+    seed_runs: list[str | Path],
+    out: str | Path,
+    reason: str,
+    rounding_runs: list[str | Path],
+    reference_seed: int = 0,
+) -> pd.DataFrame:
+    """Write a reference folder (check.py) from `seed_runs` (the `ci` run under several seeds;
+    the reference seed's folder with its trajectory) and `rounding_runs` (the reference seed
+    again under other rounding). Nothing is written until every input is validated. Returns
+    the tolerance table."""
+    if not reason.strip():
+        raise ValueError("a reason for the reference update is required")
+    if not rounding_runs:
+        raise ValueError("need at least one rounding run (e.g. OMP_NUM_THREADS=1) to measure drift")
+    seed_runs, rounding_runs, out = (
+        [Path(p) for p in seed_runs],
+        [Path(p) for p in rounding_runs],
+        Path(out),
+    )
+    seeds, spread = _spread(seed_runs)
+    base = [
+        f for f in seed_runs if any(m["config"]["seed"] == reference_seed for m, _ in load_run(f))
+    ]
+    if len(base) != 1:
+        raise ValueError(f"need exactly one seed run folder with seed {reference_seed}, got {base}")
+    ref_models, ref_points = _tier2_values(base[0])
+    traj_meta, traj = read_trajectory(base[0])
+    reference = pd.concat([traj.assign(tier=1), ref_points], ignore_index=True)
+
+    drift = pd.concat(
+        [_drift(reference, *_rounding_values(f, ref_models, traj_meta)) for f in rounding_runs],
+        ignore_index=True,
+    )
+    unmeasured = sorted(set(reference.tier) - set(drift.tier))
+    if unmeasured:
+        raise ValueError(f"no rounding run measures tier {unmeasured}: give one that does")
+    tol = tolerance_table(drift, spread)
+
+    model_files = [
+        p
+        for p in sorted(base[0].glob(f"nz*-seed{reference_seed}.*"))
+        if p.suffix in (".csv", ".json")
+    ]
+    names = {p.name for p in model_files} | set(FIXED_FILES)
+    owned = _check_out(out, [*seed_runs, *rounding_runs], names | {HISTORY})
+
+    _write_tables(out, model_files, base[0], spread, drift, tol)
+    _write_metadata(out, reason, seeds, reference_seed, ref_models[0][0], drift, names)
+    for stale in sorted(owned - names - {HISTORY}):  # e.g. a model of an N_z no longer run
+        (out / stale).unlink(missing_ok=True)
+    _append_history(out, reason, seeds)
+    return tol
+
+
+def _write_tables(
+    out: Path,
+    model_files: list[Path],
+    base: Path,
+    spread: pd.DataFrame,
+    drift: pd.DataFrame,
+    tol: pd.DataFrame,
+) -> None:
+    """The reference run's files, its trajectory, and the spread, drift and tolerances."""
+    for path in [*model_files, base / CSV_NAME, base / JSON_NAME]:
+        atomic_write_bytes(out / path.name, path.read_bytes())
+    write_csv(spread, out / "spread.csv")
+    for table, name in ((drift, "drift.csv"), (tol, TOLERANCES_CSV)):  # 1e-9 nats must show
+        atomic_write_bytes(out / name, table.to_csv(index=False, float_format="%.6g").encode())
+
+
+def _write_metadata(
+    out: Path,
+    reason: str,
+    seeds: list[int],
+    reference_seed: int,
+    ref_meta: dict,
+    drift: pd.DataFrame,
+    names: set[str],
+) -> None:
+    """reference.json: why and how the reference was made, and the files it owns."""
+    write_json(
+        {
+            "reason": reason,
+            "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seeds": seeds,
+            "reference_seed": reference_seed,
+            "threads": ref_meta["device"].get("threads"),
+            "torch": ref_meta.get("versions", {}).get("torch"),
+            "rounding_runs": sorted(set(drift.variant)),
+            "tolerance": {
+                "rounding tier 1": f"max({SAFETY} * drift, {TIER1_FLOOR} nats)",
+                "rounding tier 2": f"min(max({SAFETY} * drift, {TIER2_FLOOR}), {TIER2_CAP} nats)",
+                "seeds tier 2": f"max({SEED_SIGMAS} * std over seeds, {SEED_FLOOR} nats)",
+            },
+            "files": sorted(names),
+            "git": git_state(),
+        },
+        out / "reference.json",
+    )
+
+
+def _append_history(out: Path, reason: str, seeds: list[int]) -> None:
+    history = out / HISTORY
+    old = history.read_text() if history.exists() else "# Reference updates\n\n"
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    commit = (git_state().get("commit") or "unknown")[:10]
+    line = f"- {when} (code {commit}, seeds {seeds}): {reason}\n"
+    atomic_write_bytes(history, (old + line).encode())
+
+
+def is_same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name the same folder (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()

@@ -1,0 +1,128 @@
+"""Tier 1 of the regression gate: a short float64 trajectory of the real training code.
+
+For each N_z the `ci` protocol, scaled down (`TRAJECTORY`: the first 1,000 training images
+drawn with replacement, a 10-minibatch Adagrad warm-up, 40 minibatches of 100), runs through
+`train.train` itself: the hand-written gradient, `optim.Adagrad` with the weight prior and
+its warm-up, the minibatch sampler, the noise generators and `evaluate` (on the 1,000
+training images and the first 1,000 test images), all in float64 on the CPU. Each of the
+four evaluations gives the ELBO, the log-likelihood and the KL term (nats per datapoint) of
+both splits. In float64, rounding (thread counts, SIMD kernels, BLAS code paths) moves these
+numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to the math or the
+code does still never fires by accident (README, "ELBO regression gate").
+
+A run folder or reference holds the values in `trajectory.csv` (long format, full precision:
+nz, split, samples, term, value) and the config and environment in `trajectory.json`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import PAPER_NZ, TrainConfig, preset
+from .data import MnistSplits
+from .store import RunFolderError, atomic_write_bytes, environment_info, read_json, write_json
+from .train import train
+
+# 10 warm-up minibatches (lr 0), then 30 updates; evaluated after 10, 20, 30 and 40 steps.
+# Seconds per N_z on 2 cores (README); the full protocol is tier 2's.
+TRAJECTORY: TrainConfig = preset("ci").replace(
+    train_size=1_000, adagrad_warmup=10, samples=4_000, eval_every=1_000
+)
+TEST_ROWS = 1_000  # the first test images
+TERMS = ("elbo", "loglik", "kl")
+SPLITS = ("train", "test")
+CSV_NAME, JSON_NAME = "trajectory.csv", "trajectory.json"
+KEYS = ["nz", "split", "samples", "term"]
+
+
+@contextmanager
+def float64_defaults() -> Iterator[None]:
+    """Within the block, new floating tensors (parameters, buffers, noise) are float64."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def as_float64(data: MnistSplits, test_rows: int = TEST_ROWS) -> MnistSplits:
+    """Both splits' images as float64 on the CPU (the same grey levels, exactly): the whole
+    training split (the config takes its first `train_size`), the first `test_rows` test
+    images."""
+    return MnistSplits(
+        data.train_x.cpu().double(),
+        data.train_y.cpu(),
+        data.test_x[:test_rows].cpu().double(),
+        data.test_y[:test_rows].cpu(),
+    )
+
+
+def _long(rows: pd.DataFrame, nz: int) -> pd.DataFrame:
+    """A run's CSV rows as (nz, split, samples, term, value), value in nats per datapoint."""
+    parts = [
+        pd.DataFrame(
+            {
+                "nz": nz,
+                "split": split,
+                "samples": rows.samples,
+                "term": term,
+                "value": rows[f"{split}_{term}"],
+            }
+        )
+        for split in SPLITS
+        for term in TERMS
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_trajectory(
+    data: MnistSplits, nz: Iterable[int] = PAPER_NZ, cfg: TrainConfig = TRAJECTORY
+) -> pd.DataFrame:
+    """Train `cfg` for each N_z in float64 on the CPU (files go to a temporary folder) and
+    return its evaluations as (nz, split, samples, term, value) rows."""
+    data64 = as_float64(data)
+    parts = []
+    with float64_defaults(), tempfile.TemporaryDirectory(prefix="vaerepro-trajectory-") as tmp:
+        for n in nz:
+            rows = train(cfg.replace(nz=n), data64, tmp, device="cpu", progress=False)
+            parts.append(_long(rows, n))
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_trajectory(
+    values: pd.DataFrame, folder: str | Path, cfg: TrainConfig = TRAJECTORY
+) -> None:
+    """`trajectory.csv` (every digit of each float64) and `trajectory.json` into `folder`."""
+    folder = Path(folder)
+    text = values[[*KEYS, "value"]].to_csv(index=False, float_format="%.17g")
+    atomic_write_bytes(folder / CSV_NAME, text.encode())
+    meta = {"config": {**cfg.to_dict(), "nz": None}, "nz": sorted({int(n) for n in values.nz})}
+    write_json({**meta, **environment_info(torch.device("cpu"))}, folder / JSON_NAME)
+
+
+def read_trajectory(folder: str | Path) -> tuple[dict, pd.DataFrame]:
+    """(metadata, values) of a folder's trajectory; RunFolderError naming the file otherwise."""
+    folder = Path(folder)
+    csv, meta = folder / CSV_NAME, folder / JSON_NAME
+    for path in (csv, meta):
+        if not path.exists():
+            raise RunFolderError(
+                f"tier 1: {path} is missing; write it with `vaerepro trajectory {folder}`"
+            )
+    try:
+        values = pd.read_csv(csv)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise RunFolderError(f"tier 1: cannot read {csv}: {err}") from err
+    missing = [c for c in [*KEYS, "value"] if c not in values.columns]
+    if missing or values.empty or not pd.api.types.is_numeric_dtype(values.value):
+        raise RunFolderError(
+            f"tier 1: {csv} is malformed (needs numeric rows of {', '.join([*KEYS, 'value'])})"
+        )
+    return read_json(meta), values

@@ -74,16 +74,16 @@ def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeyp
     are at different points), a resume one model at a time completes with the same numbers."""
     cfgs = [tiny_cfg.replace(nz=nz, samples=3000) for nz in NZS]
     full = train_together(cfgs, mnist, tmp_path / "full", progress=False)
-    real_save, ckpts = store.save_torch, []
+    real_write, ckpts = store.atomic_write_bytes, []
 
-    def crash_mid_checkpoints(obj, path):
+    def crash_mid_checkpoints(path, data):
         if path.suffix == ".ckpt":
             ckpts.append(path)
             if len(ckpts) == len(NZS) + 2:
                 raise KeyboardInterrupt("simulated crash")
-        real_save(obj, path)
+        real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.train.save_torch", crash_mid_checkpoints)
+    monkeypatch.setattr("vaerepro.train.atomic_write_bytes", crash_mid_checkpoints)
     with pytest.raises(KeyboardInterrupt):
         train_together(cfgs, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

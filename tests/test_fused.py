@@ -56,7 +56,7 @@ def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
         pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
         meta = read_json(tmp_path / "fused" / f"nz{cfg.nz}-seed0.json")
         assert meta["fused_with_nz"] == list(NZS) and meta["status"] == "finished"
-        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=False)
+        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=True)
         assert weights["model"]["enc.weight"].untyped_storage().nbytes() == 64 * 784 * 4  # own copy
 
 

@@ -185,7 +185,9 @@ def sweep_configs(args: argparse.Namespace) -> tuple[str, list[TrainConfig]]:
     return name, configs
 
 
-def resume_conflicts(args: argparse.Namespace, preset_name: str | None, configs: list) -> None:
+def resume_conflicts(
+    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
+) -> None:
     """UsageError listing every option that contradicts the sweep --resume continues."""
     if not args.resume:
         return
@@ -243,7 +245,7 @@ def check_output_folder(out: Path, label: str, plot: bool) -> None:
 
 
 def validate_reproduce_args(
-    args: argparse.Namespace, preset_name: str | None, configs: list
+    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
 ) -> Path:
     """Every check of the options that needs no data; returns the run folder."""
     resume_conflicts(args, preset_name, configs)

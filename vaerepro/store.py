@@ -371,11 +371,12 @@ def _check_fields(obj: dict, known: dict, required: tuple[str, ...], path: Path)
 
 def read_model_json(path: Path) -> dict:
     """A model's metadata, validated: known fields of the right types, a valid config, a
-    known status and well-formed checksums; RunFolderError naming the file otherwise."""
+    known status (none: a plain result) and well-formed checksums; RunFolderError naming the
+    file otherwise."""
     meta = read_json(path)
-    _check_fields(meta, MODEL_FIELDS, ("config", "status"), path)
+    _check_fields(meta, MODEL_FIELDS, ("config",), path)
     parse_config(meta["config"], path)
-    if meta["status"] not in STATUSES:
+    if meta.get("status", "finished") not in STATUSES:
         raise RunFolderError(f"{path}: status {meta['status']!r} is not one of {STATUSES}")
     for entry in meta.get("checkpoints", []):
         if not (

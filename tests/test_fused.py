@@ -56,7 +56,7 @@ def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
         pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
         meta = read_json(tmp_path / "fused" / f"nz{cfg.nz}-seed0.json")
         assert meta["fused_with_nz"] == list(NZS) and meta["status"] == "finished"
-        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=False)
+        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=True)
         assert weights["model"]["enc.weight"].untyped_storage().nbytes() == 64 * 784 * 4  # own copy
 
 
@@ -74,16 +74,16 @@ def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeyp
     are at different points), a resume one model at a time completes with the same numbers."""
     cfgs = [tiny_cfg.replace(nz=nz, samples=3000) for nz in NZS]
     full = train_together(cfgs, mnist, tmp_path / "full", progress=False)
-    real_save, ckpts = store.save_torch, []
+    real_write, ckpts = store.atomic_write_bytes, []
 
-    def crash_mid_checkpoints(obj, path):
+    def crash_mid_checkpoints(path, data):
         if path.suffix == ".ckpt":
             ckpts.append(path)
             if len(ckpts) == len(NZS) + 2:
                 raise KeyboardInterrupt("simulated crash")
-        real_save(obj, path)
+        real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.train.save_torch", crash_mid_checkpoints)
+    monkeypatch.setattr("vaerepro.train.atomic_write_bytes", crash_mid_checkpoints)
     with pytest.raises(KeyboardInterrupt):
         train_together(cfgs, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

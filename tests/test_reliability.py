@@ -1,8 +1,12 @@
-"""Crash safety: SIGKILL at random moments and SIGINT, then --resume; guard rails."""
+"""Crash safety: SIGKILL at random moments, stop signals, a full disk, a vanished folder,
+then --resume; guard rails."""
 
+import errno
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,16 +38,17 @@ RUN = [
     "cpu",
 ]
 
-# Runs the CLI, but SIGKILLs itself inside the Nth fsync: in the middle of an atomic write,
-# after the temporary file is written and before it is renamed.
-KILL_IN_FSYNC = """
+# Runs the CLI, but sends itself signals inside given fsyncs: in the middle of an atomic
+# write, after the temporary file is written and before it is renamed. argv[1]: "N:SIG,..."
+SIGNAL_IN_FSYNC = """
 import os, signal, sys
 import vaerepro.store as store
-n = int(sys.argv[1]); calls = [0]; real = os.fsync
+plan = {int(n): getattr(signal, s) for n, s in (x.split(":") for x in sys.argv[1].split(","))}
+calls = [0]; real = os.fsync
 def fsync(fd):
     calls[0] += 1
-    if calls[0] == n:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if calls[0] in plan:
+        os.kill(os.getpid(), plan[calls[0]])
     real(fd)
 store.os.fsync = fsync
 from vaerepro.cli import main
@@ -88,27 +93,23 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, data_root, uninterrupt
     _resume_and_compare(out, data_root, uninterrupted)
 
 
-# fsyncs: run.json 1-2, model JSON 3-4, empty CSV 5-6, then per evaluation CSV 7-8, ckpt 9-10,
-# CSV 11-12, ckpt 13-14: odd ones fall between writing a temporary file and renaming it.
-@pytest.mark.parametrize("nth_fsync", [7, 9, 13])
+def _signal_in_fsync(plan: str, out: Path, data_root) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", SIGNAL_IN_FSYNC, plan, "reproduce", *RUN]
+    cmd += ["--out", str(out), "--data-root", str(data_root)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+# fsyncs: run.json 1-2, model JSON 3-4, empty CSV 5-6, then per evaluation the model JSON
+# (recording the checkpoint's SHA-256) 7-8, ckpt 9-10, CSV 11-12, then JSON 13-14, ckpt 15-16,
+# CSV 17-18: odd ones fall between writing a temporary file and renaming it.
+@pytest.mark.parametrize("nth_fsync", [7, 9, 11, 15])
 def test_sigkill_during_a_checkpoint_write_then_resume(
     tmp_path, data_root, uninterrupted, nth_fsync
 ):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-c",
-        KILL_IN_FSYNC,
-        str(nth_fsync),
-        "reproduce",
-        *RUN,
-        "--out",
-        str(out),
-        "--data-root",
-        str(data_root),
-    ]
-    assert subprocess.run(cmd, capture_output=True).returncode == -signal.SIGKILL
-    assert list(out.glob(".*.tmp"))  # killed between writing the temp file and renaming it
+    proc = _signal_in_fsync(f"{nth_fsync}:SIGKILL", out, data_root)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(out.glob(".*.vaerepro-*.tmp"))  # killed between writing and renaming
     _resume_and_compare(out, data_root, uninterrupted)
 
 
@@ -122,21 +123,103 @@ def test_sigint_checkpoints_and_resumes(tmp_path, data_root, uninterrupted):
     proc.send_signal(signal.SIGINT)
     assert proc.wait() == 130
     err = proc.stderr.read()
-    assert "interrupted at samples=" in err and f"--resume {out}" in err
-    assert json.loads((out / "nz3-seed0.json").read_text())["status"] == "running"
+    assert "SIGINT interrupted the run at samples=" in err and f"--resume {out}" in err
+    assert json.loads((out / "nz3-seed0.json").read_text())["status"] == "interrupted"
+    _resume_and_compare(out, data_root, uninterrupted)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"])
+def test_other_stop_signals_checkpoint_like_sigint(tmp_path, data_root, uninterrupted, name):
+    """Sent at the first evaluation's checkpoint write (fsync 9): the run finishes that
+    write, checkpoints again, records "interrupted" and exits with 128 + the signal."""
+    out = tmp_path / "run"
+    signum = getattr(signal, name)
+    proc = _signal_in_fsync(f"9:{name}", out, data_root)
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert f"{name} interrupted the run at samples=2000" in proc.stderr
+    assert f"Resume with: vaerepro reproduce --resume {out}" in proc.stderr
+    meta = json.loads((out / "nz3-seed0.json").read_text())
+    assert meta["status"] == "interrupted"
+    assert torch.load(out / "nz3-seed0.ckpt", weights_only=True)["samples"] == 2000
+    _resume_and_compare(out, data_root, uninterrupted)
+
+
+def test_a_second_signal_during_the_checkpoint_write_is_harmless(
+    tmp_path, data_root, uninterrupted
+):
+    """SIGTERM during the first evaluation's JSON write; SIGTERM and SIGINT again while the
+    interrupt's own checkpoint is between write and rename (fsync 15)."""
+    out = tmp_path / "run"
+    proc = _signal_in_fsync("7:SIGTERM,15:SIGTERM,16:SIGINT", out, data_root)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    ckpt = (out / "nz3-seed0.ckpt").read_bytes()
+    recorded = json.loads((out / "nz3-seed0.json").read_text())["checkpoints"][-1]
+    assert recorded["sha256"] == hashlib.sha256(ckpt).hexdigest()
     _resume_and_compare(out, data_root, uninterrupted)
 
 
 def test_second_process_on_the_same_folder_is_refused(tmp_path, data_root, capsys):
     out = tmp_path / "run"
     with folder_lock(out):
+        assert not list(out.iterdir())  # the lock is on the folder: no file to delete
         rc = main(["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)])
     assert rc == 2 and f"in use by another vaerepro process (pid {os.getpid()})" in (
         capsys.readouterr().err
     )
     assert not list(out.glob("nz*"))
-    # released (as it is when a process dies): the run goes ahead
+    # released (as it is when a process dies): the run goes ahead, and leaves no lock file
     assert main(["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)]) == 0
+    assert not (out / ".lock").exists()
+
+
+def test_a_vanished_run_folder_stops_the_run(tmp_path, data_root):
+    out = tmp_path / "run"
+    proc = _cli([*RUN, "--out", str(out)], data_root)
+    while not (out / "nz3-seed0.ckpt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    while out.exists():  # a temporary file may appear while the tree is being removed
+        shutil.rmtree(out, ignore_errors=True)
+    assert proc.wait() == 2
+    err = proc.stderr.read()
+    assert f"run folder {out} was deleted or replaced while this run was writing" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # not recreated
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file but the writer's own temporary ones (removed when a write fails)."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and ".vaerepro-" not in p.name
+    }
+
+
+def test_a_full_disk_mid_run_is_a_clear_error_and_resumable(
+    tmp_path, data_root, uninterrupted, capsys, monkeypatch
+):
+    """ENOSPC at the second checkpoint's fsync: the folder stays exactly as it was at the
+    fault (the last good CSV and checkpoint), and --resume completes the same numbers."""
+    out = tmp_path / "run"
+    real, calls, at_fault = os.fsync, [0], {}
+
+    def fsync(fd):
+        calls[0] += 1
+        if calls[0] == 15:
+            at_fault.update(_snapshot(out))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    argv = ["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)]
+    assert main(argv) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'nz3-seed0.ckpt'}: No space left on device" in err
+    assert f"continue with: vaerepro reproduce --resume {out}" in err
+    assert _snapshot(out) == at_fault and "nz3-seed0.ckpt" in at_fault
+    _resume_and_compare(out, data_root, uninterrupted)
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_state(mnist, tmp_path, tiny_cfg, monkeypatch):
@@ -158,7 +241,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_state(mnist, tmp_path, tiny_c
         train(cfg, mnist, tmp_path, progress=False)
     monkeypatch.undo()
     assert pd.read_csv(tmp_path / "nz3-seed0.csv").samples.tolist() == [1000]
-    assert torch.load(tmp_path / "nz3-seed0.ckpt", weights_only=False)["samples"] == 1000
+    assert torch.load(tmp_path / "nz3-seed0.ckpt", weights_only=True)["samples"] == 1000
     df = train(cfg, mnist, tmp_path, progress=False, resume=True)  # resumable
     assert df.samples.tolist() == [1000, 2000, 3000]
 

@@ -60,20 +60,21 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     cfg = tiny_cfg.replace(samples=4000)
     full = train(cfg, mnist, tmp_path / "full", progress=False)
 
-    real_save, calls = store.save_torch, []
+    real_write, calls = store.atomic_write_bytes, []
 
-    def crash_on_second_checkpoint(obj, path):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        real_save(obj, path)
+    def crash_on_second_checkpoint(path, data):
+        if path.suffix == ".ckpt":
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("simulated crash")
+        real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.train.save_torch", crash_on_second_checkpoint)
+    monkeypatch.setattr("vaerepro.train.atomic_write_bytes", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()
-    # The CSV got its second row before the crash; the checkpoint did not.
-    assert len(pd.read_csv(tmp_path / "crashed" / "nz3-seed0.csv")) == 2
+    # The JSON recorded the second checkpoint before the crash; it and the CSV did not land.
+    assert len(pd.read_csv(tmp_path / "crashed" / "nz3-seed0.csv")) == 1
     resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +26,11 @@ from .report import make_figures
 from .store import (
     RunFiles,
     RunFolderError,
+    WriteFailed,
     folder_lock,
     read_csv,
-    read_json,
+    read_run_json,
+    remove_own_files,
     remove_stale_temps,
     write_json,
 )
@@ -46,14 +51,27 @@ def count(text: str) -> int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     if value != int(value):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
     return int(value)
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    """auto picks CUDA, then MPS, then CPU; an explicit device must exist. cuda:N selects
+    GPU N (and makes it the current CUDA device)."""
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if match := re.fullmatch(r"cuda:(\d+)", name):
+        n = torch.cuda.device_count() if cuda else 0
+        if int(match[1]) >= n:
+            raise UsageError(
+                f"--device {name} requested, but torch sees {n} CUDA device(s)"
+                + (f"; choose cuda:0 to cuda:{n - 1}" if n else "")
+            )
+        device = torch.device(name)
+        torch.cuda.set_device(device)
+        return device
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if name == "cuda" and not cuda:
@@ -61,7 +79,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not mps:
         raise UsageError("--device mps requested, but torch sees no Apple MPS device")
     if name not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+        raise UsageError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
 
 
@@ -84,12 +102,18 @@ def add_reproduce_parser(sub) -> None:
         "versions, device and git commit, a checkpoint, and the final weights.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--preset", default="paper", help=f"named config: {', '.join(PRESETS)}")
-    p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ), help="latent sizes N_z")
+    # preset, nz and seed default to None so that --resume can tell them apart from given ones
+    p.add_argument("--preset", help=f"named config: {', '.join(PRESETS)} (default: paper)")
+    p.add_argument(
+        "--nz",
+        type=int,
+        nargs="+",
+        help=f"latent sizes N_z (default: {' '.join(map(str, PAPER_NZ))})",
+    )
     p.add_argument("--samples", type=count, help="training samples per model (preset: 1e7)")
     p.add_argument("--eval-every", type=count, help="samples between evaluations (preset: 1e5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, minibatches and noise")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, help="seed of init, minibatches and noise (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--data-root",
         help=f"folder holding MNIST/raw; only read (default: the one --resume's run used, "
@@ -170,31 +194,105 @@ def sweep_configs(args: argparse.Namespace) -> tuple[str, list[TrainConfig]]:
         manifest = Path(args.resume) / MANIFEST
         if not manifest.exists():
             raise UsageError(f"--resume {args.resume}: no {MANIFEST} there, so no run to resume")
-        saved = read_json(manifest)
-        return saved["preset"], [TrainConfig(**c) for c in saved["configs"]]
-    base = preset(args.preset)
+        saved_preset, configs, _ = read_run_json(manifest)
+        return saved_preset, configs
+    name = args.preset or "paper"
+    base = preset(name)
     changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    if len(set(args.nz)) != len(args.nz):
-        raise UsageError(f"--nz lists a latent size twice: {args.nz}")
-    configs = [base.replace(nz=nz, seed=args.seed, **changes) for nz in args.nz]
+    nzs = args.nz or list(PAPER_NZ)
+    if len(set(nzs)) != len(nzs):
+        raise UsageError(f"--nz lists a latent size twice: {nzs}")
+    seed = 0 if args.seed is None else args.seed
+    configs = [base.replace(nz=nz, seed=seed, **changes) for nz in nzs]
     for cfg in configs:
         cfg.validate()
-    return args.preset, configs
+    return name, configs
+
+
+def resume_conflicts(
+    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
+) -> None:
+    """UsageError listing every option that contradicts the sweep --resume continues."""
+    if not args.resume:
+        return
+    if args.overwrite:
+        raise UsageError(
+            f"--resume {args.resume} continues a run and --overwrite replaces it; give one of them"
+        )
+    recorded = configs[0]
+    given = []
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        given.append(f"--out {args.out} (the run is in {args.resume})")
+    if args.preset is not None and args.preset != preset_name:
+        given.append(f"--preset {args.preset} (recorded: {preset_name})")
+    if args.nz is not None and sorted(args.nz) != sorted(c.nz for c in configs):
+        given.append(f"--nz {' '.join(map(str, args.nz))} (recorded: {[c.nz for c in configs]})")
+    if args.seed is not None and args.seed != recorded.seed:
+        given.append(f"--seed {args.seed} (recorded: {recorded.seed})")
+    for key in OVERRIDES:
+        value = getattr(args, key)
+        if value is not None and value != getattr(recorded, key):
+            given.append(f"--{key.replace('_', '-')} {value} (recorded: {getattr(recorded, key)})")
+    if given:
+        raise UsageError(
+            f"--resume {args.resume} continues the recorded sweep, but these options differ "
+            f"from it: {'; '.join(given)}. Drop them to continue the run as recorded, or start "
+            "a new run with another --out."
+        )
+
+
+def check_output_folder(out: Path, label: str, plot: bool) -> None:
+    """UsageError, before any work, when `out` (or its figures/ folder, if plotting) is a
+    file, or `out` cannot be written. Writability is probed with a temporary file of ours,
+    removed at once (permission bits do not tell, e.g. for root or a read-only mount)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{label} {out} is a file, not a folder; choose another {label}")
+    figures = out / "figures"
+    if plot and figures.exists() and not figures.is_dir():
+        raise UsageError(
+            f"{figures} is a file, but the figures are written into a folder of that name; "
+            "move the file away, or pass --no-plot"
+        )
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{label} {out}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".vaerepro-probe-"):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"{label} {out}: cannot write into {existing} ({err.strerror}); choose a writable "
+            "folder"
+        ) from err
+
+
+def validate_reproduce_args(
+    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
+) -> Path:
+    """Every check of the options that needs no data; returns the run folder."""
+    resume_conflicts(args, preset_name, configs)
+    out = Path(
+        args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
+    check_output_folder(out, "--resume" if args.resume else "--out", plot=not args.no_plot)
+    return out
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     preset_name, configs = sweep_configs(args)
+    out = validate_reproduce_args(args, preset_name, configs)
     device = resolve_device(args.device)
-    out = Path(
-        args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    )
     plan = {
-        c.nz: run_status(RunFiles.of(out, c.nz, c.seed), c, bool(args.resume), args.overwrite)
+        c.nz: run_status(
+            RunFiles.of(out, c.nz, c.seed), c, bool(args.resume), args.overwrite, device
+        )
         for c in configs
     }
     manifest = out / MANIFEST
     if manifest.exists() and not (args.resume or args.overwrite):
-        saved = [c["nz"] for c in read_json(manifest)["configs"]]
+        saved = [c.nz for c in read_run_json(manifest)[1]]
         if saved != [c.nz for c in configs]:
             raise RunFolderError(
                 f"{out} holds a sweep over N_z={saved}; use another --out or --overwrite"
@@ -207,6 +305,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     estimate = measure(pending, data, device) if pending and args.estimate else None
     with folder_lock(out):
         remove_stale_temps(out)
+        if args.overwrite:  # the whole old sweep goes: no model of it may stay behind
+            remove_own_files(out)
         write_json(
             {
                 "preset": preset_name,
@@ -252,7 +352,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 )
             except Interrupted as err:
                 print(f"{err}\nResume with: vaerepro reproduce --resume {out}", file=sys.stderr)
-                return 130
+                return 128 + err.signum
+            except WriteFailed as err:
+                raise WriteFailed(
+                    f"{err}. The last good CSV and checkpoint in {out} are intact: free space "
+                    f"or fix the permissions, then continue with: vaerepro reproduce --resume {out}"
+                ) from err
         total = time.perf_counter() - start
     summary = final_summary(out, configs)
     with pd.option_context("display.width", 140):
@@ -328,6 +433,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
     report = make_figures(args.run_dir, args.data_root or _manifest_data_root(args.run_dir))
     print(f"wrote {report} and {report.parent / 'figures'}/", file=sys.stderr)
     return 0
@@ -335,7 +441,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _manifest_data_root(run_dir: str) -> str | None:
     manifest = Path(run_dir) / MANIFEST
-    return read_json(manifest).get("data_root") if manifest.exists() else None
+    return read_run_json(manifest)[2] if manifest.exists() else None
 
 
 def _failure_line(p: pd.Series, mode: str) -> str:
@@ -525,4 +631,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, DataError, RunFolderError, TrainingDiverged) as err:
         print(f"vaerepro {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # one not turned into a clearer error where it happened
+        print(
+            f"vaerepro {args.command}: error: {err.strerror or err}: {err.filename or ''} "
+            "(check that the path exists and is writable, and that the disk has space)",
+            file=sys.stderr,
+        )
         return 2

@@ -8,6 +8,7 @@ override single fields of it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PAPER_NZ: tuple[int, ...] = (3, 5, 10, 20, 200)
@@ -52,7 +53,10 @@ class TrainConfig:
             (self.nz >= 1, f"nz must be >= 1, got {self.nz}"),
             (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
             (self.n_latent_samples >= 1, "n_latent_samples must be >= 1"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (
+                self.lr > 0 and math.isfinite(self.lr),
+                f"lr must be positive and finite, got {self.lr}",
+            ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.samples > 0, f"samples must be positive, got {self.samples}"),
             (self.eval_every > 0, f"eval_every must be positive, got {self.eval_every}"),
@@ -80,6 +84,8 @@ class TrainConfig:
             (self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.adagrad_warmup >= 0, "adagrad_warmup must be >= 0"),
+            # torch seeds are 64-bit; seed + 1 seeds the fixed binarization of the test set
+            (0 <= self.seed < 2**63 - 1, f"seed must be in [0, 2**63 - 1), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -24,6 +24,11 @@ class SplitELBO:
 CPU_CHUNK = 1_000
 
 
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the split sums: float64, but float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.inference_mode()
 def evaluate(
     model: VAE,
@@ -38,7 +43,7 @@ def evaluate(
     The noise is drawn per batch of `batch_size` rows, as `model(batch)` would draw it.
     binarize: draw a Bernoulli sample of x first (for dynamically binarized training).
     """
-    totals = torch.zeros(2, device=x.device, dtype=torch.float64)
+    totals = torch.zeros(2, device=x.device, dtype=accumulator_dtype(x.device))
     chunk = CPU_CHUNK if x.device.type == "cpu" else batch_size
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
@@ -49,7 +54,7 @@ def evaluate(
         )
         for c in range(0, xb.shape[0], chunk):
             out = model(xb[c : c + chunk], n_samples, eps=eps[:, c : c + chunk])
-            totals += torch.stack([out.loglik.sum(), out.kl.sum()]).double()
+            totals += torch.stack([out.loglik.sum(), out.kl.sum()]).to(totals.dtype)
     loglik, kl = (totals / x.shape[0]).tolist()
     return SplitELBO(elbo=loglik - kl, loglik=loglik, kl=kl)
 

@@ -9,7 +9,6 @@ for all of them (gradients.py), with the same numbers as separate runs.
 
 from __future__ import annotations
 
-import random
 import signal
 import threading
 import time
@@ -18,7 +17,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -33,9 +31,14 @@ from .store import (
     CSV_COLUMNS,
     RunFiles,
     RunFolderError,
+    atomic_write_bytes,
     environment_info,
-    read_json,
-    save_torch,
+    load_torch,
+    parse_config,
+    read_csv,
+    read_model_json,
+    sha256,
+    torch_bytes,
     write_csv,
     write_json,
 )
@@ -46,53 +49,163 @@ class TrainingDiverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGINT arrived; a checkpoint of the current step was written."""
+    """A stop signal arrived; a checkpoint of the current step was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum  # the process exits with 128 + signum, as if killed by it
+
+
+# Signals that stop a run cleanly: Ctrl-C, schedulers and `timeout`/`docker stop` (TERM), a
+# closed terminal (HUP), and the user signals some schedulers send before a time limit.
+STOP_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
 
 
 @contextmanager
-def sigint_flag():
-    """Within the block, SIGINT sets a flag (read by calling the yielded function) instead of
-    raising KeyboardInterrupt mid-step, so a checkpoint is never of a half-applied update."""
-    received = []
+def stop_signals():
+    """Within the block, the STOP_SIGNALS only record their number instead of stopping the
+    process mid-step; the yielded function returns the first one's number (0: none yet). A
+    checkpoint is thus never of a half-applied update, and a second signal cannot interrupt
+    the checkpoint write."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: 0
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS
+    }
     try:
-        yield lambda: bool(received)
+        yield lambda: received[0] if received else 0
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def get_rng_state() -> dict:
-    """Global RNG states (torch CPU and CUDA, numpy, Python); training itself draws from its
-    own generator, saved with the minibatch sampler."""
+    """Global torch RNG states (CPU and CUDA; tensors only). Training draws from its own
+    generators (saved with the minibatch sampler); these are kept for anything else."""
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on an asynchronous device (CUDA, MPS), so that a clock read
+    afterwards measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "batches",
+    "rng",
+    "samples",
+    "rows",
+    "config",
+    "wall_s",
+    "device",
+}
+
+
+def _restart_hint(files: RunFiles, cfg: TrainConfig) -> str:
+    return (
+        f"To restart N_z={cfg.nz} from scratch on purpose, delete {files.folder / files.stem}.* "
+        f"and run `vaerepro reproduce --resume {files.folder}` again (--overwrite restarts "
+        "the whole sweep)."
+    )
+
+
+def _csv_samples(files: RunFiles) -> list[int]:
+    """Sample counts of the CSV's rows ([] when it is absent or has no rows)."""
+    if not files.csv.exists() or not files.csv.read_text().strip().count("\n"):
+        return []
+    return [int(s) for s in read_csv(files.csv).samples]
+
+
+def _trusted_rows(files: RunFiles, meta: dict) -> str:
+    """Which CSV rows a checkpoint recorded in `meta` vouches for, in words."""
+    recorded = [c["samples"] for c in meta.get("checkpoints", [])]
+    rows = [s for s in _csv_samples(files) if recorded and s <= max(recorded)]
+    if not rows:
+        return f"{files.csv.name} holds no row written before the last recorded checkpoint."
+    return f"{files.csv.name} is trustworthy up to its row at samples={rows[-1]}."
+
+
+def load_checkpoint(
+    files: RunFiles, meta: dict, cfg: TrainConfig, device: torch.device | None
+) -> dict:
+    """The checkpoint of `files`, verified against the checksums in `meta` (its JSON), loaded
+    on the CPU as tensors and plain data. RunFolderError naming the file (and what to do)
+    when it is corrupted, unreadable, of another config, or from another device type."""
+    hint = _restart_hint(files, cfg)
+    if "checkpoints" not in meta:
+        raise RunFolderError(
+            f"{files.ckpt} cannot be resumed: {files.json.name} records no checksum for it "
+            f"(written by an older vaerepro). {hint}"
+        )
+    try:
+        ckpt = load_torch(files.ckpt, [c["sha256"] for c in meta["checkpoints"]])
+    except RunFolderError as err:
+        raise RunFolderError(f"{err}. {_trusted_rows(files, meta)} {hint}") from err
+    missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+    if missing:
+        raise RunFolderError(f"{files.ckpt} lacks {missing}. {hint}")
+    parse_config(ckpt["config"], files.ckpt)
+    if ckpt["config"] != cfg.to_dict():
+        raise RunFolderError(
+            f"{files.ckpt} was written by a different config: "
+            + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
+        )
+    if device is not None and ckpt["device"] != device.type:
+        raise RunFolderError(
+            f"{files.ckpt} was written on a {ckpt['device']} device; resuming it on "
+            f"{device.type} would not continue the same run. Resume with --device "
+            f"{ckpt['device']}. {hint}"
+        )
+    return ckpt
+
+
+def run_status(
+    files: RunFiles,
+    cfg: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    device: torch.device | None = None,
+) -> str:
     """What to do with one model's files: "new", "resume" or "skip" (already finished).
 
     Raises RunFolderError, before any work, when the folder holds a different or unfinished
-    run and neither --resume nor --overwrite says what to do with it.
+    run and neither --resume nor --overwrite says what to do with it, or when files needed to
+    resume are missing or fail their checks (the checkpoint is verified here).
     """
-    if overwrite or not files.json.exists():
+    if overwrite:
         return "new"
-    meta = read_json(files.json)
-    diff = config_diff(meta.get("config", {}), cfg.to_dict())
+    if not files.json.exists():
+        leftovers = [p.name for p in (files.csv, files.ckpt, files.weights) if p.exists()]
+        if leftovers:
+            raise RunFolderError(
+                f"{files.json} is missing, but {', '.join(leftovers)} exist in {files.folder}; "
+                f"vaerepro neither guesses which run they belong to nor deletes them. "
+                + _restart_hint(files, cfg)
+            )
+        return "new"
+    meta = read_model_json(files.json)
+    diff = config_diff(meta["config"], cfg.to_dict())
     if diff:
         raise RunFolderError(
             f"{files.json} holds a run with a different config:\n  "
@@ -107,6 +220,14 @@ def run_status(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool)
         raise RunFolderError(
             f"{files.json} holds an unfinished run; continue it with --resume "
             f"{files.folder} or replace it with --overwrite."
+        )
+    if files.ckpt.exists():
+        load_checkpoint(files, meta, cfg, device)
+    elif _csv_samples(files):
+        raise RunFolderError(
+            f"{files.ckpt} is missing, but {files.csv.name} has rows up to samples="
+            f"{_csv_samples(files)[-1]}: resuming would silently start N_z={cfg.nz} again at 0 "
+            f"and rewrite its CSV. " + _restart_hint(files, cfg)
         )
     return "resume"
 
@@ -201,22 +322,33 @@ class ModelRun:
             files.ckpt.unlink(missing_ok=True)
             files.weights.unlink(missing_ok=True)
         elif files.ckpt.exists():
-            ckpt = torch.load(files.ckpt, map_location=device, weights_only=False)
-            if ckpt["config"] != cfg.to_dict():
-                raise RunFolderError(
-                    f"{files.ckpt} was written by a different config: "
-                    + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
-                )
-            self.model.load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
-            self.batches.load_state_dict(ckpt["batches"])
-            set_rng_state(ckpt["rng"])
-            self.samples, self.wall_before = ckpt["samples"], ckpt["wall_s"]
-            self.rows = ckpt["rows"]
-            self.meta["started"] = read_json(files.json).get("started", self.meta["started"])
+            old = read_model_json(files.json)
+            self._restore(load_checkpoint(files, old, cfg, device))
+            self.meta["started"] = old.get("started", self.meta["started"])
+            self.meta["checkpoints"] = old["checkpoints"]
             self.meta["resumed"] = _now()
         write_json(self.meta, files.json)
         write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), files.csv)  # drops rows past ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        """Model, optimizer, sampler and counters from a verified checkpoint (on the CPU)."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.batches.load_state_dict(
+                {
+                    k: v.to(self.device) if k == "perm" and v is not None else v
+                    for k, v in ckpt["batches"].items()
+                }
+            )
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise RunFolderError(
+                f"{self.files.ckpt} does not fit this model: {err}. "
+                + _restart_hint(self.files, self.cfg)
+            ) from err
+        self.samples, self.wall_before = ckpt["samples"], ckpt["wall_s"]
+        self.rows = ckpt["rows"]
 
     def check_finite(self, since: int, samples: int) -> None:
         # A NaN/inf loss or gradient reaches the parameters within one step; checking them at
@@ -229,7 +361,7 @@ class ModelRun:
             )
 
     def log_evaluation(self, samples: int, wall_s: float, train_rate: float) -> dict:
-        """Evaluate both splits, append the CSV row and write the CSV; returns the row."""
+        """Evaluate both splits and append the CSV row (written by `checkpoint`)."""
         cfg = self.cfg
         eval_gen = torch.Generator(device=self.device).manual_seed(_eval_seed(cfg.seed, samples))
         kw = dict(
@@ -251,15 +383,17 @@ class ModelRun:
             "train_samples_per_s": train_rate,
         }
         self.rows.append(row)
-        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), self.files.csv)
         return row
 
     def _weights(self) -> dict:
         # clones: with --fused the parameters are views into stacks shared by all models
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
-    def checkpoint(self, samples: int, wall_s: float) -> None:
-        save_torch(
+    def checkpoint(self, samples: int, wall_s: float, status: str = "running") -> None:
+        """Write the JSON (recording the checkpoint's SHA-256 and `status`), the checkpoint,
+        then the CSV. In this order a kill at any moment leaves a checkpoint whose checksum is
+        recorded (the JSON keeps the last two) and a CSV without rows the checkpoint lacks."""
+        data = torch_bytes(
             {
                 "model": self._weights(),
                 "optimizer": self.opt.state_dict(),
@@ -269,15 +403,25 @@ class ModelRun:
                 "rows": self.rows,
                 "config": self.cfg.to_dict(),
                 "wall_s": self.wall_before + wall_s,
-            },
-            self.files.ckpt,
+                "device": self.device.type,
+            }
         )
+        entry = {"samples": samples, "sha256": sha256(data)}
+        self.meta["checkpoints"] = [*self.meta.get("checkpoints", [])[-1:], entry]
+        self.meta["status"] = status
+        if status == "interrupted":
+            self.meta["interrupted"] = _now()
+        write_json(self.meta, self.files.json)
+        atomic_write_bytes(self.files.ckpt, data)
+        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), self.files.csv)
 
     def finish(self, samples: int, trained_with: list[int]) -> pd.DataFrame:
-        save_torch({"model": self._weights(), "config": self.cfg.to_dict()}, self.files.weights)
+        data = torch_bytes({"model": self._weights(), "config": self.cfg.to_dict()})
+        atomic_write_bytes(self.files.weights, data)
         last = self.rows[-1]
         self.meta.update(
             status="finished",
+            weights_sha256=sha256(data),
             samples_done=samples,
             wall_s=last["wall_s"],
             finished=_now(),
@@ -350,7 +494,7 @@ def train_together(
     )
     start = interval_start = time.perf_counter()
     interval_samples = samples
-    with sigint_flag() as interrupted:
+    with stop_signals() as interrupted:
         while samples < cfg.samples:
             train_step([r.batches.next() for r in runs], [r.gen for r in runs])
             samples += cfg.batch_size
@@ -359,30 +503,44 @@ def train_together(
             if samples % cfg.eval_every == 0:
                 for r in runs:
                     r.check_finite(samples - cfg.eval_every, samples)
+                synchronize(device)  # the clock must see the queued steps
                 train_rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
                 for r in runs:
                     row = r.log_evaluation(samples, time.perf_counter() - start, train_rate)
                     r.checkpoint(samples, time.perf_counter() - start)
                 bar.set_postfix(train=f"{row['train_elbo']:.2f}", test=f"{row['test_elbo']:.2f}")
                 interval_start, interval_samples = time.perf_counter(), samples
-            if interrupted():
+            if signum := interrupted():
                 for r in runs:
                     r.check_finite(r.rows[-1]["samples"] if r.rows else 0, samples)
-                    r.checkpoint(samples, time.perf_counter() - start)
+                    r.checkpoint(samples, time.perf_counter() - start, status="interrupted")
                 bar.close()
                 raise Interrupted(
-                    f"N_z={','.join(map(str, nzs))}: interrupted at samples={samples}; "
-                    f"checkpoint written to {', '.join(str(r.files.ckpt) for r in runs)}"
+                    f"N_z={','.join(map(str, nzs))}: {signal.Signals(signum).name} "
+                    f"interrupted the run at samples={samples}; checkpoint written to "
+                    f"{', '.join(str(r.files.ckpt) for r in runs)}",
+                    signum,
                 )
     bar.close()
     return [r.finish(samples, nzs) for r in runs]
 
 
 def load_model(files: RunFiles, device: torch.device | str = "cpu") -> VAE:
-    """The final weights of a finished run, as a VAE in eval mode."""
+    """The final weights of a finished run, as a VAE in eval mode.
+
+    Loaded as tensors only (weights_only: no code from the file runs) and checked against the
+    SHA-256 in the model's JSON (older JSONs record none); RunFolderError naming the file.
+    """
     if not files.weights.exists():
         raise RunFolderError(f"final weights {files.weights} are missing (unfinished run?)")
-    state = torch.load(files.weights, map_location=device, weights_only=False)
-    model = VAE.from_config(TrainConfig(**state["config"])).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    meta = read_model_json(files.json)
+    recorded = meta.get("weights_sha256")
+    state = load_torch(files.weights, None if recorded is None else [recorded])
+    if set(state) != {"model", "config"}:
+        raise RunFolderError(f"{files.weights} holds {sorted(state)}, not model and config")
+    model = VAE.from_config(parse_config(state["config"], files.weights))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise RunFolderError(f"{files.weights} does not fit its config: {err}") from err
+    return model.to(device).eval()

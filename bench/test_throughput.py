@@ -15,19 +15,12 @@ from vaerepro.evaluate import evaluate
 from vaerepro.flops import step_matmuls, train_flops_per_sample
 from vaerepro.model import VAE
 from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step, train
+from vaerepro.train import make_train_step, synchronize, train
 
 # The speed comparison runs both sides on the same protocol: pyautoencoder's (60k images in
 # shuffled epochs, torch's Adagrad, no weight decay).
 SWEEP_CFG = preset("pyautoencoder").replace(samples=200_000, eval_every=100_000)
 QUICK_CFG = SWEEP_CFG.replace(samples=2_000, eval_every=1_000, train_size=2_000)  # smoke test
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _info(benchmark, impl, kind, nz, samples, device):
@@ -53,7 +46,7 @@ def test_train_step_vaerepro(benchmark, nz, autograd, device, mnist, quick):
     def run():
         for _ in range(steps):
             step([batches.next()], [gen])
-        _sync(device)
+        synchronize(device)
 
     run()  # warm-up: allocator, kernels
     benchmark.pedantic(run, rounds=3 if quick else 10, warmup_rounds=1)
@@ -91,7 +84,7 @@ def test_matmul_limit(benchmark, nz, device, quick):
         for _ in range(reps):
             for a, b in pairs:
                 torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
 
     run()
     benchmark.pedantic(run, rounds=3 if quick else 10, warmup_rounds=1)

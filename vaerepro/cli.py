@@ -332,6 +332,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             label = f"model {i + 1}/{len(groups)}"
             if len(group) > 1:
                 label = f"{len(group)} models in one fused step"
+                print(f"N_z={nzs} in one fused step", file=sys.stderr)
             if i:
                 elapsed = time.perf_counter() - start
                 line = f"{label} (N_z={nzs}): {duration(elapsed)} elapsed"

@@ -13,19 +13,12 @@ from .data import MinibatchIndices, MnistSplits
 from .evaluate import evaluate
 from .model import VAE
 from .optim import make_optimizer
-from .train import make_train_step
+from .train import make_train_step, synchronize
 
 WARMUP_STEPS = 3  # untimed: first calls allocate and pick kernels
 TIMED_STEPS = 30  # about 0.1-0.3 s per N_z on a 2-core CPU
 TIMED_EVAL_ROWS = 2_000
 TEST_SIZE = 10_000
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 @dataclass
@@ -55,11 +48,11 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
         batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
         for _ in range(WARMUP_STEPS):
             step([batches.next()], [gen])
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(TIMED_STEPS):
             step([batches.next()], [gen])
-        _sync(device)
+        synchronize(device)
         rates[cfg.nz] = TIMED_STEPS * cfg.batch_size / (time.perf_counter() - start)
     widest = max(configs, key=lambda c: c.nz)
     model = VAE.from_config(widest).to(device)

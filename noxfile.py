@@ -6,6 +6,7 @@ environment links the same cached torch, so torch is downloaded and stored once;
 nox falls back to virtualenv and pip, and each session installs its own copy.
 """
 
+import json
 import os
 from pathlib import Path
 

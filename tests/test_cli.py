@@ -68,18 +68,17 @@ def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, caps
     assert main([*argv, *TINY, "--samples", "4000", "--eval-every", "2000"]) == 0
     err = capsys.readouterr().err
     plan = next(line for line in err.splitlines() if line.startswith("plan:"))
-    assert "2 model(s) (N_z 3, 5), 4e3 samples each, on cpu; estimated" in plan
+    assert "2 model(s) (N_z 3, 5; seed 0), 4e3 samples each, on cpu; estimated" in plan
     assert "training samples/s by N_z 3:" in plan and "evaluation" in plan
-    assert "model 2/2 (N_z=5):" in err and "left" in err
+    assert "model 2/2 (N_z=5 seed 0):" in err and "left" in err
     lines = err.splitlines()
-    table = lines[
-        next(i for i, line in enumerate(lines) if line.split()[:2] == ["N_z", "samples"]) :
-    ]
+    table = lines[next(i for i, line in enumerate(lines) if line.split()[:2] == ["N_z", "seeds"]) :]
     assert table[0].split() == [
-        "N_z", "samples", "train", "ELBO", "paper", "train", "train", "diff",
-        "test", "ELBO", "paper", "test", "test", "diff",
+        "N_z", "seeds", "samples", "train", "ELBO", "train", "sd", "paper", "train", "train",
+        "diff", "test", "ELBO", "test", "sd", "paper", "test", "test", "diff",
     ]  # fmt: skip
-    assert table[1].split()[:2] == ["3", "4e3"] and table[1].split()[3] == "–"
+    # one seed: no sd; the paper's N_z = 3 curve shows no value at 4e3 samples
+    assert table[1].split()[:6] == ["3", "1", "4e3", table[1].split()[3], "–", "–"]
     last = pd.read_csv(out / "nz5-seed0.csv").iloc[-1]
     assert f"{last.train_elbo:.2f}" in table[2] and f"{last.test_elbo:.2f}" in table[2]
     assert "Trained in" in err
@@ -114,7 +113,7 @@ def test_console_script_runs(data_root, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "plan: 1 model(s) (N_z 3), 2e3 samples each" in proc.stderr
+    assert "plan: 1 model(s) (N_z 3; seed 0), 2e3 samples each" in proc.stderr
     assert "Trained in" in proc.stderr
 
 

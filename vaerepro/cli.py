@@ -16,7 +16,7 @@ import torch
 
 from .check import TOLERANCE_MODES, check_run
 from .compare import compare_run, write_comparison
-from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, TrainConfig, preset
+from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, Sweep, TrainConfig, preset
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
 from .hwtable import hardware_table, save_benchmark
 from .plan import Estimate, duration, measure
@@ -24,6 +24,8 @@ from .plan import count as count_text
 from .reference_writer import make_reference
 from .report import make_figures
 from .store import (
+    OWN_MODEL_FILE,
+    RUN_JSON,
     RunFiles,
     RunFolderError,
     WriteFailed,
@@ -32,13 +34,11 @@ from .store import (
     read_run_json,
     remove_own_files,
     remove_stale_temps,
-    write_json,
+    write_run_json,
 )
 from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train_together
 from .trajectory import run_trajectory, write_trajectory
-
-MANIFEST = "run.json"  # the sweep: preset and one config per N_z, for --resume
 
 
 class UsageError(ValueError):
@@ -112,7 +112,15 @@ def add_reproduce_parser(sub) -> None:
     )
     p.add_argument("--samples", type=count, help="training samples per model (preset: 1e7)")
     p.add_argument("--eval-every", type=count, help="samples between evaluations (preset: 1e5)")
-    p.add_argument("--seed", type=int, help="seed of init, minibatches and noise (default: 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="seed of init, minibatches and noise (default: 0)")
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train every N_z under each of these seeds, into one run folder (e.g. --seeds 0 1 "
+        "2 3 4); figures and the comparison then show the mean and the band over seeds",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--data-root",
@@ -188,30 +196,23 @@ OVERRIDES = (
 )
 
 
-def sweep_configs(args: argparse.Namespace) -> tuple[str, list[TrainConfig]]:
-    """(preset name, one validated config per N_z) from the options, or from --resume's folder."""
+def requested_sweep(args: argparse.Namespace) -> Sweep:
+    """The sweep the options ask for, or the one --resume's folder records."""
     if args.resume:
-        manifest = Path(args.resume) / MANIFEST
-        if not manifest.exists():
-            raise UsageError(f"--resume {args.resume}: no {MANIFEST} there, so no run to resume")
-        saved_preset, configs, _ = read_run_json(manifest)
-        return saved_preset, configs
+        record = Path(args.resume) / RUN_JSON
+        if not record.exists():
+            raise UsageError(f"--resume {args.resume}: no {RUN_JSON} there, so no run to resume")
+        return read_run_json(record)[0]
     name = args.preset or "paper"
-    base = preset(name)
     changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    nzs = args.nz or list(PAPER_NZ)
-    if len(set(nzs)) != len(nzs):
-        raise UsageError(f"--nz lists a latent size twice: {nzs}")
-    seed = 0 if args.seed is None else args.seed
-    configs = [base.replace(nz=nz, seed=seed, **changes) for nz in nzs]
-    for cfg in configs:
-        cfg.validate()
-    return name, configs
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
+    try:
+        return Sweep.of(name, preset(name).replace(**changes), args.nz or list(PAPER_NZ), seeds)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
-def resume_conflicts(
-    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
-) -> None:
+def resume_conflicts(args: argparse.Namespace, sweep: Sweep) -> None:
     """UsageError listing every option that contradicts the sweep --resume continues."""
     if not args.resume:
         return
@@ -219,16 +220,17 @@ def resume_conflicts(
         raise UsageError(
             f"--resume {args.resume} continues a run and --overwrite replaces it; give one of them"
         )
-    recorded = configs[0]
+    recorded = sweep.base
     given = []
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         given.append(f"--out {args.out} (the run is in {args.resume})")
-    if args.preset is not None and args.preset != preset_name:
-        given.append(f"--preset {args.preset} (recorded: {preset_name})")
-    if args.nz is not None and sorted(args.nz) != sorted(c.nz for c in configs):
-        given.append(f"--nz {' '.join(map(str, args.nz))} (recorded: {[c.nz for c in configs]})")
-    if args.seed is not None and args.seed != recorded.seed:
-        given.append(f"--seed {args.seed} (recorded: {recorded.seed})")
+    if args.preset is not None and args.preset != sweep.preset:
+        given.append(f"--preset {args.preset} (recorded: {sweep.preset})")
+    if args.nz is not None and sorted(args.nz) != sorted(sweep.nzs):
+        given.append(f"--nz {' '.join(map(str, args.nz))} (recorded: {list(sweep.nzs)})")
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    if seeds is not None and sorted(seeds) != sorted(sweep.seeds):
+        given.append(f"--seed(s) {' '.join(map(str, seeds))} (recorded: {list(sweep.seeds)})")
     for key in OVERRIDES:
         value = getattr(args, key)
         if value is not None and value != getattr(recorded, key):
@@ -238,6 +240,38 @@ def resume_conflicts(
             f"--resume {args.resume} continues the recorded sweep, but these options differ "
             f"from it: {'; '.join(given)}. Drop them to continue the run as recorded, or start "
             "a new run with another --out."
+        )
+
+
+def folder_conflicts(out: Path, sweep: Sweep, resume: bool, overwrite: bool) -> None:
+    """RunFolderError, before any work, when a new sweep would land in a folder that holds
+    another one: a run.json of another preset, config, N_z or seed set (the differences
+    listed), or model files that no run.json accounts for. --overwrite and --resume pass."""
+    if resume or overwrite or not out.is_dir():
+        return
+    record = out / RUN_JSON
+    if record.exists():
+        recorded = read_run_json(record)[0]
+        diff = recorded.differences(sweep)
+        if diff:
+            raise RunFolderError(
+                f"{out} holds another sweep (recorded != requested):\n  "
+                + "\n  ".join(diff)
+                + "\nA run folder holds one sweep: use another --out, --overwrite to replace "
+                f"the whole sweep, or --resume {out} to continue the recorded one."
+            )
+        ours = {RunFiles.of(out, c.nz, c.seed).stem for c in recorded.configs}
+    else:
+        ours = set()
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if OWN_MODEL_FILE.match(p.name) and p.name.rsplit(".", 1)[0] not in ours
+    )
+    if foreign:
+        raise RunFolderError(
+            f"{out} holds model files that its {RUN_JSON} does not list: {', '.join(foreign)}. "
+            "A run folder holds one sweep: use another --out, or --overwrite to replace them."
         )
 
 
@@ -268,11 +302,9 @@ def check_output_folder(out: Path, label: str, plot: bool) -> None:
         ) from err
 
 
-def validate_reproduce_args(
-    args: argparse.Namespace, preset_name: str | None, configs: list[TrainConfig]
-) -> Path:
+def validate_reproduce_args(args: argparse.Namespace, sweep: Sweep) -> Path:
     """Every check of the options that needs no data; returns the run folder."""
-    resume_conflicts(args, preset_name, configs)
+    resume_conflicts(args, sweep)
     out = Path(
         args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     )
@@ -281,61 +313,47 @@ def validate_reproduce_args(
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    preset_name, configs = sweep_configs(args)
-    out = validate_reproduce_args(args, preset_name, configs)
+    sweep = requested_sweep(args)
+    out = validate_reproduce_args(args, sweep)
+    folder_conflicts(out, sweep, bool(args.resume), args.overwrite)
     device = resolve_device(args.device)
-    plan = {
-        c.nz: run_status(
-            RunFiles.of(out, c.nz, c.seed), c, bool(args.resume), args.overwrite, device
-        )
-        for c in configs
-    }
-    manifest = out / MANIFEST
-    if manifest.exists() and not (args.resume or args.overwrite):
-        saved = [c.nz for c in read_run_json(manifest)[1]]
-        if saved != [c.nz for c in configs]:
-            raise RunFolderError(
-                f"{out} holds a sweep over N_z={saved}; use another --out or --overwrite"
-            )
+    configs = sweep.configs
+    files = {c: RunFiles.of(out, c.nz, c.seed) for c in configs}
+    plan = {c: run_status(files[c], c, bool(args.resume), args.overwrite, device) for c in configs}
     # --resume reads the data where the run started unless told otherwise
-    data_root = args.data_root or (_manifest_data_root(out) if args.resume else None)
+    data_root = args.data_root or (_recorded_data_root(out) if args.resume else None)
     data = load_mnist(data_root, device)  # raises DataError before any training
-    pending = [c for c in configs if plan[c.nz] != "skip"]
-    done = {c.nz: _samples_done(out, c) if plan[c.nz] == "resume" else 0 for c in pending}
+    pending = [c for c in configs if plan[c] != "skip"]
+    done = {c: _samples_done(files[c]) if plan[c] == "resume" else 0 for c in pending}
     estimate = measure(pending, data, device) if pending and args.estimate else None
     with folder_lock(out):
         remove_stale_temps(out)
         if args.overwrite:  # the whole old sweep goes: no model of it may stay behind
             remove_own_files(out)
-        write_json(
-            {
-                "preset": preset_name,
-                "configs": [c.to_dict() for c in configs],
-                "data_root": str(resolve_data_root(data_root)),
-            },
-            manifest,
+        write_run_json(sweep, str(resolve_data_root(data_root)), out)
+        print(
+            f"run folder: {out}  device: {device}  preset: {sweep.preset}  "
+            f"N_z: {' '.join(map(str, sweep.nzs))}  seeds: {' '.join(map(str, sweep.seeds))}",
+            file=sys.stderr,
         )
-        print(f"run folder: {out}  device: {device}  preset: {preset_name}", file=sys.stderr)
         for cfg in configs:
-            if plan[cfg.nz] == "skip":
-                print(f"N_z={cfg.nz}: finished already, skipped", file=sys.stderr)
-        # --fused: all pending N_z in one stacked step; otherwise one model after the other
+            if plan[cfg] == "skip":
+                print(f"N_z={cfg.nz} seed {cfg.seed}: finished already, skipped", file=sys.stderr)
+        # --fused: all pending models in one stacked step; otherwise one model after the other
         groups = [pending] if args.fused and len(pending) > 1 else [[c] for c in pending]
-        expected = [
-            max(estimate.seconds(c, done[c.nz]) for c in g) if estimate else 0 for g in groups
-        ]
+        expected = [max(estimate.seconds(c, done[c]) for c in g) if estimate else 0 for g in groups]
         if pending:
             print(_plan_line(pending, done, device, estimate, sum(expected)), file=sys.stderr)
         start = time.perf_counter()
         for i, group in enumerate(groups):
-            nzs = ",".join(str(c.nz) for c in group)
+            names = ", ".join(f"N_z={c.nz} seed {c.seed}" for c in group)
             label = f"model {i + 1}/{len(groups)}"
             if len(group) > 1:
                 label = f"{len(group)} models in one fused step"
-                print(f"N_z={nzs} in one fused step", file=sys.stderr)
+                print(f"{names}: in one fused step", file=sys.stderr)
             if i:
                 elapsed = time.perf_counter() - start
-                line = f"{label} (N_z={nzs}): {duration(elapsed)} elapsed"
+                line = f"{label} ({names}): {duration(elapsed)} elapsed"
                 if estimate:  # what is left, scaled by how the estimate fared so far
                     left = sum(expected[i:]) * elapsed / sum(expected[:i])
                     line += f", about {duration(left)} left"
@@ -346,9 +364,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     data,
                     out,
                     device,
-                    resume=any(plan[c.nz] == "resume" for c in group),
+                    resume=any(plan[c] == "resume" for c in group),
                     progress=not args.no_progress,
-                    preset=preset_name,
+                    preset=sweep.preset,
                     label=f"{label} ",
                 )
             except Interrupted as err:
@@ -360,39 +378,43 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     f"or fix the permissions, then continue with: vaerepro reproduce --resume {out}"
                 ) from err
         total = time.perf_counter() - start
-    summary = final_summary(out, configs)
-    with pd.option_context("display.width", 140):
+    summary = final_summary(out)
+    with pd.option_context("display.width", 160):
         print(summary.to_string(index=False, float_format="%.2f", na_rep="–"), file=sys.stderr)
     print(
-        "ELBO in nats per datapoint; diff = ours - paper; –: the paper's printed curve has no "
-        f"value there (comparison.md says why). Trained in {duration(total)}; run folder {out}",
+        "ELBO in nats per datapoint (mean over seeds, sd: their standard deviation); diff = "
+        "ours - paper; –: the paper's printed curve has no value there (comparison.md says "
+        f"why). Trained in {duration(total)}; run folder {out}",
         file=sys.stderr,
     )
     if not args.no_plot:
-        report = make_figures(out, data_root or _manifest_data_root(out))
+        report = make_figures(out, data_root or _recorded_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
 
 
-def _samples_done(out: Path, cfg: TrainConfig) -> int:
+def _samples_done(files: RunFiles) -> int:
     """Samples a resumed model has already trained, from its CSV (0 if unreadable)."""
     try:
-        return int(read_csv(RunFiles.of(out, cfg.nz, cfg.seed).csv).samples.iloc[-1])
+        return int(read_csv(files.csv).samples.iloc[-1])
     except (RunFolderError, IndexError):
         return 0
 
 
 def _plan_line(
     pending: list[TrainConfig],
-    done: dict[int, int],
+    done: dict[TrainConfig, int],
     device: torch.device,
     estimate: Estimate | None,
     seconds: float,
 ) -> str:
-    nzs = ", ".join(str(c.nz) for c in pending)
-    samples = {c.samples - done[c.nz] for c in pending}
+    nzs = ", ".join(map(str, dict.fromkeys(c.nz for c in pending)))
+    seeds = ", ".join(map(str, dict.fromkeys(c.seed for c in pending)))
+    samples = {c.samples - done[c] for c in pending}
     each = count_text(samples.pop()) if len(samples) == 1 else "the remaining"
-    line = f"plan: {len(pending)} model(s) (N_z {nzs}), {each} samples each, on {device}"
+    line = (
+        f"plan: {len(pending)} model(s) (N_z {nzs}; seed {seeds}), {each} samples each, on {device}"
+    )
     if estimate is None:
         return line + " (no time estimate: --no-estimate)"
     rates = ", ".join(f"{nz}: {r / 1000:.1f}k" for nz, r in estimate.train_rate.items())
@@ -402,25 +424,23 @@ def _plan_line(
     )
 
 
-def final_summary(out: Path, configs: list[TrainConfig]) -> pd.DataFrame:
-    """Per model: the last logged samples, train and test ELBO, the paper's value at that
-    point and ours - paper (nats per datapoint; – where the paper's printed curve has none)."""
+def final_summary(out: Path) -> pd.DataFrame:
+    """Per N_z at the last logged point: seeds, our mean ELBO and its sd over seeds per split,
+    the paper's value there and mean - paper (nats per datapoint; – where the paper's printed
+    curve has none, or sd with one seed)."""
     detail, _ = compare_run(out)
-    wanted = {c.nz for c in configs}
-    last = detail[detail.nz.isin(wanted)].groupby(["nz", "split"]).tail(1)
-    wide = last.pivot(index="nz", columns="split", values=["samples", "ours", "paper", "diff"])
-    return pd.DataFrame(
-        {
-            "N_z": wide.index,
-            "samples": [count_text(s) for s in wide["samples"]["train"]],
-            "train ELBO": wide["ours"]["train"].to_numpy(),
-            "paper train": wide["paper"]["train"].to_numpy(),
-            "train diff": wide["diff"]["train"].to_numpy(),
-            "test ELBO": wide["ours"]["test"].to_numpy(),
-            "paper test": wide["paper"]["test"].to_numpy(),
-            "test diff": wide["diff"]["test"].to_numpy(),
-        }
+    last = detail.groupby(["nz", "split"]).tail(1)
+    wide = last.pivot(
+        index="nz", columns="split", values=["samples", "seeds", "mean", "sd", "paper", "diff"]
     )
+    table = {"N_z": wide.index, "seeds": wide["seeds"]["train"].astype(int).to_numpy()}
+    table["samples"] = [count_text(s) for s in wide["samples"]["train"]]
+    for split in ("train", "test"):
+        table[f"{split} ELBO"] = wide["mean"][split].to_numpy()
+        table[f"{split} sd"] = wide["sd"][split].to_numpy()
+        table[f"paper {split}"] = wide["paper"][split].to_numpy()
+        table[f"{split} diff"] = wide["diff"][split].to_numpy()
+    return pd.DataFrame(table)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -435,14 +455,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
-    report = make_figures(args.run_dir, args.data_root or _manifest_data_root(args.run_dir))
+    report = make_figures(
+        args.run_dir, args.data_root or _recorded_data_root(args.run_dir), args.seed
+    )
     print(f"wrote {report} and {report.parent / 'figures'}/", file=sys.stderr)
     return 0
 
 
-def _manifest_data_root(run_dir: str) -> str | None:
-    manifest = Path(run_dir) / MANIFEST
-    return read_run_json(manifest)[2] if manifest.exists() else None
+def _recorded_data_root(run_dir: str) -> str | None:
+    record = Path(run_dir) / RUN_JSON
+    return read_run_json(record)[1] if record.exists() else None
 
 
 def _failure_line(p: pd.Series, mode: str) -> str:
@@ -536,13 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot",
         help="figures (Fig. 2 with the paper, diagnostics) and REPORT.md",
-        description="Write RUN_DIR/figures/ (fig2.png/.pdf, components.png and per N_z: recon, "
-        "samples, interpolation, latent, kl_per_dim) and RUN_DIR/REPORT.md from a finished run.",
+        description="Write RUN_DIR/figures/ (fig2.png/.pdf and components.png: the mean and "
+        "the band over seeds; per N_z for one seed: recon, samples, interpolation, latent, "
+        "kl_per_dim) and RUN_DIR/REPORT.md from a run.",
     )
     p.add_argument("run_dir")
     p.add_argument(
         "--data-root",
         help="MNIST root for the per-model figures (default: the run's, from its run.json)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the seed whose models get per-model figures (default: the run's first seed)",
     )
 
     p = sub.add_parser(

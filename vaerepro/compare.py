@@ -1,9 +1,11 @@
-"""Distance of a run to the paper's Figure 2 curves, at every logged sample count."""
+"""Distance of a run to the paper's Figure 2 curves, at every logged sample count, with the
+spread over seeds: our mean, the band (min to max over seeds) and where the paper falls."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .reference import SOURCE, paper_elbo, paper_gap
@@ -11,49 +13,83 @@ from .store import atomic_write_bytes, load_run, write_csv
 from .tables import to_markdown
 
 
-def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(detail, summary) for every model in a run folder.
+def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:
+    """Every logged value of `term` (elbo, loglik or kl; nats per datapoint) in long form:
+    columns nz, seed, split, samples, value."""
+    parts = [
+        pd.DataFrame(
+            {
+                "nz": meta["config"]["nz"],
+                "seed": meta["config"]["seed"],
+                "split": split,
+                "samples": df.samples.to_numpy(),
+                "value": df[f"{split}_{term}"].to_numpy(),
+            }
+        )
+        for meta, df in runs
+        for split in ("train", "test")
+    ]
+    return pd.concat(parts, ignore_index=True)
 
-    detail: nz, split, samples, ours, paper, diff (ours - paper; nats per datapoint, positive
-    means our bound is higher), and paper_gap: NaN paper and diff where the printed curve shows
-    no value, with the reason in paper_gap ("" where it has a value).
-    summary: per nz and split, the logged points, how many the paper covers, the mean and max
-    |diff| over those, and the diff at the last of them (NaN when it covers none).
+
+def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
+    """Per nz, split and samples: seeds, mean, sd (over seeds, ddof 1; NaN for one seed),
+    min and max of the values in `values` (from `seed_values`)."""
+    return (
+        values.groupby(["nz", "split", "samples"], sort=True)
+        .value.agg(seeds="size", mean="mean", sd="std", min="min", max="max")
+        .reset_index()
+        .sort_values(["nz", "split", "samples"], key=_train_first)
+        .reset_index(drop=True)
+    )
+
+
+def _train_first(column: pd.Series) -> pd.Series:
+    return column.map({"train": 0, "test": 1}) if column.name == "split" else column
+
+
+def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(detail, summary) for the models of a run folder, over its seeds.
+
+    detail, per nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
+    (its value; NaN where the printed curve shows none, paper_gap says why), diff = mean -
+    paper (nats per datapoint; positive: our bound is higher), diff_in_sd = diff / sd, and
+    inside: whether the paper lies in our band [min, max] (NaN for one seed or no paper).
+    summary, per nz and split: seeds, logged points, the `points` the paper covers, the
+    fraction of those inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and
+    the diff at the last covered point.
     """
-    parts = []
-    for meta, df in load_run(folder):
-        nz = meta["config"]["nz"]
-        for split in ("train", "test"):
-            ours = df[f"{split}_elbo"].to_numpy()
-            paper = paper_elbo(nz, split, df.samples)
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "nz": nz,
-                        "split": split,
-                        "samples": df.samples,
-                        "ours": ours,
-                        "paper": paper,
-                        "diff": ours - paper,
-                        "paper_gap": paper_gap(nz, split, df.samples),
-                    }
-                )
-            )
-    detail = pd.concat(parts, ignore_index=True)
-    logged = detail.groupby(["nz", "split"], sort=True).size().rename("logged")
+    detail = seed_bands(seed_values(load_run(folder)))
+    paper = np.full(len(detail), np.nan)
+    gap = np.full(len(detail), "", dtype=object)
+    for (nz, split), rows in detail.groupby(["nz", "split"]).groups.items():
+        paper[rows] = paper_elbo(nz, split, detail.samples[rows])
+        gap[rows] = paper_gap(nz, split, detail.samples[rows])
+    diff = detail["mean"] - paper
+    band = (detail.seeds >= 2) & ~np.isnan(paper)
+    inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
+    detail = detail.assign(
+        paper=paper, diff=diff, diff_in_sd=diff / detail.sd, inside=inside, paper_gap=gap
+    )
+    keys = ["nz", "split"]
+    logged = detail.groupby(keys, sort=False).agg(
+        seeds=("seeds", "max"), logged=("samples", "size")
+    )
     covered = detail.dropna(subset=["paper"])
     stats = (
-        covered.assign(abs_diff=covered["diff"].abs())
-        .groupby(["nz", "split"], sort=True)
+        covered.assign(abs_diff=covered["diff"].abs(), abs_sd=covered.diff_in_sd.abs())
+        .groupby(keys, sort=False)
         .agg(
             points=("diff", "size"),
+            inside=("inside", "mean"),
             mean_abs_diff=("abs_diff", "mean"),
+            mean_abs_diff_in_sd=("abs_sd", "mean"),
             max_abs_diff=("abs_diff", "max"),
             last_samples=("samples", "last"),
             last_diff=("diff", "last"),
         )
     )
-    summary = pd.concat([logged, stats], axis=1).reset_index()
+    summary = logged.join(stats).reset_index()
     summary["points"] = summary.points.fillna(0).astype(int)
     return detail, summary
 
@@ -64,11 +100,14 @@ def write_comparison(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     detail, summary = compare_run(folder)
     write_csv(detail, folder / "comparison.csv")
     text = (
-        f"# Distance to the paper\n\nPaper: {SOURCE}. diff = ours - paper, nats per "
-        "datapoint (positive: our bound is higher). The paper's curve is interpolated in "
+        f"# Distance to the paper\n\nPaper: {SOURCE}. Ours over seeds: mean, sd (standard "
+        "deviation), and the band from min to max. diff = mean - paper, nats per datapoint "
+        "(positive: our bound is higher); diff_in_sd = diff / sd; inside: 1 where the paper "
+        "lies in our band (blank with one seed). The paper's curve is interpolated in "
         "log10(samples) along its visible part; where the printed figure shows no value, "
         "paper and diff are blank and paper_gap says why. Summary: `points` of the `logged` "
-        "ones have a paper value.\n\n## Summary\n\n"
+        "ones have a paper value; `inside` is the fraction of those where the paper lies in "
+        "our band.\n\n## Summary\n\n"
         + to_markdown(summary)
         + "\n## Every logged point\n\n"
         + to_markdown(detail)

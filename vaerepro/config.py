@@ -119,6 +119,63 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What one run folder holds: one config trained for every (N_z, seed) pair."""
+
+    preset: str | None
+    base: TrainConfig  # the shared config; its nz and seed are the first pair's
+    nzs: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def of(cls, preset: str | None, base: TrainConfig, nzs: list[int], seeds: list[int]) -> Sweep:
+        """ValueError naming a repeated N_z or seed, or the first invalid config field."""
+        for name, values in (("N_z", nzs), ("seed", seeds)):
+            if not values:
+                raise ValueError(f"a sweep needs at least one {name}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"the {name} list names a value twice: {list(values)}")
+        sweep = cls(preset, base.replace(nz=nzs[0], seed=seeds[0]), tuple(nzs), tuple(seeds))
+        for cfg in sweep.configs:
+            cfg.validate()
+        return sweep
+
+    @classmethod
+    def from_configs(cls, preset: str | None, configs: list[TrainConfig]) -> Sweep:
+        """The sweep whose configs these are; ValueError when they are not one config over
+        every (N_z, seed) pair in the sweep's order."""
+        nzs = list(dict.fromkeys(c.nz for c in configs))
+        seeds = list(dict.fromkeys(c.seed for c in configs))
+        sweep = cls.of(preset, configs[0], nzs, seeds)
+        if sweep.configs != list(configs):
+            raise ValueError(
+                "the configs are not one config over every (N_z, seed) pair: "
+                + "; ".join(config_diff(sweep.base.to_dict(), c.to_dict()) for c in configs)
+            )
+        return sweep
+
+    @property
+    def configs(self) -> list[TrainConfig]:
+        """One config per (N_z, seed), seed-major: every N_z of a seed trains before the next
+        seed starts, so a sweep stopped early holds whole seeds."""
+        return [self.base.replace(nz=nz, seed=s) for s in self.seeds for nz in self.nzs]
+
+    def differences(self, other: Sweep) -> list[str]:
+        """Human-readable lines for everything in which `other` differs from this sweep."""
+        lines = []
+        if self.preset != other.preset:
+            lines.append(f"preset: {self.preset!r} != {other.preset!r}")
+        if sorted(self.nzs) != sorted(other.nzs):
+            lines.append(f"N_z: {list(self.nzs)} != {list(other.nzs)}")
+        if sorted(self.seeds) != sorted(other.seeds):
+            lines.append(f"seeds: {list(self.seeds)} != {list(other.seeds)}")
+        mine, theirs = self.base.to_dict(), other.base.to_dict()
+        for d in (mine, theirs):
+            del d["nz"], d["seed"]
+        return lines + config_diff(mine, theirs)
+
+
 def config_diff(a: dict, b: dict) -> list[str]:
     """Human-readable lines for every field where two config dicts differ."""
     keys = sorted(set(a) | set(b))

@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
+from .compare import seed_bands, seed_values  # noqa: E402
 from .evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
 from .model import VAE  # noqa: E402
 from .reference import fig2 as paper_fig2  # noqa: E402
@@ -57,16 +58,37 @@ def _row_of_panels(n: int, height: float = 3.2):
     return fig, axes[0]
 
 
+def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str) -> None:
+    """Our curve of one split in one panel: the mean over seeds, and with two or more seeds
+    a shaded band from their min to their max. `bands` is one N_z's `seed_bands`."""
+    rows = bands[bands.split == split]
+    seeds = int(rows.seeds.max())
+    label = f"ours ({split})" if seeds == 1 else f"ours, mean of {seeds} seeds ({split})"
+    ax.plot(rows.samples, rows["mean"], style, color=OURS_COLOUR, lw=1.8, label=label)
+    if seeds > 1:
+        ax.fill_between(
+            rows.samples,
+            rows["min"],
+            rows["max"],
+            color=OURS_COLOUR,
+            alpha=0.25 if split == "train" else 0.12,
+            lw=0,
+            label=f"ours, min to max over seeds ({split})",
+        )
+
+
 def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     """Fig. 2 redrawn: one panel per N_z, ELBO against log-scaled training samples, on the
-    paper's axes unless ours leave them (then widened, and the title says so). The paper's
-    curves are drawn where the printed figure shows them."""
+    paper's axes unless ours leave them (then widened, and the title says so). Ours: the mean
+    over seeds, with the min-to-max band when there are several. The paper's curves are drawn
+    where the printed figure shows them."""
     ref = paper_fig2()
     ref = ref[ref.visible]
+    bands = seed_bands(seed_values(runs))
     xlim, ylim, widened = fig2_limits(runs)
-    fig, axes = _row_of_panels(len(runs))
-    for ax, (meta, df) in zip(axes, runs, strict=True):
-        nz = meta["config"]["nz"]
+    nzs = sorted(bands.nz.unique())
+    fig, axes = _row_of_panels(len(nzs))
+    for ax, nz in zip(axes, nzs, strict=True):
         for split, style in (("train", "-"), ("test", "--")):
             curve = ref[(ref.n_z == nz) & (ref.split == split)]
             ax.plot(
@@ -77,14 +99,7 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
                 lw=1.5,
                 label=f"paper AEVB ({split})",
             )
-            ax.plot(
-                df.samples,
-                df[f"{split}_elbo"],
-                style,
-                color=OURS_COLOUR,
-                lw=1.8,
-                label=f"ours ({split})",
-            )
+            _draw_ours(ax, bands[bands.nz == nz], split, style)
         ax.set(
             xscale="log",
             xlim=xlim,
@@ -96,7 +111,7 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
         if widened:  # the paper's axes, for orientation
             ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
-    axes[-1].legend(loc="lower right", fontsize=7)
+    axes[-1].legend(loc="lower right", fontsize=6)
     if widened:
         fig.suptitle(
             "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",
@@ -109,22 +124,23 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
 
 
 def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
-    """The ELBO's two terms, E_q[log p(x|z)] and KL(q||p), against samples per N_z."""
-    fig, axes = plt.subplots(
-        2, len(runs), figsize=(2.9 * len(runs), 5.6), squeeze=False, sharex=True
-    )
-    for col, (meta, df) in enumerate(runs):
-        for row, term in enumerate(("loglik", "kl")):
+    """The ELBO's two terms, E_q[log p(x|z)] and KL(q||p), against samples per N_z (mean over
+    seeds, with the min-to-max band when there are several)."""
+    terms = {term: seed_bands(seed_values(runs, term)) for term in ("loglik", "kl")}
+    nzs = sorted(terms["kl"].nz.unique())
+    fig, axes = plt.subplots(2, len(nzs), figsize=(2.9 * len(nzs), 5.6), squeeze=False, sharex=True)
+    for col, nz in enumerate(nzs):
+        for row, bands in enumerate(terms.values()):
             ax = axes[row, col]
             for split, style in (("train", "-"), ("test", "--")):
-                ax.plot(df.samples, df[f"{split}_{term}"], style, color=OURS_COLOUR, label=split)
+                _draw_ours(ax, bands[bands.nz == nz], split, style)
             ax.set(xscale="log")
             ax.grid(alpha=0.3, which="both", lw=0.5)
-        axes[0, col].set_title(f"$N_z = {meta['config']['nz']}$")
+        axes[0, col].set_title(f"$N_z = {nz}$")
         axes[1, col].set_xlabel("# Training samples evaluated")
     axes[0, 0].set_ylabel("E_q[log p(x|z)] (nats)")
     axes[1, 0].set_ylabel("KL(q(z|x) || p(z)) (nats)")
-    axes[0, -1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=6)
     fig.tight_layout()
     _save_figure(fig, out / "components.png", dpi=150)
     plt.close(fig)

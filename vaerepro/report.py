@@ -11,89 +11,123 @@ import pandas as pd
 
 from .compare import write_comparison
 from .data import load_mnist
+from .plan import count
 from .plots import plot_components, plot_fig2, plot_model
 from .reference import SOURCE, paper_elbo
-from .store import RunFiles, atomic_write_bytes, load_run
+from .store import RunFiles, RunFolderError, atomic_write_bytes, load_run
 from .tables import to_markdown
 from .train import load_model
 
 
-def make_figures(run_dir: str | Path, data_root: str | Path | None = None) -> Path:
+def make_figures(
+    run_dir: str | Path, data_root: str | Path | None = None, seed: int | None = None
+) -> Path:
     """Write RUN_DIR/figures/*, the comparison with the paper and RUN_DIR/REPORT.md; returns
     the report's path.
 
-    Fig. 2, components.png, the comparison and the report need only the CSVs and JSONs. The
-    per-model figures need a model's final weights (`.pt`, not committed under results/):
-    models without them are skipped, with one line on stderr. RunFolderError (naming the
-    file) when a CSV or JSON is missing or malformed; DataError when MNIST cannot be loaded
-    for the per-model figures.
+    Fig. 2, components.png, the comparison and the report need only the CSVs and JSONs; with
+    several seeds they show the mean and the band over seeds. The per-model figures are drawn
+    for one seed (`seed`; default the first of the run's) and need a model's final weights
+    (`.pt`, not committed under results/): models without them are skipped, with one line on
+    stderr. RunFolderError (naming the file) when a CSV or JSON is missing or malformed, or
+    `seed` is not in the run; DataError when MNIST cannot be loaded for the per-model figures.
     """
     run_dir = Path(run_dir)
     runs = load_run(run_dir)
-    files = [RunFiles.of(run_dir, m["config"]["nz"], m["config"]["seed"]) for m, _ in runs]
+    seeds = list(dict.fromkeys(m["config"]["seed"] for m, _ in runs))
+    if seed is None:
+        seed = seeds[0]
+    elif seed not in seeds:
+        raise RunFolderError(f"{run_dir} has no model of seed {seed}; its seeds: {seeds}")
+    chosen = [(m, df) for m, df in runs if m["config"]["seed"] == seed]
+    files = [RunFiles.of(run_dir, m["config"]["nz"], seed) for m, _ in chosen]
     models = [load_model(f) if f.weights.exists() else None for f in files]
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     plot_fig2(runs, out)
     plot_components(runs, out)
-    write_comparison(run_dir)
-    skipped = [m["config"]["nz"] for model, (m, _) in zip(models, runs, strict=True) if not model]
+    _, summary = write_comparison(run_dir)
+    skipped = [m["config"]["nz"] for model, (m, _) in zip(models, chosen, strict=True) if not model]
     if skipped:
         print(
             f"per-model figures skipped for N_z={','.join(map(str, skipped))}: no final weights "
             f"(.pt) in {run_dir}",
             file=sys.stderr,
         )
-    data = load_mnist(data_root, "cpu") if len(skipped) < len(runs) else None
-    diagnostics = [
-        plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out) if model else None
-        for model, (meta, _) in zip(models, runs, strict=True)
-    ]
+    data = load_mnist(data_root, "cpu") if len(skipped) < len(chosen) else None
+    diagnostics = {
+        meta["config"]["nz"]: plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out)
+        for model, (meta, _) in zip(models, chosen, strict=True)
+        if model
+    }
     report = run_dir / "REPORT.md"
-    atomic_write_bytes(report, render_report(run_dir, runs, diagnostics).encode())
+    text = render_report(run_dir, runs, summary, diagnostics, seed)
+    atomic_write_bytes(report, text.encode())
     return report
 
 
+def _mean_sd(values: pd.Series) -> str:
+    """-98.21 ± 0.35 (mean ± sd over seeds), or the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std():.2f}"
+
+
 def render_report(
-    run_dir: Path, runs: list[tuple[dict, pd.DataFrame]], diagnostics: list[dict | None]
+    run_dir: Path,
+    runs: list[tuple[dict, pd.DataFrame]],
+    summary: pd.DataFrame,
+    diagnostics: dict[int, dict],
+    seed: int,
 ) -> str:
-    """REPORT.md's text; a None diagnostic is a model without final weights."""
+    """REPORT.md's text. `summary` is compare_run's; `diagnostics` maps N_z to the per-model
+    figures' results for `seed` (absent without final weights)."""
+    by_nz: dict[int, list[tuple[dict, pd.DataFrame]]] = {}
+    for meta, df in runs:
+        by_nz.setdefault(meta["config"]["nz"], []).append((meta, df))
+    inside = summary.set_index(["nz", "split"]).inside
     rows, speed = [], []
-    for (meta, df), diag in zip(runs, diagnostics, strict=True):
-        nz, last = meta["config"]["nz"], df.iloc[-1]
-        rows.append(
-            {
-                "N_z": nz,
-                "samples": f"{int(last.samples):.3g}",
-                "train ELBO": last.train_elbo,
-                "paper train": float(paper_elbo(nz, "train", last.samples)),
-                "test ELBO": last.test_elbo,
-                "paper test": float(paper_elbo(nz, "test", last.samples)),
-                "active units": f"{diag['active_units']} / {nz}" if diag else "–",
-            }
-        )
+    for nz, models in by_nz.items():
+        samples = min(df.samples.iloc[-1] for _, df in models)
+        last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
+        row = {"N_z": nz, "seeds": len(models), "samples": count(samples)}
+        for split in ("train", "test"):
+            row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
+            row[f"paper {split}"] = float(paper_elbo(nz, split, samples))
+            row[f"paper in band ({split})"] = inside.get((nz, split), float("nan"))
+        diag = diagnostics.get(nz)
+        row[f"active units (seed {seed})"] = f"{diag['active_units']} / {nz}" if diag else "–"
+        rows.append(row)
+        device = models[0][0]["device"]
         speed.append(
             {
                 "N_z": nz,
-                "device": f"{meta['device']['type']} ({meta['device']['name']})",
-                "train samples/s (median)": df.train_samples_per_s.median(),
-                "wall s": last.wall_s,
+                "device": f"{device['type']} ({device['name']})",
+                "train samples/s (median)": pd.concat(
+                    [df.train_samples_per_s for _, df in models]
+                ).median(),
+                "wall s (all seeds)": sum(df.wall_s.iloc[-1] for _, df in models),
             }
         )
     meta = runs[0][0]
-    config = {k: v for k, v in meta["config"].items() if k != "nz"}
-    git = meta.get("git", {})
+    config = {k: v for k, v in meta["config"].items() if k not in ("nz", "seed")}
+    seeds = sorted({m["config"]["seed"] for m, _ in runs})
+    git = sorted({str(m.get("git", {}).get("commit")) for m, _ in runs})
+    dirty = any(m.get("git", {}).get("dirty") for m, _ in runs)
     return "\n".join(
         [
             f"# Report: {run_dir.name}",
             "",
-            "![Fig. 2: ours (red) and the paper's AEVB curves (grey); train solid, test dashed]"
-            "(figures/fig2.png)",
+            "![Fig. 2: ours (red: mean over seeds, shaded: min to max) and the paper's AEVB "
+            "curves (grey); train solid, test dashed](figures/fig2.png)",
             "",
-            f"ELBO in nats per datapoint at the last evaluation. Paper: {SOURCE}, interpolated in "
+            f"ELBO in nats per datapoint at the last evaluation every seed reached: mean ± sd "
+            f"over seeds {', '.join(map(str, seeds))}. Paper: {SOURCE}, interpolated in "
             "log10(samples) (– where the printed curve shows no value; see comparison.md). "
-            "Active units: latent dimensions whose average KL over the test set exceeds 0.01 "
-            "nats (– without the final weights, which are not committed).",
+            "Paper in band: the fraction of the logged points with a paper value where it lies "
+            "between our min and max over seeds (– with one seed). Active units: latent "
+            "dimensions whose average KL over the test set exceeds 0.01 nats (– without the "
+            "final weights, which are not committed).",
             "",
             to_markdown(pd.DataFrame(rows)),
             "## Throughput",
@@ -101,21 +135,22 @@ def render_report(
             to_markdown(pd.DataFrame(speed), ".1f"),
             "## Command and config",
             "",
-            f"Command: `{shlex.join(meta.get('command', []))}`",
-            f"Preset: `{meta.get('preset')}`; git commit `{git.get('commit')}` "
-            f"(uncommitted changes: {git.get('dirty')}); versions: "
+            f"Command (first model): `{shlex.join(meta.get('command', []))}`",
+            f"Preset: `{meta.get('preset')}`; git commit(s) `{', '.join(git)}` "
+            f"(uncommitted changes: {dirty}); versions: "
             + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
             "",
-            "Config (every model; N_z varies):",
+            "Config (every model; N_z and seed vary):",
             "",
             "```json",
             json.dumps(config, indent=2, sort_keys=True),
             "```",
             "",
             "Figures: `figures/fig2.png` (and `.pdf`), `components.png`, and per N_z with final "
-            "weights `recon_nz*.png` (test images above reconstructions), `samples_nz*.png` "
-            "(z ~ N(0, I)), `interpolation_nz*.png`, `latent_nz*.png`, `kl_per_dim_nz*.png`. "
-            "Distance to the paper at every logged point: [comparison.md](comparison.md).",
+            f"weights (seed {seed}) `recon_nz*.png` (test images above reconstructions), "
+            "`samples_nz*.png` (z ~ N(0, I)), `interpolation_nz*.png`, `latent_nz*.png`, "
+            "`kl_per_dim_nz*.png`. Distance to the paper at every logged point: "
+            "[comparison.md](comparison.md).",
             "",
         ]
     )

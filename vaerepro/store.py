@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import TrainConfig
+from .config import Sweep, TrainConfig
 
 CSV_COLUMNS = [
     "samples",
@@ -58,7 +58,8 @@ TMP_MARK = ".vaerepro-"
 OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")
 # What `reproduce` writes into a run folder (and `--overwrite` may therefore remove).
 OWN_MODEL_FILE = re.compile(r"^nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
-OWN_RUN_FILES = ("run.json", "REPORT.md", "comparison.csv", "comparison.md")
+RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per model
+OWN_RUN_FILES = (RUN_JSON, "REPORT.md", "comparison.csv", "comparison.md")
 OWN_FIGURE = re.compile(
     r"^(fig2\.(png|pdf)|components\.png|"
     r"(recon|samples|interpolation|latent|kl_per_dim)_nz\d+\.png)$"
@@ -349,6 +350,8 @@ MODEL_FIELDS: dict[str, tuple[type, ...]] = {
 }
 RUN_FIELDS: dict[str, tuple[type, ...]] = {
     "preset": (str, type(None)),
+    "nz": (list,),
+    "seeds": (list,),
     "configs": (list,),
     "data_root": (str, type(None)),
 }
@@ -392,13 +395,34 @@ def read_model_json(path: Path) -> dict:
     return meta
 
 
-def read_run_json(path: Path) -> tuple[str | None, list[TrainConfig], str | None]:
-    """(preset, configs, data_root) of a sweep's run.json; RunFolderError naming it otherwise."""
+def read_run_json(path: Path) -> tuple[Sweep, str | None]:
+    """(sweep, data_root) of a run folder's run.json; RunFolderError naming it otherwise."""
     obj = read_json(path)
     _check_fields(obj, RUN_FIELDS, ("configs",), path)
     if not obj["configs"]:
         raise RunFolderError(f"{path} lists no configs")
-    return obj.get("preset"), [parse_config(c, path) for c in obj["configs"]], obj.get("data_root")
+    configs = [parse_config(c, path) for c in obj["configs"]]
+    try:
+        sweep = Sweep.from_configs(obj.get("preset"), configs)
+    except ValueError as err:
+        raise RunFolderError(f"{path}: {err}") from err
+    for key, values in (("nz", sweep.nzs), ("seeds", sweep.seeds)):
+        if key in obj and obj[key] != list(values):
+            raise RunFolderError(f"{path}: {key} {obj[key]} does not match its configs")
+    return sweep, obj.get("data_root")
+
+
+def write_run_json(sweep: Sweep, data_root: str | None, folder: Path) -> None:
+    """The sweep's record in `folder`: what --resume continues and what plot, compare and
+    check read."""
+    record = {
+        "preset": sweep.preset,
+        "nz": list(sweep.nzs),
+        "seeds": list(sweep.seeds),
+        "configs": [c.to_dict() for c in sweep.configs],
+        "data_root": data_root,
+    }
+    write_json(record, folder / RUN_JSON)
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -475,17 +499,28 @@ def environment_info(device: torch.device) -> dict:
     }
 
 
-def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
-    """Every model in a run folder as (metadata, CSV rows), sorted by N_z.
+def _has_rows(csv: Path) -> bool:
+    return csv.exists() and csv.read_text().strip().count("\n") > 0
 
-    RunFolderError naming the file when the folder has no runs or a file is missing/malformed.
+
+def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
+    """Every model of a run folder as (metadata, CSV rows), sorted by N_z, then seed.
+
+    With a run.json, exactly the models it lists that have logged an evaluation (other files
+    in the folder are not read); without one (older folders), every nz*-seed*.json. RunFolderError
+    naming the file when the folder has no models or a file is missing/malformed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise RunFolderError(f"run folder {folder} does not exist")
-    metas = sorted(folder.glob("nz*-seed*.json"))
+    if (folder / RUN_JSON).exists():
+        sweep, _ = read_run_json(folder / RUN_JSON)
+        metas = [RunFiles.of(folder, c.nz, c.seed).json for c in sweep.configs]
+        metas = [p for p in metas if p.exists() and _has_rows(p.with_suffix(".csv"))]
+    else:
+        metas = sorted(folder.glob("nz*-seed*.json"))
     if not metas:
-        raise RunFolderError(f"run folder {folder} holds no nz*-seed*.json files")
+        raise RunFolderError(f"run folder {folder} holds no model yet (no nz*-seed*.json)")
     runs = []
     for path in metas:
         meta = read_model_json(path)
@@ -493,4 +528,4 @@ def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
         if not csv.exists():
             raise RunFolderError(f"run CSV {csv} is missing (its metadata {path.name} exists)")
         runs.append((meta, read_csv(csv)))
-    return sorted(runs, key=lambda r: r[0]["config"]["nz"])
+    return sorted(runs, key=lambda r: (r[0]["config"]["nz"], r[0]["config"]["seed"]))

@@ -460,15 +460,21 @@ def train_together(
     preset: str | None = None,
     label: str = "",
 ) -> list[pd.DataFrame]:
-    """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one fused step for
+    """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one fused step for
     all; each model gets the files, and the numbers, of a separate `train` run. `label`
     prefixes the progress bar (e.g. "model 2/5 ")."""
     device = torch.device(device)
     cfg = cfgs[0]
     for other in cfgs[1:]:
-        diff = [d for d in config_diff(cfg.to_dict(), other.to_dict()) if not d.startswith("nz:")]
+        diff = [
+            d
+            for d in config_diff(cfg.to_dict(), other.to_dict())
+            if not d.startswith(("nz:", "seed:"))
+        ]
         if diff:
-            raise ValueError("models trained together may differ in nz only: " + "; ".join(diff))
+            raise ValueError(
+                "models trained together may differ in nz and seed only: " + "; ".join(diff)
+            )
     if len(cfgs) > 1 and cfg.likelihood != "bernoulli":
         raise ValueError("--fused needs the Bernoulli decoder (its gradient is written by hand)")
     runs = [ModelRun(c, data, out_dir, device, resume, preset) for c in cfgs]
@@ -488,7 +494,7 @@ def train_together(
         initial=samples,
         unit="sample",
         unit_scale=True,
-        desc=f"{label}N_z=" + ",".join(map(str, nzs)),
+        desc=f"{label}N_z={','.join(map(str, nzs))} seed {','.join(str(r.cfg.seed) for r in runs)}",
         disable=not progress,
         dynamic_ncols=True,
     )

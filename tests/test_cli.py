@@ -5,21 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TINY
 
 from vaerepro.cli import main
-
-TINY = [
-    "--no-plot",
-    "--samples",
-    "2000",
-    "--eval-every",
-    "1000",
-    "--train-size",
-    "2000",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
 
 
 def test_help_explains_every_option():

@@ -61,7 +61,7 @@ def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
 
 
 def test_fused_needs_configs_equal_but_for_nz(mnist, tmp_path, tiny_cfg):
-    with pytest.raises(ValueError, match="differ in nz only: lr"):
+    with pytest.raises(ValueError, match="differ in nz and seed only: lr"):
         train_together([tiny_cfg, tiny_cfg.replace(nz=5, lr=0.1)], mnist, tmp_path, progress=False)
     gaussian = tiny_cfg.replace(likelihood="gaussian")
     with pytest.raises(ValueError, match="Bernoulli"):
@@ -99,6 +99,6 @@ def test_cli_fused(data_root, tmp_path, capsys):
     args = ["reproduce", "--nz", "3", "5", "--samples", "2000", "--eval-every", "1000"]
     args += ["--train-size", "2000", "--data-root", str(data_root), "--out", str(out)]
     assert main([*args, "--fused", "--no-progress", "--no-plot"]) == 0
-    assert "N_z=3,5 in one fused step" in capsys.readouterr().err
+    assert "N_z=3 seed 0, N_z=5 seed 0: in one fused step" in capsys.readouterr().err
     for nz in (3, 5):
         assert len(pd.read_csv(out / f"nz{nz}-seed0.csv")) == 2

@@ -37,7 +37,7 @@ def test_plot_writes_every_file(tiny_run, data_root, tmp_path):
     assert expected <= {p.name for p in figures.iterdir()}
     assert all((figures / name).stat().st_size > 1000 for name in expected)
     report = (run / "REPORT.md").read_text()
-    assert "figures/fig2.png" in report and "| 5 | 3e+03 |" in report
+    assert "figures/fig2.png" in report and "| 5 | 1 | 3e3 |" in report  # N_z, seeds, samples
     assert "active units" in report and "train samples/s" in report and '"lr": 0.02' in report
 
 
@@ -87,7 +87,7 @@ def test_plot_without_weights_uses_the_csvs_alone(tiny_run, tmp_path, capsys, mo
     names = {p.name for p in (run / "figures").iterdir()}
     assert names == {"fig2.png", "fig2.pdf", "components.png"}
     assert (run / "comparison.md").exists() and (run / "comparison.csv").exists()
-    assert "| 5 | 3e+03 |" in (run / "REPORT.md").read_text()
+    assert "| 5 | 1 | 3e3 |" in (run / "REPORT.md").read_text()
 
 
 def test_plot_with_some_weights_draws_those_models(tiny_run, data_root, tmp_path, capsys):
@@ -98,7 +98,7 @@ def test_plot_with_some_weights_draws_those_models(tiny_run, data_root, tmp_path
     assert "skipped for N_z=2:" in capsys.readouterr().err
     names = {p.name for p in (run / "figures").iterdir()}
     assert "recon_nz5.png" in names and "recon_nz2.png" not in names
-    assert "| 2 | 3e+03 |" in (run / "REPORT.md").read_text()
+    assert "| 2 | 1 | 3e3 |" in (run / "REPORT.md").read_text()
 
 
 def _run_with(samples, elbo):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, refused, snapshot
 
 from vaerepro.cli import build_parser, main, resolve_device
 from vaerepro.evaluate import accumulator_dtype
@@ -18,38 +19,6 @@ from vaerepro.store import load_run
 from vaerepro.train import synchronize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-TINY = [
-    "--samples",
-    "2000",
-    "--eval-every",
-    "1000",
-    "--train-size",
-    "2000",
-    "--no-progress",
-    "--no-plot",
-    "--device",
-    "cpu",
-]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under folder, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def refused(argv: list[str], capsys, *messages: str) -> str:
-    """Run the CLI in-process; assert exit status 2 and each message in stderr."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    for message in messages:
-        assert message in err, err
-    assert "Traceback" not in err
-    return err
 
 
 def meta_of(folder: Path, stem: str = "nz3-seed0") -> dict:
@@ -446,7 +415,7 @@ def test_asynchronous_devices_are_synchronized_and_mps_sums_in_float32(monkeypat
         (["--samples", "4000"], "--samples 4000 (recorded: 2000)"),
         (["--nz", "5"], "--nz 5 (recorded: [3])"),
         (["--lr", "0.05"], "--lr 0.05 (recorded: 0.02)"),
-        (["--seed", "1"], "--seed 1 (recorded: 0)"),
+        (["--seed", "1"], "--seed(s) 1 (recorded: [0])"),
         (["--preset", "pyautoencoder"], "--preset pyautoencoder (recorded: paper)"),
         (["--out", "elsewhere"], "--out elsewhere (the run is in"),
         (["--overwrite"], "--overwrite replaces it; give one of them"),

@@ -149,9 +149,17 @@ class Sweep:
         seeds = list(dict.fromkeys(c.seed for c in configs))
         sweep = cls.of(preset, configs[0], nzs, seeds)
         if sweep.configs != list(configs):
+            expected = sweep.configs
+            diff = [
+                f"model {i + 1}: {d}"
+                for i, c in enumerate(configs)
+                for d in config_diff(
+                    (expected[i] if i < len(expected) else sweep.base).to_dict(), c.to_dict()
+                )
+            ]
             raise ValueError(
-                "the configs are not one config over every (N_z, seed) pair: "
-                + "; ".join(config_diff(sweep.base.to_dict(), c.to_dict()) for c in configs)
+                "the configs are not one config over every (N_z, seed) pair in order "
+                f"(seed-major): {'; '.join(diff) or 'a pair is missing or repeated'}"
             )
         return sweep
 

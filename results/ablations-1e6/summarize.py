@@ -21,7 +21,7 @@ for run in sorted(root.glob("*-seed*")):
                 "seed": int(seed),
                 "N_z": r.nz,
                 "split": r.split,
-                "ours": r.ours,
+                "ours": r.mean,  # one seed per folder: the mean is that run
                 "diff": r.diff,
             }
         )

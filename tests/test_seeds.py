@@ -1,0 +1,230 @@
+"""Seeds as a dimension of the sweep (issue 14): one folder holds one sweep over (N_z, seed),
+nothing else lands in it, and every comparison and figure shows the spread over seeds."""
+
+import json
+
+import matplotlib.axes
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import TINY, refused, snapshot
+
+from vaerepro.cli import main
+from vaerepro.compare import compare_run
+from vaerepro.config import TrainConfig
+from vaerepro.reference import paper_elbo
+from vaerepro.report import make_figures
+from vaerepro.store import CSV_COLUMNS, load_run
+
+NUMBERS = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root):
+    """A finished 3-seed sweep over N_z 3 and 5 (with the arguments that made it)."""
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "2", "--out", str(out)]
+    argv += ["--data-root", str(data_root), *TINY]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_a_sweep_writes_every_pair_and_records_it(sweep):
+    out, _ = sweep
+    record = json.loads((out / "run.json").read_text())
+    assert record["nz"] == [3, 5] and record["seeds"] == [0, 1, 2] and record["preset"] == "paper"
+    pairs = [(c["nz"], c["seed"]) for c in record["configs"]]
+    assert pairs == [(3, 0), (5, 0), (3, 1), (5, 1), (3, 2), (5, 2)]  # whole seeds first
+    for nz, seed in pairs:
+        assert json.loads((out / f"nz{nz}-seed{seed}.json").read_text())["status"] == "finished"
+        assert len(pd.read_csv(out / f"nz{nz}-seed{seed}.csv")) == 2
+    elbo = [pd.read_csv(out / f"nz3-seed{s}.csv").test_elbo.iloc[-1] for s in (0, 1, 2)]
+    assert len(set(elbo)) == 3  # the seeds are different runs
+
+
+def test_each_model_of_a_sweep_is_the_one_seed_run(sweep, tmp_path, data_root):
+    out, _ = sweep
+    alone = tmp_path / "alone"
+    argv = ["reproduce", "--nz", "5", "--seed", "1", "--out", str(alone)]
+    assert main([*argv, "--data-root", str(data_root), *TINY]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(alone / "nz5-seed1.csv")[NUMBERS], pd.read_csv(out / "nz5-seed1.csv")[NUMBERS]
+    )
+
+
+@pytest.mark.parametrize(
+    "change,differences",
+    [
+        (["--seeds", "0", "1"], ["seeds: [0, 1, 2] != [0, 1]"]),
+        (["--seed", "0"], ["seeds: [0, 1, 2] != [0]"]),
+        (["--preset", "pyautoencoder"], ["preset: 'paper' != 'pyautoencoder'", "optimizer:"]),
+        (["--nz", "3"], ["N_z: [3, 5] != [3]"]),
+        (["--lr", "0.03"], ["lr: 0.02 != 0.03"]),
+    ],
+)
+def test_another_sweep_is_refused_and_changes_nothing(sweep, capsys, change, differences):
+    out, argv = sweep
+    argv = list(argv)
+    for option in ("--seeds", "--nz", "--preset"):  # replaced, not repeated
+        if option in change and option in argv:
+            i = argv.index(option)
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            del argv[i:j]
+    if "--seed" in change:
+        i = argv.index("--seeds")
+        del argv[i : i + 4]
+    before = snapshot(out)
+    refused([*argv, *change], capsys, f"{out} holds another sweep", *differences)
+    assert snapshot(out) == before
+
+
+def test_unlisted_model_files_are_refused_and_ignored(sweep, tmp_path, capsys, data_root):
+    out, _ = sweep
+    folder = tmp_path / "mixed"
+    argv = ["reproduce", "--nz", "3", "--out", str(folder), "--data-root", str(data_root)]
+    assert main([*argv, *TINY]) == 0
+    for suffix in ("csv", "json"):  # a model of another sweep, copied in by hand
+        (folder / f"nz5-seed2.{suffix}").write_bytes((out / f"nz5-seed2.{suffix}").read_bytes())
+    assert [(m["config"]["nz"], m["config"]["seed"]) for m, _ in load_run(folder)] == [(3, 0)]
+    before = snapshot(folder)
+    (folder / "run.json").rename(tmp_path / "run.json")
+    refused([*argv, *TINY], capsys, "model files that its run.json does not list", "nz3-seed0")
+    (tmp_path / "run.json").rename(folder / "run.json")
+    refused([*argv, *TINY], capsys, "nz5-seed2.csv, nz5-seed2.json")
+    assert snapshot(folder) == before
+
+
+def test_overwrite_leaves_no_model_of_the_old_sweep(sweep, tmp_path, data_root):
+    out, _ = sweep
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for p in out.iterdir():
+        if p.is_file():
+            (folder / p.name).write_bytes(p.read_bytes())
+    argv = ["reproduce", "--nz", "3", "--seeds", "4", "--out", str(folder), "--overwrite"]
+    assert main([*argv, "--data-root", str(data_root), *TINY]) == 0
+    stems = {p.name.split(".")[0] for p in folder.glob("nz*")}
+    assert stems == {"nz3-seed4"}
+    record = json.loads((folder / "run.json").read_text())
+    assert record["nz"] == [3] and record["seeds"] == [4]
+
+
+def test_resume_refuses_another_seed_set(sweep, capsys):
+    out, _ = sweep
+    before = snapshot(out)
+    refused(
+        ["reproduce", "--resume", str(out), "--seeds", "0", "1", "--no-plot"],
+        capsys,
+        "--seed(s) 0 1 (recorded: [0, 1, 2])",
+    )
+    assert snapshot(out) == before
+
+
+def test_a_run_json_that_is_not_one_sweep_is_refused(sweep, tmp_path, capsys):
+    out, _ = sweep
+    record = json.loads((out / "run.json").read_text())
+    record["configs"][1]["lr"] = 0.5
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(record))
+    refused(
+        ["reproduce", "--resume", str(folder), "--no-plot"],
+        capsys,
+        "not one config over every (N_z, seed) pair",
+        "lr: 0.02 != 0.5",
+    )
+
+
+def _synthetic_sweep(folder, nz, offsets, samples):
+    """A finished run folder of one N_z and len(offsets) seeds: seed s logs the paper's
+    curve + offsets[s] on train and - offsets[s] on test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    configs = [TrainConfig(nz=nz, seed=s).to_dict() for s in range(len(offsets))]
+    for s, offset in enumerate(offsets):
+        rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
+        rows["samples"] = samples
+        rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset
+        rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset
+        pd.DataFrame(rows).to_csv(folder / f"nz{nz}-seed{s}.csv", index=False)
+        (folder / f"nz{nz}-seed{s}.json").write_text(json.dumps({"config": configs[s]}))
+    (folder / "run.json").write_text(json.dumps({"preset": "paper", "configs": configs}))
+
+
+def test_band_statistics_by_hand(tmp_path):
+    offsets = [1.0, -0.5, 2.5]  # train: the paper inside the band; test: 2.5 below to 0.5 above
+    samples = [1e5, 2e6, 1e7]  # N_z = 20: the paper's curve starts after 1e5
+    _synthetic_sweep(tmp_path, 20, offsets, samples)
+    detail, summary = compare_run(tmp_path)
+    row = detail.set_index(["split", "samples"]).loc[("train", 1e7)]
+    paper = float(paper_elbo(20, "train", 1e7))
+    mean, sd = paper + np.mean(offsets), np.std(offsets, ddof=1)
+    assert row.seeds == 3 and row["mean"] == pytest.approx(mean)
+    assert row.sd == pytest.approx(sd) and row.paper == pytest.approx(paper)
+    assert row["min"] == pytest.approx(paper - 0.5) and row["max"] == pytest.approx(paper + 2.5)
+    assert row["diff"] == pytest.approx(1.0) and row.diff_in_sd == pytest.approx(1.0 / sd)
+    assert row.inside == 1.0
+    test = detail[(detail.split == "test") & detail.paper.notna()]
+    assert (test.inside == 1.0).all()  # -2.5 .. +0.5 around the paper
+    first = detail.set_index(["split", "samples"]).loc[("train", 1e5)]
+    assert np.isnan(first.paper) and np.isnan(first.inside)  # no paper value: no verdict
+    s = summary.set_index(["nz", "split"]).loc[(20, "train")]
+    assert (s.seeds, s.logged, s.points) == (3, 3, 2) and s.inside == 1.0
+    assert s.mean_abs_diff == pytest.approx(1.0)
+    assert s.mean_abs_diff_in_sd == pytest.approx(1.0 / sd)
+
+
+def test_a_paper_outside_the_band_is_counted(tmp_path):
+    _synthetic_sweep(tmp_path, 20, [1.0, 2.0, 3.0], [2e6, 1e7])
+    _, summary = compare_run(tmp_path)
+    s = summary.set_index(["nz", "split"])
+    assert s.loc[(20, "train"), "inside"] == 0.0 and s.loc[(20, "test"), "inside"] == 0.0
+    assert s.loc[(20, "train"), "last_diff"] == pytest.approx(2.0)
+
+
+def test_fig2_draws_the_band_and_the_report_the_spread(sweep, monkeypatch, tmp_path):
+    out, _ = sweep
+    bands = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def record(self, x, y1, y2=0, **kw):
+        bands.append((np.asarray(y1), np.asarray(y2), kw.get("label")))
+        return original(self, x, y1, y2, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    folder = tmp_path / "plotted"
+    folder.mkdir()
+    for p in out.iterdir():
+        if p.is_file() and p.suffix != ".pt":  # the per-model figures are not under test here
+            (folder / p.name).write_bytes(p.read_bytes())
+    make_figures(folder)
+    assert (folder / "figures" / "fig2.png").stat().st_size > 0
+    # fig2: train and test per N_z; components: the same for both terms
+    assert len(bands) == 2 * 2 + 2 * 2 * 2
+    low, high, label = bands[0]
+    elbo = [pd.read_csv(folder / f"nz3-seed{s}.csv").train_elbo for s in (0, 1, 2)]
+    assert np.allclose(low, np.min(elbo, axis=0)) and np.allclose(high, np.max(elbo, axis=0))
+    assert label == "ours, min to max over seeds (train)"
+    report = (folder / "REPORT.md").read_text()
+    last = [e.iloc[-1] for e in elbo]
+    assert f"{np.mean(last):.2f} ± {np.std(last, ddof=1):.2f}" in report
+
+
+def test_one_seed_draws_no_band(sweep, monkeypatch, tmp_path, data_root):
+    out = tmp_path / "one"
+    argv = ["reproduce", "--nz", "3", "--out", str(out), "--data-root", str(data_root), *TINY]
+    assert main(argv) == 0
+    calls = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda *a, **k: calls.append(1))
+    (out / "nz3-seed0.pt").unlink()
+    make_figures(out)
+    assert not calls
+
+
+def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root):
+    out, _ = sweep
+    assert main(["plot", str(out), "--seed", "2", "--data-root", str(data_root)]) == 0
+    assert "active units (seed 2)" in (out / "REPORT.md").read_text()
+    assert (out / "figures" / "recon_nz5.png").exists()
+    refused(["plot", str(out), "--seed", "7"], capsys, "no model of seed 7; its seeds: [0, 1, 2]")

@@ -1,13 +1,22 @@
 """The hand-written gradient (the training fast path) against autograd on the model."""
 
+import json
+
+import pandas as pd
 import pytest
 import torch
+from helpers import TINY
+from mutations import BACKWARD_BREAKAGES
 
+from vaerepro import model as model_mod
+from vaerepro.cli import main
 from vaerepro.config import TrainConfig
-from vaerepro.gradients import BernoulliGradients
+from vaerepro.evaluate import evaluate
+from vaerepro.gradients import BernoulliGradients, covers
 from vaerepro.model import VAE, tanh
 from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step
+from vaerepro.store import RunFiles
+from vaerepro.train import load_model, make_train_step, train
 
 
 def _pair(nz: int, dtype=torch.float64) -> tuple[VAE, VAE]:
@@ -59,3 +68,70 @@ def test_wrong_minibatch_shape_is_refused():
         BernoulliGradients([VAE(nz=2)], 100)(torch.zeros(1, 50, 784), [None])
     with pytest.raises(ValueError, match="Bernoulli"):
         BernoulliGradients([VAE(nz=2, likelihood="gaussian")], 100)
+
+
+# --- One forward pass: an edited model trains through autograd, on the same forward -------
+
+
+def _relu_hidden_layer(inputs, weight, bias, out=None):
+    """A researcher's edit of model.hidden_layer: ReLU instead of tanh."""
+    a = model_mod.linear(inputs, weight, bias, out)
+    return a.relu() if out is None else a.relu_()
+
+
+def test_the_paper_model_is_covered_by_the_hand_written_gradient(mnist):
+    assert covers(VAE(nz=5, hidden=64)) is None and covers(VAE(nz=5, hidden=64), 3) is None
+    step = make_train_step([VAE(nz=3)], [None], TrainConfig(nz=3), mnist.train_x[:1000])
+    assert step.gradient == "hand-written"
+
+
+@pytest.mark.parametrize("breakage", list(BACKWARD_BREAKAGES))
+def test_a_broken_backward_is_seen_and_autograd_takes_over(mnist, monkeypatch, breakage):
+    monkeypatch.setattr(*BACKWARD_BREAKAGES[breakage])
+    assert "differs from autograd's" in covers(VAE(nz=5, hidden=64))
+    step = make_train_step([VAE(nz=3)], [None], TrainConfig(nz=3), mnist.train_x[:1000])
+    assert step.gradient.startswith("autograd (its gradient of")
+
+
+def test_an_edited_forward_trains_and_evaluates_as_edited(mnist, tmp_path, monkeypatch):
+    """ReLU instead of tanh, by editing model.hidden_layer only: the hand-written backward
+    (tanh's derivative) no longer matches, so the run trains through autograd on the edited
+    forward, and evaluation uses it too."""
+    monkeypatch.setattr(model_mod, "hidden_layer", _relu_hidden_layer)
+    auto, manual = _pair(nz=5)
+    x = mnist.train_x[:100].double()
+    (-auto(x, 1, torch.Generator().manual_seed(3)).elbo.mean()).backward()
+    BernoulliGradients([manual], 100)(x[None], [torch.Generator().manual_seed(3)])
+    assert not torch.allclose(manual.enc.weight.grad, auto.enc.weight.grad, rtol=1e-3)
+
+    cfg = TrainConfig(nz=5, hidden=64, samples=30_000, eval_every=10_000, adagrad_warmup=5)
+    df = train(cfg, mnist, tmp_path, progress=False)
+    meta = json.loads((tmp_path / "nz5-seed0.json").read_text())
+    assert meta["gradient"].startswith("autograd (its gradient of")
+    assert df.test_elbo.is_monotonic_increasing and df.test_elbo.iloc[-1] > -200
+    trained = load_model(RunFiles.of(tmp_path, 5, 0))
+    x, gen = mnist.test_x, torch.Generator().manual_seed(0)
+    relu_elbo = evaluate(trained, x, generator=gen).elbo
+    assert relu_elbo == pytest.approx(df.test_elbo.iloc[-1], abs=0.5)  # other noise
+    monkeypatch.undo()  # the same weights under the unedited (tanh) forward fit far worse
+    assert evaluate(trained, x, generator=torch.Generator().manual_seed(0)).elbo < relu_elbo - 20
+
+
+def test_autograd_option_and_the_gaussian_decoder(data_root, tmp_path):
+    base = ["reproduce", "--nz", "3", "--data-root", str(data_root), *TINY]
+    assert main([*base, "--out", str(tmp_path / "hand")]) == 0
+    assert main([*base, "--out", str(tmp_path / "auto"), "--autograd"]) == 0
+    meta = json.loads((tmp_path / "auto" / "nz3-seed0.json").read_text())
+    assert meta["gradient"] == "autograd (--autograd)"
+    hand, auto = (pd.read_csv(tmp_path / r / "nz3-seed0.csv") for r in ("hand", "auto"))
+    cols = ["train_elbo", "test_elbo", "train_kl"]
+    pd.testing.assert_frame_equal(auto[cols], hand[cols], rtol=1e-4)
+
+    out = tmp_path / "gaussian"
+    argv = [*base, "--out", str(out), "--likelihood", "gaussian", "--gaussian-logvar", "-3"]
+    assert main([*argv, "--samples", "20000", "--eval-every", "5000"]) == 0
+    meta = json.loads((out / "nz3-seed0.json").read_text())
+    assert meta["config"]["likelihood"] == "gaussian" and meta["config"]["gaussian_logvar"] == -3
+    assert meta["gradient"].startswith("autograd (it covers the Bernoulli decoder only")
+    df = pd.read_csv(out / "nz3-seed0.csv")
+    assert df.test_elbo.is_monotonic_increasing and df.test_elbo.diff().iloc[-1] > 0

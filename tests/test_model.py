@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from vaerepro.evaluate import CPU_CHUNK, evaluate
+from vaerepro.config import TrainConfig
+from vaerepro.evaluate import evaluate
 from vaerepro.model import VAE, bernoulli_loglik, gaussian_kl, gaussian_loglik
 
 
@@ -73,7 +74,7 @@ def test_evaluate_in_chunks_equals_one_forward_pass(mnist):
     split = evaluate(model, x, batch_size=2500, n_samples=2, generator=gen)
     with torch.no_grad():  # one pass, drawing the noise as model(batch) does
         out = model(x, 2, torch.Generator().manual_seed(7))
-    assert CPU_CHUNK < len(x)  # the evaluation went through several chunks
+    assert TrainConfig().eval_chunk < len(x)  # the evaluation went through several chunks
     assert split.loglik == pytest.approx(out.loglik.mean().item(), abs=1e-4)
     assert split.kl == pytest.approx(out.kl.mean().item(), abs=1e-4)
     assert split.elbo == pytest.approx(split.loglik - split.kl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -16,7 +17,17 @@ import torch
 
 from .check import TOLERANCE_MODES, check_run
 from .compare import compare_run, write_comparison
-from .config import BINARIZE, OPTIMIZERS, PAPER_NZ, PRESETS, SAMPLINGS, Sweep, TrainConfig, preset
+from .config import (
+    BINARIZE,
+    LIKELIHOODS,
+    OPTIMIZERS,
+    PAPER_NZ,
+    PRESETS,
+    SAMPLINGS,
+    Sweep,
+    TrainConfig,
+    preset,
+)
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
 from .hwtable import hardware_table, save_benchmark
 from .plan import Estimate, duration, measure
@@ -110,10 +121,9 @@ def add_reproduce_parser(sub) -> None:
         nargs="+",
         help=f"latent sizes N_z (default: {' '.join(map(str, PAPER_NZ))})",
     )
-    p.add_argument("--samples", type=count, help="training samples per model (preset: 1e7)")
-    p.add_argument("--eval-every", type=count, help="samples between evaluations (preset: 1e5)")
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, help="seed of init, minibatches and noise (default: 0)")
+    seed_help = next(f for f in dataclasses.fields(TrainConfig) if f.name == "seed").metadata
+    seeds.add_argument("--seed", type=int, help=f"{seed_help['help']} (default: 0)")
     seeds.add_argument(
         "--seeds",
         type=int,
@@ -143,6 +153,14 @@ def add_reproduce_parser(sub) -> None:
         "numbers of separate runs, fewer and larger kernels (meant for GPUs; on a CPU it is no "
         "faster: the stacked product measured 8%% slower per model on 2 cores)",
     )
+    p.add_argument(
+        "--autograd",
+        action="store_true",
+        help="compute the gradient with autograd instead of the hand-written backward "
+        "(gradients.py); the same numbers up to float rounding, slower. Without it autograd "
+        "is used only where the hand-written backward does not match the model's forward "
+        "(an edited model.py, the Gaussian decoder); the log says which",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-estimate",
@@ -155,45 +173,44 @@ def add_reproduce_parser(sub) -> None:
         action="store_true",
         help="skip `vaerepro plot` (figures and REPORT.md) at the end",
     )
+    add_config_options(p)
+
+
+# Config fields with options of their own: --nz takes a list, --seed/--seeds choose the seeds.
+SWEPT = ("nz", "seed")
+OVERRIDES = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in SWEPT)
+CHOICES = {
+    "likelihood": LIKELIHOODS,
+    "optimizer": OPTIMIZERS,
+    "sampling": SAMPLINGS,
+    "binarize": BINARIZE,
+}
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (but N_z and seed), made from the field: its type,
+    its help text and the paper preset's value. Unset options keep the preset's value."""
     g = p.add_argument_group(
-        "config fields", "override the preset one field at a time (None: the preset's value)"
+        "config fields (TrainConfig)",
+        "override the preset one field at a time (shown: the paper preset's value); every "
+        "field is recorded in the run's JSON",
     )
-    g.add_argument("--lr", type=float, help="Adagrad learning rate (preset: 0.02)")
-    g.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help="paper_adagrad: the authors' warm-started Adagrad; torch_adagrad",
-    )
-    g.add_argument("--train-size", type=int, help="use the first N training images")
-    g.add_argument("--sampling", choices=SAMPLINGS, help="minibatches with replacement or epochs")
-    g.add_argument(
-        "--binarize",
-        choices=BINARIZE,
-        help="none: grey levels in [0, 1]; dynamic: resampled each draw; fixed: once",
-    )
-    g.add_argument(
-        "--weight-decay", action=argparse.BooleanOptionalAction, help="N(0, I) prior on the weights"
-    )
-    g.add_argument("--batch-size", type=int, help="minibatch size M (preset: 100)")
-    g.add_argument(
-        "--eval-batch-size",
-        type=int,
-        help="batch size of the no-gradient evaluation passes (preset: 10000)",
-    )
-
-
-OVERRIDES = (
-    "samples",
-    "eval_every",
-    "lr",
-    "optimizer",
-    "train_size",
-    "sampling",
-    "binarize",
-    "weight_decay",
-    "batch_size",
-    "eval_batch_size",
-)
+    paper = preset("paper")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SWEPT:
+            continue
+        value = getattr(paper, f.name)
+        shown = count_text(value) if f.name in ("samples", "eval_every") else value
+        kw = {"help": f"{f.metadata['help']} (preset: {shown})"}
+        if f.type == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
+        else:
+            kw["type"] = count if f.type == "int" else float
+        if value is None:
+            kw["help"] = f.metadata["help"]
+        g.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def requested_sweep(args: argparse.Namespace) -> Sweep:
@@ -368,6 +385,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                     preset=sweep.preset,
                     label=f"{label} ",
+                    autograd=args.autograd,
                 )
             except Interrupted as err:
                 print(f"{err}\nResume with: vaerepro reproduce --resume {out}", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""The gradient of the Bernoulli VAE's training loss, written out by hand, for K models at once.
+"""The backward pass of the Bernoulli VAE's training loss, written out by hand, for K models
+at once. The forward pass is the model's own (`VAE.forward_pass`, model.py), run into buffers.
 
 The loss is the minibatch mean of -ELBO (nats per datapoint) that `VAE.forward` computes and
-autograd differentiates; tests/test_gradients.py checks that both give the same gradients.
+autograd differentiates; tests/test_gradients.py checks that both give the same gradients, and
+`covers` checks it again before every run, so that a model whose forward was edited (another
+activation, another layer) trains through autograd instead of through a wrong gradient.
 Writing the backward pass out removes autograd's bookkeeping and every allocation: the
 activations live in buffers made once, the gradients go straight into each parameter's
 `.grad`, and the ELBO itself is never computed (the update needs only its gradient).
@@ -24,26 +27,15 @@ and each bias gets the column sums of the gradient that reaches its layer.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-from .model import VAE
+from . import model as vae
+from .model import VAE, Activations
 
 tanh_backward = torch.ops.aten.tanh_backward  # (grad, tanh output) -> grad * (1 - out^2)
-
-
-def affine(inputs: Tensor, weight: Tensor, bias: Tensor, out: Tensor, scale: float = 1.0):
-    """scale * (inputs W^T + b) into `out`: inputs (n, in), W (out, in), b (out,); or stacked,
-    inputs (K, n, in), W (K, out, in), b (K, out)."""
-    if inputs.dim() == 2:
-        return torch.addmm(bias, inputs, weight.t(), beta=scale, alpha=scale, out=out)
-    w_t, b = weight.transpose(1, 2), bias.unsqueeze(1)
-    return torch.baddbmm(b, inputs, w_t, beta=scale, alpha=scale, out=out)
-
-
-def tanh_affine(inputs: Tensor, weight: Tensor, bias: Tensor, out: Tensor) -> Tensor:
-    """tanh(inputs W^T + b) into `out`, computed as model.tanh does: 2 sigmoid(2a) - 1."""
-    return affine(inputs, weight, bias, out, scale=2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
 def affine_grads(d_out: Tensor, inputs: Tensor, weight_grad: Tensor, bias_grad: Tensor) -> None:
@@ -79,14 +71,22 @@ def _stack_into_views(params: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
 
 
 class _Latent:
-    """One model's latent-layer buffers: M datapoints, L samples, N_z dimensions."""
+    """One model's latent-layer buffers (M datapoints, L samples, N_z dimensions), and the
+    Activations view of its part of the stacked ones, for `VAE.latent_pass(..., into=)`."""
 
-    def __init__(self, model: VAE, m: int, n_samples: int, like: Tensor):
+    def __init__(self, model: VAE, m: int, n_samples: int, h1: Tensor, h3: Tensor):
         nz = model.nz
         self.model, self.nz = model, nz
-        self.enc_out, self.d_enc_out = _empty(like, m, 2 * nz), _empty(like, m, 2 * nz)
-        self.eps, self.sigma = _empty(like, n_samples, m, nz), _empty(like, m, nz)
-        self.z, self.d_z = _empty(like, n_samples * m, nz), _empty(like, n_samples * m, nz)
+        self.act = Activations(
+            h1=h1,
+            posterior=_empty(h1, m, 2 * nz),
+            sigma=_empty(h1, m, nz),
+            eps=_empty(h1, n_samples, m, nz),
+            z=_empty(h1, n_samples, m, nz),
+            h3=h3,
+        )
+        self.d_posterior = _empty(h1, m, 2 * nz)
+        self.d_z = _empty(h1, n_samples * m, nz)
         for layer in (model.enc_out, model.dec):
             for p in layer.parameters():
                 p.grad = torch.zeros_like(p)
@@ -113,7 +113,9 @@ class BernoulliGradients:
         self.h1, self.d_h1 = _empty(like, k, m, hidden), _empty(like, k, m, hidden)
         self.h3, self.d_h3 = _empty(like, k, n, hidden), _empty(like, k, n, hidden)
         self.logits = _empty(like, k, n, x_dim)
-        self.latents = [_Latent(model, m, n_samples, like) for model in models]
+        self.latents = [
+            _Latent(model, m, n_samples, self.h1[i], self.h3[i]) for i, model in enumerate(models)
+        ]
         self.n_samples, self.batch_size = n_samples, m
 
     @torch.no_grad()
@@ -122,18 +124,13 @@ class BernoulliGradients:
         if xs.shape != (k, m, self.logits.shape[2]):
             raise ValueError(f"minibatches of shape {tuple(xs.shape)}, expected ({k}, {m}, 784)")
 
-        # forward: encoders (stacked), then per model the latent layer and the decoder's
-        # hidden layer, then the decoders' output layers (stacked)
-        h1 = tanh_affine(xs, self.enc_w, self.enc_b, self.h1)
-        for i, (lat, gen) in enumerate(zip(self.latents, generators, strict=True)):
-            enc_out, dec = lat.model.enc_out, lat.model.dec
-            out = affine(h1[i], enc_out.weight, enc_out.bias, lat.enc_out)
-            mu, logvar = out[:, : lat.nz], out[:, lat.nz :]
-            sigma = torch.exp(logvar.mul(0.5), out=lat.sigma)
-            eps = torch.randn(lat.eps.shape, generator=gen, out=lat.eps)
-            z = torch.addcmul(mu, sigma, eps, out=lat.z.view(n_samples, m, lat.nz))
-            tanh_affine(z.view(-1, lat.nz), dec.weight, dec.bias, self.h3[i])
-        logits = affine(self.h3, self.out_w, self.out_b, self.logits)
+        # forward: VAE.forward_pass, its first and last stage (encoder_hidden, decoder_output)
+        # for the K models stacked, its middle stage (latent_pass) model by model
+        vae.hidden_layer(xs, self.enc_w, self.enc_b, out=self.h1)
+        for lat, gen in zip(self.latents, generators, strict=True):
+            torch.randn(lat.act.eps.shape, generator=gen, out=lat.act.eps)
+            lat.model.latent_pass(lat.act.h1, lat.act.eps, into=lat.act)
+        logits = vae.linear(self.h3, self.out_w, self.out_b, out=self.logits)
 
         # backward, layer by layer from the output
         d_logits = logits.sigmoid_().view(k, n_samples, m, -1).sub_(xs.unsqueeze(1))
@@ -141,12 +138,41 @@ class BernoulliGradients:
         affine_grads(d_logits, self.h3, self.out_w_grad, self.out_b_grad)
         d_a3 = tanh_backward(torch.bmm(d_logits, self.out_w, out=self.d_h3), self.h3)
         for i, lat in enumerate(self.latents):
-            enc_out, dec, nz = lat.model.enc_out, lat.model.dec, lat.nz
-            affine_grads(d_a3[i], lat.z, dec.weight.grad, dec.bias.grad)
+            enc_out, dec, nz, act = lat.model.enc_out, lat.model.dec, lat.nz, lat.act
+            affine_grads(d_a3[i], act.z.view(-1, nz), dec.weight.grad, dec.bias.grad)
             d_z = torch.mm(d_a3[i], dec.weight, out=lat.d_z).view(n_samples, m, nz)
-            mu = lat.enc_out[:, :nz]
-            latent_grads(d_z, mu, lat.sigma, lat.eps, lat.d_enc_out[:, :nz], lat.d_enc_out[:, nz:])
-            affine_grads(lat.d_enc_out, self.h1[i], enc_out.weight.grad, enc_out.bias.grad)
-            torch.mm(lat.d_enc_out, enc_out.weight, out=self.d_h1[i])
+            d_mu, d_logvar = lat.d_posterior[:, :nz], lat.d_posterior[:, nz:]
+            latent_grads(d_z, act.mu, act.sigma, act.eps, d_mu, d_logvar)
+            affine_grads(lat.d_posterior, act.h1, enc_out.weight.grad, enc_out.bias.grad)
+            torch.mm(lat.d_posterior, enc_out.weight, out=self.d_h1[i])
         d_a1 = tanh_backward(self.d_h1, self.h1)
         affine_grads(d_a1, xs, self.enc_w_grad, self.enc_b_grad)
+
+
+def covers(model: VAE, n_samples: int = 1) -> str | None:
+    """None when the hand-written gradient equals autograd's through `model.forward` for this
+    model, else why not. Checked on a float64 copy with weights ~ N(0, 0.1^2) (away from the
+    near-zero init, so every term matters) and 8 random images, with L = `n_samples`."""
+    if model.likelihood != "bernoulli":
+        return f"it covers the Bernoulli decoder only, not {model.likelihood!r}"
+    gen = torch.Generator().manual_seed(0)
+    auto = copy.deepcopy(model).to("cpu", torch.float64)
+    with torch.no_grad():
+        for p in auto.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
+    manual = copy.deepcopy(auto)
+    x = torch.rand((8, auto.enc.weight.shape[1]), generator=gen, dtype=torch.float64)
+    try:
+        loss = -auto(x, n_samples, torch.Generator().manual_seed(1)).elbo.mean()
+        loss.backward()
+        BernoulliGradients([manual], len(x), n_samples)(x[None], [torch.Generator().manual_seed(1)])
+    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+        return f"it does not run on this model ({type(err).__name__}: {err})"
+    for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):
+        if (
+            a.grad is None
+            or b.grad is None
+            or not torch.allclose(b.grad, a.grad, rtol=1e-7, atol=1e-10)
+        ):
+            return f"its gradient of {name} differs from autograd's through this model's forward"
+    return None

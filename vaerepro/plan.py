@@ -57,9 +57,10 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
     widest = max(configs, key=lambda c: c.nz)
     model = VAE.from_config(widest).to(device)
     x = data.test_x[:TIMED_EVAL_ROWS]
-    evaluate(model, x[:100], generator=torch.Generator(device=device).manual_seed(0))
+    kw = dict(batch_size=widest.eval_batch_size, chunk=widest.eval_chunk)
+    evaluate(model, x[:100], generator=torch.Generator(device=device).manual_seed(0), **kw)
     start = time.perf_counter()
-    evaluate(model, x, generator=torch.Generator(device=device).manual_seed(0))  # host sync
+    evaluate(model, x, generator=torch.Generator(device=device).manual_seed(0), **kw)  # syncs
     return Estimate(rates, len(x) / (time.perf_counter() - start))
 
 

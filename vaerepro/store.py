@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Sweep, TrainConfig
+from .config import Sweep, TrainConfig, upgrade
 
 CSV_COLUMNS = [
     "samples",
@@ -305,6 +305,7 @@ def parse_config(obj, source: Path) -> TrainConfig:
     or mistyped fields, or invalid values."""
     if not isinstance(obj, dict):
         raise RunFolderError(f"{source}: a config must be a JSON object, got {obj!r:.60}")
+    obj = upgrade(obj)
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(obj) - set(fields))
     missing = sorted(set(fields) - set(obj))
@@ -332,6 +333,7 @@ MODEL_FIELDS: dict[str, tuple[type, ...]] = {
     "status": (str,),
     "preset": (str, type(None)),
     "seed": (int,),
+    "gradient": (str,),
     "started": (str,),
     "resumed": (str,),
     "interrupted": (str,),

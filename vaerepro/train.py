@@ -10,10 +10,12 @@ for all of them (gradients.py), with the same numbers as separate runs.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, config_diff
 from .data import MinibatchIndices, MnistSplits, binarize_fixed
 from .evaluate import evaluate
-from .gradients import BernoulliGradients
+from .gradients import BernoulliGradients, covers
 from .model import VAE
 from .optim import make_optimizer
 from .store import (
@@ -166,11 +168,8 @@ def load_checkpoint(
     if missing:
         raise RunFolderError(f"{files.ckpt} lacks {missing}. {hint}")
     parse_config(ckpt["config"], files.ckpt)
-    if ckpt["config"] != cfg.to_dict():
-        raise RunFolderError(
-            f"{files.ckpt} was written by a different config: "
-            + "; ".join(config_diff(ckpt["config"], cfg.to_dict()))
-        )
+    if diff := config_diff(ckpt["config"], cfg.to_dict()):
+        raise RunFolderError(f"{files.ckpt} was written by a different config: " + "; ".join(diff))
     if device is not None and ckpt["device"] != device.type:
         raise RunFolderError(
             f"{files.ckpt} was written on a {ckpt['device']} device; resuming it on "
@@ -232,27 +231,42 @@ def run_status(
     return "resume"
 
 
+@dataclass
+class TrainStep:
+    """One update of every model per call: model k on the minibatch train_x[idxs[k]], idxs[k]
+    (M,), drawing its noise from gens[k]. `gradient` says how the gradient is computed."""
+
+    step: Callable[[list[torch.Tensor], list[torch.Generator]], None]
+    gradient: str  # "hand-written" or "autograd", with the reason when not the default
+
+    def __call__(self, idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        self.step(idxs, gens)
+
+
 def make_train_step(
     models: list[VAE],
     opts: list[torch.optim.Optimizer],
     cfg: TrainConfig,
     train_x: torch.Tensor,
     autograd: bool = False,
-) -> Callable[[list[torch.Tensor], list[torch.Generator]], None]:
-    """A function doing one update of every model per call: model k on the minibatch
-    train_x[idxs[k]], idxs[k] (M,), drawing its noise from gens[k]. `cfg` is the models'
-    shared config (N_z aside).
+) -> TrainStep:
+    """The training step of `models` (configs `cfg`, N_z aside).
 
-    The Bernoulli model gets its gradients written out by hand (gradients.py: the same numbers
-    as autograd, far less overhead); the Gaussian decoder, or `autograd=True` (the reference
-    for tests and benchmarks), goes through autograd, which takes one model only.
+    The gradient is the hand-written one (gradients.py: autograd's numbers, far less overhead)
+    when it covers the model: `gradients.covers` checks it against autograd through the
+    model's forward, so an edited model (another activation, the Gaussian decoder) trains
+    through autograd, the same forward. `autograd=True` forces autograd (one model only).
     """
-    hand_written = cfg.likelihood == "bernoulli" and not autograd
-    if len(models) > 1 and not hand_written:
-        raise ValueError("training models together needs the Bernoulli decoder's own gradient")
-    grads = (
-        BernoulliGradients(models, cfg.batch_size, cfg.n_latent_samples) if hand_written else None
-    )
+    reason = "--autograd" if autograd else covers(models[0], cfg.n_latent_samples)
+    if reason is None:
+        grads = BernoulliGradients(models, cfg.batch_size, cfg.n_latent_samples)
+        gradient = "hand-written"
+    else:
+        if len(models) > 1:
+            raise ValueError(
+                f"training models in one stacked step needs the hand-written gradient, but {reason}"
+            )
+        grads, gradient = None, f"autograd ({reason})" if not autograd else "autograd (--autograd)"
     xs = torch.empty((len(models), cfg.batch_size, train_x.shape[1]), device=train_x.device)
     binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
@@ -271,12 +285,7 @@ def make_train_step(
         for opt in opts:
             opt.step()
 
-    return step
-
-
-def _eval_seed(seed: int, samples: int) -> int:
-    # Evaluation noise depends only on (seed, samples), so a resumed run evaluates identically.
-    return (seed * 1_000_003 + samples) % (2**63)
+    return TrainStep(step, gradient)
 
 
 def _now() -> str:
@@ -363,9 +372,10 @@ class ModelRun:
     def log_evaluation(self, samples: int, wall_s: float, train_rate: float) -> dict:
         """Evaluate both splits and append the CSV row (written by `checkpoint`)."""
         cfg = self.cfg
-        eval_gen = torch.Generator(device=self.device).manual_seed(_eval_seed(cfg.seed, samples))
+        eval_gen = torch.Generator(device=self.device).manual_seed(cfg.eval_seed(samples))
         kw = dict(
             batch_size=cfg.eval_batch_size,
+            chunk=cfg.eval_chunk,
             n_samples=cfg.n_latent_samples,
             generator=eval_gen,
             binarize=cfg.binarize == "dynamic",
@@ -459,10 +469,12 @@ def train_together(
     progress: bool = True,
     preset: str | None = None,
     label: str = "",
+    autograd: bool = False,
 ) -> list[pd.DataFrame]:
-    """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one fused step for
-    all; each model gets the files, and the numbers, of a separate `train` run. `label`
-    prefixes the progress bar (e.g. "model 2/5 ")."""
+    """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one stacked
+    step for all; each model gets the files, and the numbers, of a separate `train` run.
+    `label` prefixes the progress bar and the log (e.g. "model 2/5 "); `autograd` forces the
+    autograd gradient (see `make_train_step`)."""
     device = torch.device(device)
     cfg = cfgs[0]
     for other in cfgs[1:]:
@@ -487,8 +499,11 @@ def train_together(
         )
     nzs = [r.cfg.nz for r in runs]
     train_step = make_train_step(
-        [r.model for r in runs], [r.opt for r in runs], cfg, runs[0].train_x
+        [r.model for r in runs], [r.opt for r in runs], cfg, runs[0].train_x, autograd
     )
+    print(f"{label}gradient: {train_step.gradient}", file=sys.stderr)
+    for r in runs:
+        r.meta["gradient"] = train_step.gradient  # recorded with the first checkpoint
     bar = tqdm(
         total=cfg.samples,
         initial=samples,

@@ -15,7 +15,7 @@ import torch
 
 from vaerepro.cli import resolve_device
 from vaerepro.data import load_mnist, torchvision_root
-from vaerepro.store import device_name
+from vaerepro.provenance import device_name
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -11,9 +11,9 @@ from vaerepro.cli import main
 from vaerepro.compare import compare_run, write_comparison
 from vaerepro.config import PRESETS, TrainConfig, preset
 from vaerepro.data import MnistSplits
+from vaerepro.layout import CSV_COLUMNS
 from vaerepro.optim import make_optimizer
 from vaerepro.reference import fig2, paper_elbo
-from vaerepro.store import CSV_COLUMNS
 from vaerepro.train import train
 
 
@@ -28,7 +28,7 @@ def test_presets_state_the_two_protocols():
     assert (pyae.optimizer, pyae.train_size, pyae.sampling) == ("torch_adagrad", 60_000, "epoch")
     assert not pyae.weight_decay
     for cfg in PRESETS.values():
-        assert (cfg.lr, cfg.batch_size, cfg.n_latent_samples, cfg.init_std) == (0.02, 100, 1, 0.01)
+        assert (cfg.lr, cfg.batch_size, cfg.z_draws, cfg.init_std) == (0.02, 100, 1, 0.01)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("paper2")
 

@@ -13,9 +13,9 @@ from vaerepro.cli import main
 from vaerepro.config import TrainConfig
 from vaerepro.evaluate import evaluate
 from vaerepro.gradients import BernoulliGradients, covers
+from vaerepro.layout import RunFiles
 from vaerepro.model import VAE, tanh
 from vaerepro.optim import make_optimizer
-from vaerepro.store import RunFiles
 from vaerepro.train import load_model, make_train_step, train
 
 
@@ -29,13 +29,13 @@ def _pair(nz: int, dtype=torch.float64) -> tuple[VAE, VAE]:
     return a, b
 
 
-@pytest.mark.parametrize("n_samples", [1, 3])
-def test_hand_written_gradient_equals_autograd(mnist, n_samples):
+@pytest.mark.parametrize("z_draws", [1, 3])
+def test_hand_written_gradient_equals_autograd(mnist, z_draws):
     auto, manual = _pair(nz=5)
     x = mnist.train_x[:100].double()
-    loss = -auto(x, n_samples, torch.Generator().manual_seed(3)).elbo.mean()
+    loss = -auto(x, z_draws, torch.Generator().manual_seed(3)).elbo.mean()
     loss.backward()
-    BernoulliGradients([manual], 100, n_samples)(x[None], [torch.Generator().manual_seed(3)])
+    BernoulliGradients([manual], 100, z_draws)(x[None], [torch.Generator().manual_seed(3)])
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12, msg=name)
 

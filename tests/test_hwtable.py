@@ -7,7 +7,7 @@ import pytest
 from vaerepro.cli import main
 from vaerepro.flops import step_matmuls, train_flops_per_sample
 from vaerepro.hwtable import hardware_table, save_benchmark
-from vaerepro.store import RunFolderError
+from vaerepro.layout import RunFolderError
 
 
 def _bench(impl, kind, nz, samples, median, flop=None):

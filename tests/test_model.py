@@ -43,7 +43,7 @@ def test_elbo_is_loglik_minus_kl_and_below_loglik(likelihood, logvar):
     torch.manual_seed(0)
     model = VAE(nz=5, hidden=32, likelihood=likelihood, gaussian_logvar=logvar, init_std=0.3)
     x = torch.rand(8, 784)
-    out = model(x, n_samples=3)
+    out = model(x, z_draws=3)
     for t in (out.elbo, out.loglik, out.kl):
         assert t.shape == (8,)
     assert out.mu.shape == out.logvar.shape == (8, 5)
@@ -71,7 +71,7 @@ def test_evaluate_in_chunks_equals_one_forward_pass(mnist):
     model = VAE(nz=4, hidden=32)
     x = mnist.test_x[:2500]
     gen = torch.Generator().manual_seed(7)
-    split = evaluate(model, x, batch_size=2500, n_samples=2, generator=gen)
+    split = evaluate(model, x, batch_size=2500, z_draws=2, generator=gen)
     with torch.no_grad():  # one pass, drawing the noise as model(batch) does
         out = model(x, 2, torch.Generator().manual_seed(7))
     assert TrainConfig().eval_chunk < len(x)  # the evaluation went through several chunks

@@ -9,10 +9,11 @@ from matplotlib.figure import Figure
 from vaerepro.cli import main
 from vaerepro.config import TrainConfig
 from vaerepro.evaluate import active_units, kl_per_dimension
+from vaerepro.layout import RunFolderError
 from vaerepro.model import VAE
 from vaerepro.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
+from vaerepro.records import load_run
 from vaerepro.report import make_figures
-from vaerepro.store import RunFolderError, load_run
 from vaerepro.train import train
 
 PER_MODEL = ("recon", "samples", "interpolation", "latent", "kl_per_dim")

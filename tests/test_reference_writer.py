@@ -12,8 +12,8 @@ import pytest
 from vaerepro.check import TIER1_FLOOR, TIER2_CAP, TIER2_FLOOR
 from vaerepro.cli import main
 from vaerepro.config import preset
+from vaerepro.layout import CSV_COLUMNS
 from vaerepro.reference_writer import make_reference
-from vaerepro.store import CSV_COLUMNS
 from vaerepro.trajectory import TRAJECTORY, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"

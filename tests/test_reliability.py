@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from vaerepro.cli import main
+from vaerepro.layout import CSV_COLUMNS
 from vaerepro.optim import Adagrad
-from vaerepro.store import CSV_COLUMNS, folder_lock
 from vaerepro.train import TrainingDiverged, train
+from vaerepro.writes import folder_lock
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 RUN = [
@@ -42,7 +43,7 @@ RUN = [
 # write, after the temporary file is written and before it is renamed. argv[1]: "N:SIG,..."
 SIGNAL_IN_FSYNC = """
 import os, signal, sys
-import vaerepro.store as store
+import vaerepro.writes as writes
 plan = {int(n): getattr(signal, s) for n, s in (x.split(":") for x in sys.argv[1].split(","))}
 calls = [0]; real = os.fsync
 def fsync(fd):
@@ -50,7 +51,7 @@ def fsync(fd):
     if calls[0] in plan:
         os.kill(os.getpid(), plan[calls[0]])
     real(fd)
-store.os.fsync = fsync
+writes.os.fsync = fsync
 from vaerepro.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -12,9 +12,10 @@ from helpers import TINY, refused, snapshot
 from vaerepro.cli import main
 from vaerepro.compare import compare_run
 from vaerepro.config import TrainConfig
+from vaerepro.layout import CSV_COLUMNS
+from vaerepro.records import load_run
 from vaerepro.reference import paper_elbo
 from vaerepro.report import make_figures
-from vaerepro.store import CSV_COLUMNS, load_run
 
 NUMBERS = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 

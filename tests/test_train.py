@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from vaerepro import store
+from vaerepro import writes
 from vaerepro.config import TrainConfig
-from vaerepro.store import CSV_COLUMNS, RunFiles
+from vaerepro.layout import CSV_COLUMNS, RunFiles
 from vaerepro.train import TrainingDiverged, load_model, train
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
@@ -60,7 +60,7 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     cfg = tiny_cfg.replace(samples=4000)
     full = train(cfg, mnist, tmp_path / "full", progress=False)
 
-    real_write, calls = store.atomic_write_bytes, []
+    real_write, calls = writes.atomic_write_bytes, []
 
     def crash_on_second_checkpoint(path, data):
         if path.suffix == ".ckpt":

@@ -15,7 +15,7 @@ from helpers import TINY, refused, snapshot
 
 from vaerepro.cli import build_parser, main, resolve_device
 from vaerepro.evaluate import accumulator_dtype
-from vaerepro.store import load_run
+from vaerepro.records import load_run
 from vaerepro.train import synchronize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from .config import config_diff
-from .store import RunFiles, RunFolderError, load_run, read_csv, read_json
+from .layout import RunFiles, RunFolderError
+from .records import load_run, read_csv, read_json
 from .trajectory import KEYS, read_trajectory
 
 SPLITS = ("train", "test")

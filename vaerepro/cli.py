@@ -30,26 +30,16 @@ from .config import (
 )
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
 from .hwtable import hardware_table, save_benchmark
+from .layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFailed
 from .plan import Estimate, duration, measure
 from .plan import count as count_text
+from .records import read_csv, read_run_json, write_run_json
 from .reference_writer import make_reference
 from .report import make_figures
-from .store import (
-    OWN_MODEL_FILE,
-    RUN_JSON,
-    RunFiles,
-    RunFolderError,
-    WriteFailed,
-    folder_lock,
-    read_csv,
-    read_run_json,
-    remove_own_files,
-    remove_stale_temps,
-    write_run_json,
-)
 from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train_together
 from .trajectory import run_trajectory, write_trajectory
+from .writes import folder_lock, remove_own_files, remove_stale_temps
 
 
 class UsageError(ValueError):
@@ -147,7 +137,7 @@ def add_reproduce_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument(
-        "--fused",
+        "--stacked",
         action="store_true",
         help="train all N_z at once, their big layers stacked into one batched step: the "
         "numbers of separate runs, fewer and larger kernels (meant for GPUs; on a CPU it is no "
@@ -321,6 +311,11 @@ def check_output_folder(out: Path, label: str, plot: bool) -> None:
 
 def validate_reproduce_args(args: argparse.Namespace, sweep: Sweep) -> Path:
     """Every check of the options that needs no data; returns the run folder."""
+    if args.autograd and args.stacked:
+        raise UsageError(
+            "--stacked runs the hand-written gradient for several models at once; --autograd "
+            "trains one model at a time: give one of them"
+        )
     resume_conflicts(args, sweep)
     out = Path(
         args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -356,8 +351,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for cfg in configs:
             if plan[cfg] == "skip":
                 print(f"N_z={cfg.nz} seed {cfg.seed}: finished already, skipped", file=sys.stderr)
-        # --fused: all pending models in one stacked step; otherwise one model after the other
-        groups = [pending] if args.fused and len(pending) > 1 else [[c] for c in pending]
+        # --stacked: all pending models in one stacked step; otherwise one model after the other
+        groups = [pending] if args.stacked and len(pending) > 1 else [[c] for c in pending]
         expected = [max(estimate.seconds(c, done[c]) for c in g) if estimate else 0 for g in groups]
         if pending:
             print(_plan_line(pending, done, device, estimate, sum(expected)), file=sys.stderr)
@@ -366,8 +361,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             names = ", ".join(f"N_z={c.nz} seed {c.seed}" for c in group)
             label = f"model {i + 1}/{len(groups)}"
             if len(group) > 1:
-                label = f"{len(group)} models in one fused step"
-                print(f"{names}: in one fused step", file=sys.stderr)
+                label = f"{len(group)} models in one stacked step"
+                print(f"{names}: in one stacked step", file=sys.stderr)
             if i:
                 elapsed = time.perf_counter() - start
                 line = f"{label} ({names}): {duration(elapsed)} elapsed"

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .records import load_run
 from .reference import SOURCE, paper_elbo, paper_gap
-from .store import atomic_write_bytes, load_run, write_csv
 from .tables import to_markdown
+from .writes import atomic_write_bytes, write_csv
 
 
 def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:

@@ -40,7 +40,9 @@ class TrainConfig:
     gaussian_logvar: float | None = _field(
         None, "fixed log sigma^2 of the Gaussian decoder (default: learned per pixel)"
     )
-    n_latent_samples: int = _field(1, "L, samples of z per datapoint")
+    z_draws: int = _field(
+        1, "L, draws of z per datapoint in the Monte Carlo estimate of E_q[log p(x|z)]"
+    )
     init_std: float = _field(0.01, "weights ~ N(0, init_std^2), biases 0")
     # optimisation
     optimizer: str = _field(
@@ -95,7 +97,7 @@ class TrainConfig:
         checks = [
             (self.nz >= 1, f"nz must be >= 1, got {self.nz}"),
             (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
-            (self.n_latent_samples >= 1, "n_latent_samples must be >= 1"),
+            (self.z_draws >= 1, "z_draws must be >= 1"),
             (
                 self.lr > 0 and math.isfinite(self.lr),
                 f"lr must be positive and finite, got {self.lr}",
@@ -245,9 +247,15 @@ class Sweep:
 ADDED_FIELDS = ("adagrad_eps_inside", "adagrad_eps_outside", "eval_chunk", "eval_seed_stride")
 
 
+# Fields renamed since: old name -> new name ("samples" now means training samples only).
+RENAMED_FIELDS = {"n_latent_samples": "z_draws"}
+
+
 def upgrade(config: dict) -> dict:
-    """A recorded config (JSON form) with the fields added since filled in with the value
-    that reproduces the behaviour of the version that recorded it."""
+    """A recorded config (JSON form) in today's terms: renamed fields under their new names,
+    and the fields added since filled in with the value that reproduces the behaviour of the
+    version that recorded it."""
+    config = {RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     return {**{k: defaults[k] for k in ADDED_FIELDS if k not in config}, **config}
 

@@ -29,7 +29,7 @@ def evaluate(
     model: VAE,
     x: Tensor,
     batch_size: int = 10_000,
-    n_samples: int = 1,
+    z_draws: int = 1,
     generator: torch.Generator | None = None,
     binarize: bool = False,
     chunk: int = 1_000,
@@ -47,10 +47,10 @@ def evaluate(
         if binarize:
             xb = torch.bernoulli(xb, generator=generator)
         eps = torch.randn(
-            (n_samples, xb.shape[0], model.nz), generator=generator, device=x.device, dtype=x.dtype
+            (z_draws, xb.shape[0], model.nz), generator=generator, device=x.device, dtype=x.dtype
         )
         for c in range(0, xb.shape[0], chunk):
-            out = model(xb[c : c + chunk], n_samples, eps=eps[:, c : c + chunk])
+            out = model(xb[c : c + chunk], z_draws, eps=eps[:, c : c + chunk])
             totals += torch.stack([out.loglik.sum(), out.kl.sum()]).to(totals.dtype)
     loglik, kl = (totals / x.shape[0]).tolist()
     return SplitELBO(elbo=loglik - kl, loglik=loglik, kl=kl)

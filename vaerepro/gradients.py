@@ -10,12 +10,13 @@ activations live in buffers made once, the gradients go straight into each param
 `.grad`, and the ELBO itself is never computed (the update needs only its gradient).
 On a 2-core CPU this takes the step from about half of the matmul limit to three quarters.
 
-Several models that differ only in N_z (`--fused`) share one pass: their two big layers
+Several models that differ only in N_z (`--stacked`) share one pass: their two big layers
 (enc 784->500, dec_out 500->784, 97% of the FLOPs at N_z = 20) are stacked into (K, ...)
 tensors, so one batched matrix product serves all K, and each model's parameters become views
 into the stack; the small latent layers run model by model. One model is the case K = 1.
 
-With M datapoints, L samples, logits = dec_out(tanh(dec(z))) and dl = (sigmoid(logits) - x) / (L M):
+With M datapoints, L draws of z, logits = dec_out(tanh(dec(z))) and
+dl = (sigmoid(logits) - x) / (L M):
     d dec_out = dl^T h3          d h3 = dl W4           d a3 = (1 - h3^2) d h3
     d dec     = d a3^T z         d z  = d a3 W3
     d mu      = sum_L d z + mu / M
@@ -71,22 +72,22 @@ def _stack_into_views(params: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
 
 
 class _Latent:
-    """One model's latent-layer buffers (M datapoints, L samples, N_z dimensions), and the
+    """One model's latent-layer buffers (M datapoints, L draws of z, N_z dimensions), and the
     Activations view of its part of the stacked ones, for `VAE.latent_pass(..., into=)`."""
 
-    def __init__(self, model: VAE, m: int, n_samples: int, h1: Tensor, h3: Tensor):
+    def __init__(self, model: VAE, m: int, z_draws: int, h1: Tensor, h3: Tensor):
         nz = model.nz
         self.model, self.nz = model, nz
         self.act = Activations(
             h1=h1,
             posterior=_empty(h1, m, 2 * nz),
             sigma=_empty(h1, m, nz),
-            eps=_empty(h1, n_samples, m, nz),
-            z=_empty(h1, n_samples, m, nz),
+            eps=_empty(h1, z_draws, m, nz),
+            z=_empty(h1, z_draws, m, nz),
             h3=h3,
         )
         self.d_posterior = _empty(h1, m, 2 * nz)
-        self.d_z = _empty(h1, n_samples * m, nz)
+        self.d_z = _empty(h1, z_draws * m, nz)
         for layer in (model.enc_out, model.dec):
             for p in layer.parameters():
                 p.grad = torch.zeros_like(p)
@@ -97,7 +98,7 @@ class BernoulliGradients:
     only in N_z. Call with minibatches xs (K, M, 784) and one generator per model, which draws
     that model's eps (L, M, N_z) as `VAE.forward` would."""
 
-    def __init__(self, models: list[VAE], batch_size: int, n_samples: int = 1):
+    def __init__(self, models: list[VAE], batch_size: int, z_draws: int = 1):
         first = models[0]
         if any(m.likelihood != "bernoulli" for m in models):
             raise ValueError("hand-written gradients exist for the Bernoulli decoder only")
@@ -108,19 +109,19 @@ class BernoulliGradients:
         self.enc_b, self.enc_b_grad = _stack_into_views([m.enc.bias for m in models])
         self.out_w, self.out_w_grad = _stack_into_views([m.dec_out.weight for m in models])
         self.out_b, self.out_b_grad = _stack_into_views([m.dec_out.bias for m in models])
-        k, m, n = len(models), batch_size, n_samples * batch_size
+        k, m, n = len(models), batch_size, z_draws * batch_size
         (hidden, x_dim), like = first.enc.weight.shape, first.enc.weight
         self.h1, self.d_h1 = _empty(like, k, m, hidden), _empty(like, k, m, hidden)
         self.h3, self.d_h3 = _empty(like, k, n, hidden), _empty(like, k, n, hidden)
         self.logits = _empty(like, k, n, x_dim)
         self.latents = [
-            _Latent(model, m, n_samples, self.h1[i], self.h3[i]) for i, model in enumerate(models)
+            _Latent(model, m, z_draws, self.h1[i], self.h3[i]) for i, model in enumerate(models)
         ]
-        self.n_samples, self.batch_size = n_samples, m
+        self.z_draws, self.batch_size = z_draws, m
 
     @torch.no_grad()
     def __call__(self, xs: Tensor, generators: list[torch.Generator | None]) -> None:
-        n_samples, m, k = self.n_samples, self.batch_size, len(self.models)
+        z_draws, m, k = self.z_draws, self.batch_size, len(self.models)
         if xs.shape != (k, m, self.logits.shape[2]):
             raise ValueError(f"minibatches of shape {tuple(xs.shape)}, expected ({k}, {m}, 784)")
 
@@ -133,14 +134,14 @@ class BernoulliGradients:
         logits = vae.linear(self.h3, self.out_w, self.out_b, out=self.logits)
 
         # backward, layer by layer from the output
-        d_logits = logits.sigmoid_().view(k, n_samples, m, -1).sub_(xs.unsqueeze(1))
-        d_logits = d_logits.div_(n_samples * m).view(k, n_samples * m, -1)
+        d_logits = logits.sigmoid_().view(k, z_draws, m, -1).sub_(xs.unsqueeze(1))
+        d_logits = d_logits.div_(z_draws * m).view(k, z_draws * m, -1)
         affine_grads(d_logits, self.h3, self.out_w_grad, self.out_b_grad)
         d_a3 = tanh_backward(torch.bmm(d_logits, self.out_w, out=self.d_h3), self.h3)
         for i, lat in enumerate(self.latents):
             enc_out, dec, nz, act = lat.model.enc_out, lat.model.dec, lat.nz, lat.act
             affine_grads(d_a3[i], act.z.view(-1, nz), dec.weight.grad, dec.bias.grad)
-            d_z = torch.mm(d_a3[i], dec.weight, out=lat.d_z).view(n_samples, m, nz)
+            d_z = torch.mm(d_a3[i], dec.weight, out=lat.d_z).view(z_draws, m, nz)
             d_mu, d_logvar = lat.d_posterior[:, :nz], lat.d_posterior[:, nz:]
             latent_grads(d_z, act.mu, act.sigma, act.eps, d_mu, d_logvar)
             affine_grads(lat.d_posterior, act.h1, enc_out.weight.grad, enc_out.bias.grad)
@@ -149,10 +150,10 @@ class BernoulliGradients:
         affine_grads(d_a1, xs, self.enc_w_grad, self.enc_b_grad)
 
 
-def covers(model: VAE, n_samples: int = 1) -> str | None:
+def covers(model: VAE, z_draws: int = 1) -> str | None:
     """None when the hand-written gradient equals autograd's through `model.forward` for this
     model, else why not. Checked on a float64 copy with weights ~ N(0, 0.1^2) (away from the
-    near-zero init, so every term matters) and 8 random images, with L = `n_samples`."""
+    near-zero init, so every term matters) and 8 random images, with L = `z_draws`."""
     if model.likelihood != "bernoulli":
         return f"it covers the Bernoulli decoder only, not {model.likelihood!r}"
     gen = torch.Generator().manual_seed(0)
@@ -163,9 +164,9 @@ def covers(model: VAE, n_samples: int = 1) -> str | None:
     manual = copy.deepcopy(auto)
     x = torch.rand((8, auto.enc.weight.shape[1]), generator=gen, dtype=torch.float64)
     try:
-        loss = -auto(x, n_samples, torch.Generator().manual_seed(1)).elbo.mean()
+        loss = -auto(x, z_draws, torch.Generator().manual_seed(1)).elbo.mean()
         loss.backward()
-        BernoulliGradients([manual], len(x), n_samples)(x[None], [torch.Generator().manual_seed(1)])
+        BernoulliGradients([manual], len(x), z_draws)(x[None], [torch.Generator().manual_seed(1)])
     except (RuntimeError, ValueError, TypeError, AttributeError) as err:
         return f"it does not run on this model ({type(err).__name__}: {err})"
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):

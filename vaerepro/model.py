@@ -1,7 +1,7 @@
 """The MLP VAE of Kingma & Welling (2013), Appendix C, with its ELBO in nats per datapoint.
 
 encoder  x (B, 784) -> tanh(500) -> mu, log sigma^2 (B, N_z) of a diagonal Gaussian q(z|x)
-sample   z = mu + sigma * eps, eps ~ N(0, I), L samples: z (L, B, N_z)
+sample   z = mu + sigma * eps, eps ~ N(0, I), L draws: z (L, B, N_z)
 decoder  z -> tanh(500) -> 784 logits of a Bernoulli p(x|z)
          (or the sigmoid mean of a Gaussian, with a learned or fixed log-variance)
 """
@@ -23,7 +23,7 @@ class VAEOutput:
     """Per-datapoint ELBO terms in nats; every field has shape (B,) except mu, logvar (B, N_z)."""
 
     elbo: Tensor  # loglik - kl, a lower bound on log p(x)
-    loglik: Tensor  # E_q[log p(x|z)], Monte Carlo over L samples
+    loglik: Tensor  # E_q[log p(x|z)], Monte Carlo over L draws of z
     kl: Tensor  # KL(q(z|x) || N(0, I)), closed form
     mu: Tensor
     logvar: Tensor
@@ -88,7 +88,7 @@ def gaussian_loglik(mean: Tensor, logvar: Tensor, x: Tensor) -> Tensor:
 
 @dataclass
 class Activations:
-    """One forward pass of M datapoints with L samples of z: everything the loss and the
+    """One forward pass of M datapoints with L draws of z: everything the loss and the
     hand-written backward need. h1 (M, H) the encoder's hidden layer; posterior (M, 2 N_z)
     [mu, log sigma^2]; sigma (M, N_z); eps, z (L, M, N_z) the noise and the samples; h3
     (L M, H) the decoder's hidden layer; out (L, M, D) the decoder output (Bernoulli logits,
@@ -201,23 +201,23 @@ class VAE(nn.Module):
         return gaussian_loglik(torch.sigmoid(mean_logit), logvar, x)
 
     def draw_noise(
-        self, x: Tensor, n_samples: int, generator: torch.Generator | None = None
+        self, x: Tensor, z_draws: int, generator: torch.Generator | None = None
     ) -> Tensor:
         """eps ~ N(0, I) of shape (L, B, N_z) for x (B, 784), drawn from `generator`."""
-        shape = (n_samples, x.shape[0], self.nz)
+        shape = (z_draws, x.shape[0], self.nz)
         return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def forward(
         self,
         x: Tensor,
-        n_samples: int = 1,
+        z_draws: int = 1,
         generator: torch.Generator | None = None,
         eps: Tensor | None = None,
     ) -> VAEOutput:
-        """ELBO terms of x (B, 784) with L = n_samples reparameterized samples of z (noise eps
+        """ELBO terms of x (B, 784) with L = z_draws reparameterized draws of z (noise eps
         (L, B, N_z) drawn from `generator` unless given)."""
         if eps is None:
-            eps = self.draw_noise(x, n_samples, generator)
+            eps = self.draw_noise(x, z_draws, generator)
         act = self.forward_pass(x, eps)
         loglik = self.log_likelihood(x, act.out).mean(0)
         kl = gaussian_kl(act.mu, act.logvar)

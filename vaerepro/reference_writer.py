@@ -33,8 +33,10 @@ from .check import (
     elbo_points,
 )
 from .config import config_diff
-from .store import atomic_write_bytes, git_state, load_run, read_json, write_csv, write_json
+from .provenance import git_state
+from .records import load_run, read_json
 from .trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
+from .writes import atomic_write_bytes, write_csv, write_json
 
 FIXED_FILES = ("spread.csv", "drift.csv", TOLERANCES_CSV, CSV_NAME, JSON_NAME, "reference.json")
 HISTORY = "HISTORY.md"

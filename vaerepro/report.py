@@ -11,12 +11,14 @@ import pandas as pd
 
 from .compare import write_comparison
 from .data import load_mnist
+from .layout import RunFiles, RunFolderError
 from .plan import count
 from .plots import plot_components, plot_fig2, plot_model
+from .records import load_run
 from .reference import SOURCE, paper_elbo
-from .store import RunFiles, RunFolderError, atomic_write_bytes, load_run
 from .tables import to_markdown
 from .train import load_model
+from .writes import atomic_write_bytes
 
 
 def make_figures(

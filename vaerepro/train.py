@@ -3,7 +3,7 @@
 Read top to bottom: set up each model (`ModelRun`: model, optimizer, data, RNG, maybe resumed
 from its checkpoint) -> loop over minibatches drawn by index -> every `eval_every` samples
 evaluate both splits, append a CSV row, checkpoint -> save final weights. Usually one model
-trains at a time; `--fused` trains several (differing only in N_z) in lockstep, one step
+trains at a time; `--stacked` trains several (differing only in N_z) in lockstep, one step
 for all of them (gradients.py), with the same numbers as separate runs.
 """
 
@@ -27,23 +27,12 @@ from .config import TrainConfig, config_diff
 from .data import MinibatchIndices, MnistSplits, binarize_fixed
 from .evaluate import evaluate
 from .gradients import BernoulliGradients, covers
+from .layout import CSV_COLUMNS, RunFiles, RunFolderError
 from .model import VAE
 from .optim import make_optimizer
-from .store import (
-    CSV_COLUMNS,
-    RunFiles,
-    RunFolderError,
-    atomic_write_bytes,
-    environment_info,
-    load_torch,
-    parse_config,
-    read_csv,
-    read_model_json,
-    sha256,
-    torch_bytes,
-    write_csv,
-    write_json,
-)
+from .provenance import environment_info
+from .records import load_torch, parse_config, read_csv, read_model_json
+from .writes import atomic_write_bytes, sha256, torch_bytes, write_csv, write_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -257,9 +246,9 @@ def make_train_step(
     model's forward, so an edited model (another activation, the Gaussian decoder) trains
     through autograd, the same forward. `autograd=True` forces autograd (one model only).
     """
-    reason = "--autograd" if autograd else covers(models[0], cfg.n_latent_samples)
+    reason = "--autograd" if autograd else covers(models[0], cfg.z_draws)
     if reason is None:
-        grads = BernoulliGradients(models, cfg.batch_size, cfg.n_latent_samples)
+        grads = BernoulliGradients(models, cfg.batch_size, cfg.z_draws)
         gradient = "hand-written"
     else:
         if len(models) > 1:
@@ -281,7 +270,7 @@ def make_train_step(
         else:
             model, opt = models[0], opts[0]
             opt.zero_grad(set_to_none=True)
-            (-model(batch[0], cfg.n_latent_samples, gens[0]).elbo.mean()).backward()
+            (-model(batch[0], cfg.z_draws, gens[0]).elbo.mean()).backward()
         for opt in opts:
             opt.step()
 
@@ -294,7 +283,8 @@ def _now() -> str:
 
 class ModelRun:
     """One model's training state and files: model, optimizer, minibatch sampler and its
-    generator, CSV rows and metadata; restored from its checkpoint when resuming."""
+    generator, CSV rows and metadata. Made fresh (no file touched); `resume_from_checkpoint`
+    or `discard_old_files`, then `record_start`, tie it to its files."""
 
     def __init__(
         self,
@@ -302,12 +292,11 @@ class ModelRun:
         data: MnistSplits,
         out_dir: str | Path,
         device: torch.device,
-        resume: bool,
         preset: str | None,
     ):
         cfg.validate()
         self.cfg, self.device = cfg, device
-        self.files = files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
+        self.files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model = VAE.from_config(cfg).to(device)
         self.opt = make_optimizer(cfg, self.model)
@@ -327,17 +316,29 @@ class ModelRun:
             "started": _now(),
             **environment_info(device),
         }
-        if not resume:  # a fresh start must never pick up another run's checkpoint later
-            files.ckpt.unlink(missing_ok=True)
-            files.weights.unlink(missing_ok=True)
-        elif files.ckpt.exists():
-            old = read_model_json(files.json)
-            self._restore(load_checkpoint(files, old, cfg, device))
-            self.meta["started"] = old.get("started", self.meta["started"])
-            self.meta["checkpoints"] = old["checkpoints"]
-            self.meta["resumed"] = _now()
-        write_json(self.meta, files.json)
-        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), files.csv)  # drops rows past ckpt
+
+    def discard_old_files(self) -> None:
+        """A fresh start: remove an earlier run's checkpoint and weights, which must never be
+        picked up later."""
+        self.files.ckpt.unlink(missing_ok=True)
+        self.files.weights.unlink(missing_ok=True)
+
+    def resume_from_checkpoint(self) -> None:
+        """Continue from the model's verified checkpoint, if it has one (else from scratch)."""
+        if not self.files.ckpt.exists():
+            return
+        old = read_model_json(self.files.json)
+        self._restore(load_checkpoint(self.files, old, self.cfg, self.device))
+        self.meta["started"] = old.get("started", self.meta["started"])
+        self.meta["checkpoints"] = old["checkpoints"]
+        self.meta["resumed"] = _now()
+
+    def record_start(self, gradient: str) -> None:
+        """Write the JSON (recording how the gradient is computed) and the CSV, which drops
+        any rows past the checkpoint."""
+        self.meta["gradient"] = gradient
+        write_json(self.meta, self.files.json)
+        write_csv(pd.DataFrame(self.rows, columns=CSV_COLUMNS), self.files.csv)
 
     def _restore(self, ckpt: dict) -> None:
         """Model, optimizer, sampler and counters from a verified checkpoint (on the CPU)."""
@@ -376,7 +377,7 @@ class ModelRun:
         kw = dict(
             batch_size=cfg.eval_batch_size,
             chunk=cfg.eval_chunk,
-            n_samples=cfg.n_latent_samples,
+            z_draws=cfg.z_draws,
             generator=eval_gen,
             binarize=cfg.binarize == "dynamic",
         )
@@ -396,7 +397,7 @@ class ModelRun:
         return row
 
     def _weights(self) -> dict:
-        # clones: with --fused the parameters are views into stacks shared by all models
+        # clones: with --stacked the parameters are views into stacks shared by all models
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def checkpoint(self, samples: int, wall_s: float, status: str = "running") -> None:
@@ -438,7 +439,7 @@ class ModelRun:
             final={k: last[k] for k in ("train_elbo", "test_elbo")},
         )
         if len(trained_with) > 1:
-            self.meta["fused_with_nz"] = trained_with
+            self.meta["stacked_with_nz"] = trained_with
         write_json(self.meta, self.files.json)
         return pd.DataFrame(self.rows, columns=CSV_COLUMNS)
 
@@ -488,14 +489,19 @@ def train_together(
                 "models trained together may differ in nz and seed only: " + "; ".join(diff)
             )
     if len(cfgs) > 1 and cfg.likelihood != "bernoulli":
-        raise ValueError("--fused needs the Bernoulli decoder (its gradient is written by hand)")
-    runs = [ModelRun(c, data, out_dir, device, resume, preset) for c in cfgs]
+        raise ValueError("--stacked needs the Bernoulli decoder (its gradient is written by hand)")
+    runs = [ModelRun(c, data, out_dir, device, preset) for c in cfgs]
+    for r in runs:
+        if resume:
+            r.resume_from_checkpoint()
+        else:
+            r.discard_old_files()
     samples = runs[0].samples
     if any(r.samples != samples for r in runs):
         raise RunFolderError(
             "the checkpoints are at different sample counts ("
             + ", ".join(f"N_z={r.cfg.nz}: {r.samples}" for r in runs)
-            + "); resume them one at a time (without --fused)"
+            + "); resume them one at a time (without --stacked)"
         )
     nzs = [r.cfg.nz for r in runs]
     train_step = make_train_step(
@@ -503,7 +509,7 @@ def train_together(
     )
     print(f"{label}gradient: {train_step.gradient}", file=sys.stderr)
     for r in runs:
-        r.meta["gradient"] = train_step.gradient  # recorded with the first checkpoint
+        r.record_start(train_step.gradient)
     bar = tqdm(
         total=cfg.samples,
         initial=samples,

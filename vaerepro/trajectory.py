@@ -26,8 +26,11 @@ import torch
 
 from .config import PAPER_NZ, TrainConfig, preset
 from .data import MnistSplits
-from .store import RunFolderError, atomic_write_bytes, environment_info, read_json, write_json
+from .layout import RunFolderError
+from .provenance import environment_info
+from .records import read_json
 from .train import train
+from .writes import atomic_write_bytes, write_json
 
 # 10 warm-up minibatches (lr 0), then 30 updates; evaluated after 10, 20, 30 and 40 steps.
 # Seconds per N_z on 2 cores (README); the full protocol is tier 2's.

@@ -1,14 +1,15 @@
-"""`--fused`: several N_z trained in one stacked step give the numbers of separate runs."""
+"""`--stacked`: several N_z trained in one stacked step give the numbers of separate runs."""
 
 import pandas as pd
 import pytest
 import torch
 
-from vaerepro import store
+from vaerepro import writes
 from vaerepro.cli import main
 from vaerepro.gradients import BernoulliGradients
+from vaerepro.layout import CSV_COLUMNS, RunFolderError
 from vaerepro.model import VAE
-from vaerepro.store import CSV_COLUMNS, RunFolderError, read_json
+from vaerepro.records import read_json
 from vaerepro.train import train, train_together
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
@@ -30,9 +31,9 @@ def test_stacked_gradients_equal_one_model_at_a_time(mnist):
     together, alone = _models(), _models()
     xs = torch.stack([mnist.train_x[i * 100 : (i + 1) * 100] for i in range(len(NZS))]).double()
     gens = [torch.Generator().manual_seed(10 + i) for i in range(len(NZS))]
-    BernoulliGradients(together, 100, n_samples=2)(xs, gens)
+    BernoulliGradients(together, 100, z_draws=2)(xs, gens)
     for i, model in enumerate(alone):
-        BernoulliGradients([model], 100, n_samples=2)(
+        BernoulliGradients([model], 100, z_draws=2)(
             xs[i : i + 1], [torch.Generator().manual_seed(10 + i)]
         )
     for a, b in zip(together, alone, strict=True):
@@ -46,21 +47,21 @@ def test_stacked_gradients_equal_one_model_at_a_time(mnist):
     )
 
 
-def test_fused_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
+def test_stacked_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
     cfgs = [
         tiny_cfg.replace(nz=nz, sampling=s) for nz, s in zip(NZS, ("replacement",) * 3, strict=True)
     ]
-    fused = train_together(cfgs, mnist, tmp_path / "fused", progress=False)
-    for cfg, df in zip(cfgs, fused, strict=True):
+    stacked = train_together(cfgs, mnist, tmp_path / "stacked", progress=False)
+    for cfg, df in zip(cfgs, stacked, strict=True):
         alone = train(cfg, mnist, tmp_path / "alone", progress=False)
         pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
-        meta = read_json(tmp_path / "fused" / f"nz{cfg.nz}-seed0.json")
-        assert meta["fused_with_nz"] == list(NZS) and meta["status"] == "finished"
-        weights = torch.load(tmp_path / "fused" / f"nz{cfg.nz}-seed0.pt", weights_only=True)
+        meta = read_json(tmp_path / "stacked" / f"nz{cfg.nz}-seed0.json")
+        assert meta["stacked_with_nz"] == list(NZS) and meta["status"] == "finished"
+        weights = torch.load(tmp_path / "stacked" / f"nz{cfg.nz}-seed0.pt", weights_only=True)
         assert weights["model"]["enc.weight"].untyped_storage().nbytes() == 64 * 784 * 4  # own copy
 
 
-def test_fused_needs_configs_equal_but_for_nz(mnist, tmp_path, tiny_cfg):
+def test_stacked_needs_configs_equal_but_for_nz_and_seed(mnist, tmp_path, tiny_cfg):
     with pytest.raises(ValueError, match="differ in nz and seed only: lr"):
         train_together([tiny_cfg, tiny_cfg.replace(nz=5, lr=0.1)], mnist, tmp_path, progress=False)
     gaussian = tiny_cfg.replace(likelihood="gaussian")
@@ -70,11 +71,11 @@ def test_fused_needs_configs_equal_but_for_nz(mnist, tmp_path, tiny_cfg):
 
 
 def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeypatch):
-    """Killed after the first model's 2nd checkpoint: the fused resume refuses (the models
+    """Killed after the first model's 2nd checkpoint: the stacked resume refuses (the models
     are at different points), a resume one model at a time completes with the same numbers."""
     cfgs = [tiny_cfg.replace(nz=nz, samples=3000) for nz in NZS]
     full = train_together(cfgs, mnist, tmp_path / "full", progress=False)
-    real_write, ckpts = store.atomic_write_bytes, []
+    real_write, ckpts = writes.atomic_write_bytes, []
 
     def crash_mid_checkpoints(path, data):
         if path.suffix == ".ckpt":
@@ -87,18 +88,18 @@ def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeyp
     with pytest.raises(KeyboardInterrupt):
         train_together(cfgs, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()
-    with pytest.raises(RunFolderError, match="different sample counts.*without --fused"):
+    with pytest.raises(RunFolderError, match="different sample counts.*without --stacked"):
         train_together(cfgs, mnist, tmp_path / "crashed", progress=False, resume=True)
     for cfg, expected in zip(cfgs, full, strict=True):
         df = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
         pd.testing.assert_frame_equal(df[DETERMINISTIC], expected[DETERMINISTIC], rtol=1e-4)
 
 
-def test_cli_fused(data_root, tmp_path, capsys):
+def test_cli_stacked(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["reproduce", "--nz", "3", "5", "--samples", "2000", "--eval-every", "1000"]
     args += ["--train-size", "2000", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*args, "--fused", "--no-progress", "--no-plot"]) == 0
-    assert "N_z=3 seed 0, N_z=5 seed 0: in one fused step" in capsys.readouterr().err
+    assert main([*args, "--stacked", "--no-progress", "--no-plot"]) == 0
+    assert "N_z=3 seed 0, N_z=5 seed 0: in one stacked step" in capsys.readouterr().err
     for nz in (3, 5):
         assert len(pd.read_csv(out / f"nz{nz}-seed0.csv")) == 2

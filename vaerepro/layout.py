@@ -1,0 +1,85 @@
+"""What a run folder holds, by name: the model files of each (N_z, seed), the sweep's
+run.json, the CSV columns, and the errors about them.
+
+Per model `nz{N_z}-seed{seed}.csv` (one row per evaluation), `.json` (config, versions, device,
+git commit, status), `.ckpt` (resumable state at the last evaluation) and, once finished,
+`.pt` (final weights).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CSV_COLUMNS = [
+    "samples",
+    "train_elbo",
+    "test_elbo",
+    "train_loglik",
+    "train_kl",
+    "test_loglik",
+    "test_kl",
+    "wall_s",
+    "train_samples_per_s",
+]
+
+
+class RunFolderError(RuntimeError):
+    """A run folder is missing files, malformed, or holds a different run."""
+
+
+class WriteFailed(RunFolderError):
+    """A file could not be written (full disk, read-only folder, ...); nothing was replaced."""
+
+
+# Temporary files are named `.{target}.vaerepro-{random}.tmp`: cleanup removes only these.
+TMP_MARK = ".vaerepro-"
+
+
+OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")
+
+
+# What `reproduce` writes into a run folder (and `--overwrite` may therefore remove).
+OWN_MODEL_FILE = re.compile(r"^nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
+
+
+RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per model
+
+
+OWN_RUN_FILES = (RUN_JSON, "REPORT.md", "comparison.csv", "comparison.md")
+
+
+OWN_FIGURE = re.compile(
+    r"^(fig2\.(png|pdf)|components\.png|"
+    r"(recon|samples|interpolation|latent|kl_per_dim)_nz\d+\.png)$"
+)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one model (one N_z and seed) in a run folder."""
+
+    folder: Path
+    stem: str  # "nz{N_z}-seed{seed}"
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike, nz: int, seed: int) -> RunFiles:
+        return cls(Path(folder), f"nz{nz}-seed{seed}")
+
+    @property
+    def csv(self) -> Path:
+        return self.folder / f"{self.stem}.csv"
+
+    @property
+    def json(self) -> Path:
+        return self.folder / f"{self.stem}.json"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.folder / f"{self.stem}.ckpt"
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / f"{self.stem}.pt"

@@ -1,0 +1,252 @@
+"""Reading what a run folder records, validated: model and sweep JSONs, CSVs, checksummed
+torch files, and whole runs (`load_run`). Nothing read here can run code."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import Sweep, TrainConfig, upgrade
+from .layout import CSV_COLUMNS, RUN_JSON, RunFiles, RunFolderError
+from .writes import sha256, write_json
+
+
+def load_torch(path: Path, expected_sha256: list[str] | None) -> dict:
+    """A `.ckpt` or `.pt` file, verified and loaded on the CPU with weights_only=True (no
+    code from the file runs). expected_sha256: the checksums recorded for it (any may match);
+    None: none recorded (a legacy file, integrity unverified). RunFolderError naming the file
+    when it is missing, differs from its checksum, or is not a plain-data torch file."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RunFolderError(f"cannot read {path}: {err.strerror}") from err
+    if expected_sha256 is not None and sha256(data) not in expected_sha256:
+        raise RunFolderError(
+            f"{path} does not match the SHA-256 recorded for it: the file was modified, "
+            "truncated or corrupted after it was written"
+        )
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderError(
+            f"{path} is not a plain tensor file vaerepro can load safely ({first})"
+        ) from err
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object; RunFolderError naming the file when unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"cannot read run metadata {path}: {err}") from err
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"run metadata {path} is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _field_ok(value, annotation: str) -> bool:
+    """Does a JSON value fit a TrainConfig field annotation such as "float | None"?"""
+    for name in annotation.replace(" ", "").split("|"):
+        if name == "None" and value is None:
+            return True
+        types = _JSON_TYPES.get(name, ())
+        if isinstance(value, types) and (name == "bool" or not isinstance(value, bool)):
+            return not isinstance(value, float) or math.isfinite(value)
+    return False
+
+
+def parse_config(obj, source: Path) -> TrainConfig:
+    """A TrainConfig from its JSON form; RunFolderError naming `source` for unknown, missing
+    or mistyped fields, or invalid values."""
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{source}: a config must be a JSON object, got {obj!r:.60}")
+    obj = upgrade(obj)
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(obj) - set(fields))
+    missing = sorted(set(fields) - set(obj))
+    if unknown or missing:
+        raise RunFolderError(
+            f"{source}: config fields unknown {unknown}, missing {missing} (written by "
+            "another vaerepro version?)"
+        )
+    bad = [k for k, t in fields.items() if not _field_ok(obj[k], str(t))]
+    if bad:
+        raise RunFolderError(f"{source}: config fields of the wrong type: {bad}")
+    cfg = TrainConfig(**obj)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise RunFolderError(f"{source}: invalid config: {err}") from err
+    return cfg
+
+
+STATUSES = ("running", "interrupted", "finished")
+
+
+# Fields of a model's JSON and their JSON types. Older results lack some (checkpoints,
+# weights_sha256): they are read as results, but cannot be resumed.
+MODEL_FIELDS: dict[str, tuple[type, ...]] = {
+    "config": (dict,),
+    "status": (str,),
+    "preset": (str, type(None)),
+    "seed": (int,),
+    "gradient": (str,),
+    "started": (str,),
+    "resumed": (str,),
+    "interrupted": (str,),
+    "finished": (str,),
+    "device": (dict,),
+    "versions": (dict,),
+    "git": (dict,),
+    "host": (str,),
+    "command": (list,),
+    "samples_done": (int,),
+    "wall_s": (int, float),
+    "final": (dict,),
+    "stacked_with_nz": (list,),
+    "fused_with_nz": (list,),  # the older name of stacked_with_nz
+    "checkpoints": (list,),  # the last two: [{"samples": int, "sha256": hex}, ...]
+    "weights_sha256": (str,),
+}
+
+
+RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "preset": (str, type(None)),
+    "nz": (list,),
+    "seeds": (list,),
+    "configs": (list,),
+    "data_root": (str, type(None)),
+}
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_fields(obj: dict, known: dict, required: tuple[str, ...], path: Path) -> None:
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise RunFolderError(
+            f"{path} has unknown fields {unknown} (written by another vaerepro version?)"
+        )
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise RunFolderError(f"{path} lacks the fields {missing}")
+    bad = [k for k, v in obj.items() if not isinstance(v, known[k]) or isinstance(v, bool)]
+    if bad:
+        raise RunFolderError(f"{path}: fields of the wrong type: {bad}")
+
+
+def read_model_json(path: Path) -> dict:
+    """A model's metadata, validated: known fields of the right types, a valid config, a
+    known status (none: a plain result) and well-formed checksums; RunFolderError naming the
+    file otherwise."""
+    meta = read_json(path)
+    _check_fields(meta, MODEL_FIELDS, ("config",), path)
+    parse_config(meta["config"], path)
+    if meta.get("status", "finished") not in STATUSES:
+        raise RunFolderError(f"{path}: status {meta['status']!r} is not one of {STATUSES}")
+    for entry in meta.get("checkpoints", []):
+        if not (
+            isinstance(entry, dict)
+            and set(entry) == {"samples", "sha256"}
+            and isinstance(entry["samples"], int)
+            and isinstance(entry["sha256"], str)
+            and _SHA256.match(entry["sha256"])
+        ):
+            raise RunFolderError(f"{path}: malformed checkpoints entry {entry!r:.80}")
+    if "weights_sha256" in meta and not _SHA256.match(meta["weights_sha256"]):
+        raise RunFolderError(f"{path}: weights_sha256 is not a SHA-256")
+    return meta
+
+
+def read_run_json(path: Path) -> tuple[Sweep, str | None]:
+    """(sweep, data_root) of a run folder's run.json; RunFolderError naming it otherwise."""
+    obj = read_json(path)
+    _check_fields(obj, RUN_FIELDS, ("configs",), path)
+    if not obj["configs"]:
+        raise RunFolderError(f"{path} lists no configs")
+    configs = [parse_config(c, path) for c in obj["configs"]]
+    try:
+        sweep = Sweep.from_configs(obj.get("preset"), configs)
+    except ValueError as err:
+        raise RunFolderError(f"{path}: {err}") from err
+    for key, values in (("nz", sweep.nzs), ("seeds", sweep.seeds)):
+        if key in obj and obj[key] != list(values):
+            raise RunFolderError(f"{path}: {key} {obj[key]} does not match its configs")
+    return sweep, obj.get("data_root")
+
+
+def write_run_json(sweep: Sweep, data_root: str | None, folder: Path) -> None:
+    """The sweep's record in `folder`: what --resume continues and what plot, compare and
+    check read."""
+    record = {
+        "preset": sweep.preset,
+        "nz": list(sweep.nzs),
+        "seeds": list(sweep.seeds),
+        "configs": [c.to_dict() for c in sweep.configs],
+        "data_root": data_root,
+    }
+    write_json(record, folder / RUN_JSON)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A run CSV with every contract column; RunFolderError naming the file otherwise."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise RunFolderError(f"cannot read run CSV {path}: {err}") from err
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunFolderError(f"run CSV {path} lacks columns {missing}")
+    if df.empty:
+        raise RunFolderError(f"run CSV {path} has no rows")
+    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in CSV_COLUMNS):
+        raise RunFolderError(f"run CSV {path} has non-numeric values")
+    return df
+
+
+def _has_rows(csv: Path) -> bool:
+    return csv.exists() and csv.read_text().strip().count("\n") > 0
+
+
+def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
+    """Every model of a run folder as (metadata, CSV rows), sorted by N_z, then seed.
+
+    With a run.json, exactly the models it lists that have logged an evaluation (other files
+    in the folder are not read); without one (older folders), every nz*-seed*.json. RunFolderError
+    naming the file when the folder has no models or a file is missing/malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFolderError(f"run folder {folder} does not exist")
+    if (folder / RUN_JSON).exists():
+        sweep, _ = read_run_json(folder / RUN_JSON)
+        metas = [RunFiles.of(folder, c.nz, c.seed).json for c in sweep.configs]
+        metas = [p for p in metas if p.exists() and _has_rows(p.with_suffix(".csv"))]
+    else:
+        metas = sorted(folder.glob("nz*-seed*.json"))
+    if not metas:
+        raise RunFolderError(f"run folder {folder} holds no model yet (no nz*-seed*.json)")
+    runs = []
+    for path in metas:
+        meta = read_model_json(path)
+        csv = path.with_suffix(".csv")
+        if not csv.exists():
+            raise RunFolderError(f"run CSV {csv} is missing (its metadata {path.name} exists)")
+        runs.append((meta, read_csv(csv)))
+    return sorted(runs, key=lambda r: (r[0]["config"]["nz"], r[0]["config"]["seed"]))

@@ -229,3 +229,18 @@ def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root):
     assert "active units (seed 2)" in (out / "REPORT.md").read_text()
     assert (out / "figures" / "recon_nz5.png").exists()
     refused(["plot", str(out), "--seed", "7"], capsys, "no model of seed 7; its seeds: [0, 1, 2]")
+
+
+def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
+    offsets = [1.0, -0.5, 2.5]
+    _synthetic_sweep(tmp_path, 20, offsets, [1e5, 2e6, 1e7])
+    assert main(["compare", str(tmp_path), "--at", "1e7", "3e7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| N_z | split | ours at 1e7 | paper at 1e7 | diff at 1e7 |")
+    paper = float(paper_elbo(20, "train", 1e7))
+    sd = np.std(offsets, ddof=1)
+    train = lines[2].split(" | ")
+    assert train[2] == f"{paper + 1.0:.2f} ± {sd:.2f}" and train[3] == f"{paper:.2f}"
+    assert train[4] == f"+1.00 (+{1.0 / sd:.1f} sd)"
+    assert train[5:8] == ["–", "–", "–"]  # 3e7 was not logged
+    assert train[8] == "2 / 2 |"  # the paper inside the band at both covered points

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .check import TOLERANCE_MODES, check_run
-from .compare import compare_run, write_comparison
+from .compare import compare_run, fidelity_table, write_comparison
 from .config import (
     BINARIZE,
     LIKELIHOODS,
@@ -458,6 +458,9 @@ def final_summary(out: Path) -> pd.DataFrame:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     detail, summary = write_comparison(args.run_dir)
+    if args.at:
+        print(to_markdown(fidelity_table(detail, summary, args.at)), end="")
+        return 0
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(detail.to_string(index=False, float_format="%.2f"))
         print("\nsummary (|ours - paper|, nats per datapoint):")
@@ -567,6 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
         "test ELBO next to the paper's, interpolated in log10(samples).",
     )
     p.add_argument("run_dir", help="a run folder written by `vaerepro reproduce`")
+    p.add_argument(
+        "--at",
+        type=count,
+        nargs="+",
+        metavar="SAMPLES",
+        help="print only a Markdown table at these sample counts (e.g. --at 1e6 1e7): per N_z "
+        "and split our mean ± sd, the paper, the distance in nats and in sds, and how many "
+        "logged points have the paper inside our band",
+    )
 
     p = sub.add_parser(
         "plot",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .plan import count as plan_count
 from .records import load_run
 from .reference import SOURCE, paper_elbo, paper_gap
 from .tables import to_markdown
@@ -93,6 +94,33 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     summary = logged.join(stats).reset_index()
     summary["points"] = summary.points.fillna(0).astype(int)
     return detail, summary
+
+
+def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -> pd.DataFrame:
+    """The README's table: per N_z and split, at each sample count of `at`, our mean ± sd over
+    seeds, the paper's value and the distance (mean - paper, nats, and in seed sds); then over
+    every logged point the paper covers, how many lie inside our band (min to max over seeds)."""
+    rows = []
+    for (nz, split), points in detail.groupby(["nz", "split"], sort=False):
+        row = {"N_z": nz, "split": split}
+        points = points.set_index("samples")
+        for n in at:
+            label = plan_count(n)
+            if n not in points.index:
+                row |= {f"ours at {label}": "–", f"paper at {label}": "–", f"diff at {label}": "–"}
+                continue
+            p = points.loc[n]
+            ours = f"{p['mean']:.2f}" + ("" if np.isnan(p.sd) else f" ± {p.sd:.2f}")
+            diff = "–" if np.isnan(p["diff"]) else f"{p['diff']:+.2f}"
+            if not np.isnan(p.diff_in_sd):
+                diff += f" ({p.diff_in_sd:+.1f} sd)"
+            paper = "–" if np.isnan(p.paper) else f"{p.paper:.2f}"
+            row |= {f"ours at {label}": ours, f"paper at {label}": paper, f"diff at {label}": diff}
+        s = summary.set_index(["nz", "split"]).loc[(nz, split)]
+        inside = "–" if np.isnan(s.inside) else f"{round(s.inside * s.points)} / {int(s.points)}"
+        row["paper in our band (logged points)"] = inside
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_comparison(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

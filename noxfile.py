@@ -50,6 +50,8 @@ def _run_ci_config(session: nox.Session, seed: int, out: Path, env: dict | None 
         "--overwrite",
         "--no-progress",
         "--no-plot",
+        "--jobs",  # one model at a time with all of OMP_NUM_THREADS: the reference's rounding
+        "1",
         env={**_data_env(), **(env or {})},
     )
 

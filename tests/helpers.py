@@ -16,6 +16,8 @@ TINY = [
     "--no-plot",
     "--device",
     "cpu",
+    "--jobs",  # one model at a time, in-process (tests/test_seeds.py tests --jobs 2)
+    "1",
 ]
 
 

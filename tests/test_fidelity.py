@@ -80,8 +80,8 @@ def test_compare_on_a_synthetic_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 0
     assert "mean_abs_diff" in capsys.readouterr().out
     assert (tmp_path / "comparison.csv").exists()
-    # one seed: nz, split, seeds, logged, points, inside (no band: –), mean |diff|
-    assert "| 20 | train | 1 | 4 | 3 | – | 1.50 |" in (tmp_path / "comparison.md").read_text()
+    # one seed: nz, split, seeds, logged, points, banded, inside (no band: –), mean |diff|
+    assert "| 20 | train | 1 | 4 | 3 | 0 | – | 1.50 |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_compare_says_where_the_paper_has_no_value(tmp_path):
@@ -110,7 +110,7 @@ def test_compare_with_no_covered_point(tmp_path):
     assert detail.paper.isna().all() and (summary.points == 0).all()
     assert summary.mean_abs_diff.isna().all()
     write_comparison(tmp_path)
-    assert "| 3 | test | 1 | 3 | 0 | – | – |" in (tmp_path / "comparison.md").read_text()
+    assert "| 3 | test | 1 | 3 | 0 | 0 | – | – |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_compare_names_a_malformed_csv(tmp_path, capsys):

@@ -71,10 +71,11 @@ def test_evaluate_in_chunks_equals_one_forward_pass(mnist):
     model = VAE(nz=4, hidden=32)
     x = mnist.test_x[:2500]
     gen = torch.Generator().manual_seed(7)
-    split = evaluate(model, x, batch_size=2500, z_draws=2, generator=gen)
+    chunk = TrainConfig().eval_chunk
+    split = evaluate(model, x, batch_size=2500, z_draws=2, generator=gen, chunk=chunk)
     with torch.no_grad():  # one pass, drawing the noise as model(batch) does
         out = model(x, 2, torch.Generator().manual_seed(7))
-    assert TrainConfig().eval_chunk < len(x)  # the evaluation went through several chunks
+    assert chunk < len(x)  # the evaluation went through several chunks
     assert split.loglik == pytest.approx(out.loglik.mean().item(), abs=1e-4)
     assert split.kl == pytest.approx(out.kl.mean().item(), abs=1e-4)
     assert split.elbo == pytest.approx(split.loglik - split.kl)

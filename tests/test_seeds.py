@@ -212,7 +212,7 @@ def test_fig2_draws_the_band_and_the_report_the_spread(sweep, monkeypatch, tmp_p
     assert f"{np.mean(last):.2f} ± {np.std(last, ddof=1):.2f}" in report
 
 
-def test_one_seed_draws_no_band(sweep, monkeypatch, tmp_path, data_root):
+def test_one_seed_draws_no_band(monkeypatch, tmp_path, data_root):
     out = tmp_path / "one"
     argv = ["reproduce", "--nz", "3", "--out", str(out), "--data-root", str(data_root), *TINY]
     assert main(argv) == 0
@@ -223,8 +223,16 @@ def test_one_seed_draws_no_band(sweep, monkeypatch, tmp_path, data_root):
     assert not calls
 
 
-def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root):
+def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root, monkeypatch):
     out, _ = sweep
+    loaded = []
+    monkeypatch.setattr("vaerepro.report.load_model", lambda f: loaded.append(f.stem) or None)
+    assert main(["plot", str(out), "--data-root", str(data_root)]) == 0
+    assert loaded == ["nz3-seed0", "nz5-seed0"]  # the run's first seed by default
+    loaded.clear()
+    assert main(["plot", str(out), "--seed", "2", "--data-root", str(data_root)]) == 0
+    assert loaded == ["nz3-seed2", "nz5-seed2"]
+    monkeypatch.undo()
     assert main(["plot", str(out), "--seed", "2", "--data-root", str(data_root)]) == 0
     assert "active units (seed 2)" in (out / "REPORT.md").read_text()
     assert (out / "figures" / "recon_nz5.png").exists()
@@ -244,3 +252,48 @@ def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
     assert train[4] == f"+1.00 (+{1.0 / sd:.1f} sd)"
     assert train[5:8] == ["–", "–", "–"]  # 3e7 was not logged
     assert train[8] == "2 / 2 |"  # the paper inside the band at both covered points
+
+
+def test_stacked_trains_each_seed_as_separate_runs(sweep, tmp_path, data_root):
+    out, _ = sweep
+    stacked = tmp_path / "stacked"
+    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "2", "--stacked"]
+    assert main([*argv, "--out", str(stacked), "--data-root", str(data_root), *TINY]) == 0
+    for nz, seed in [(3, 0), (5, 1), (3, 2)]:
+        meta = json.loads((stacked / f"nz{nz}-seed{seed}.json").read_text())
+        assert meta["stacked_with_nz"] == [3, 5]  # one stacked step per seed
+        name = f"nz{nz}-seed{seed}.csv"
+        pd.testing.assert_frame_equal(
+            pd.read_csv(stacked / name)[NUMBERS], pd.read_csv(out / name)[NUMBERS], rtol=1e-4
+        )
+
+
+def test_jobs_do_not_change_the_numbers(sweep, tmp_path, data_root, capsys):
+    """2 jobs of 1 thread and 1 job of 1 thread give identical CSVs; the thread count is
+    recorded in every model's JSON."""
+    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "--threads", "1"]
+    argv += ["--data-root", str(data_root), *TINY]
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    err = capsys.readouterr().err
+    assert "4 model(s)" in err and "2 job(s) of 1 thread(s)" in err
+    assert "model 4/4 (N_z=5 seed 1): finished" in err
+    assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    for nz, seed in [(3, 0), (5, 0), (3, 1), (5, 1)]:
+        name = f"nz{nz}-seed{seed}"
+        for run in ("one", "two"):
+            assert (
+                json.loads((tmp_path / run / f"{name}.json").read_text())["device"]["threads"] == 1
+            )
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "one" / f"{name}.csv")[NUMBERS],
+            pd.read_csv(tmp_path / "two" / f"{name}.csv")[NUMBERS],
+        )
+
+
+def test_jobs_are_checked_before_any_work(tmp_path, capsys):
+    base = ["reproduce", "--nz", "3", "--out", str(tmp_path / "r"), *TINY]
+    refused([*base, "--jobs", "0"], capsys, "--jobs must be at least 1, got 0")
+    refused([*base, "--jobs", "2", "--stacked"], capsys, "does not combine with")
+    refused([*base, "--stacked", "--autograd"], capsys, "--autograd was given")
+    refused([*base, "--stacked", "--likelihood", "gaussian"], capsys, "Bernoulli decoder only")
+    assert not (tmp_path / "r").exists()

@@ -58,8 +58,9 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     paper (nats per datapoint; positive: our bound is higher), diff_in_sd = diff / sd, and
     inside: whether the paper lies in our band [min, max] (NaN for one seed or no paper).
     summary, per nz and split: seeds, logged points, the `points` the paper covers, the
-    fraction of those inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and
-    the diff at the last covered point.
+    `banded` ones among them (two or more seeds there), the fraction of those with the paper
+    inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and the diff at the
+    last covered point.
     """
     detail = seed_bands(seed_values(load_run(folder)))
     paper = np.full(len(detail), np.nan)
@@ -83,6 +84,7 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         .groupby(keys, sort=False)
         .agg(
             points=("diff", "size"),
+            banded=("inside", "count"),  # points with a band (two or more seeds)
             inside=("inside", "mean"),
             mean_abs_diff=("abs_diff", "mean"),
             mean_abs_diff_in_sd=("abs_sd", "mean"),
@@ -93,6 +95,7 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     summary = logged.join(stats).reset_index()
     summary["points"] = summary.points.fillna(0).astype(int)
+    summary["banded"] = summary.banded.fillna(0).astype(int)
     return detail, summary
 
 
@@ -117,7 +120,7 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
             paper = "–" if np.isnan(p.paper) else f"{p.paper:.2f}"
             row |= {f"ours at {label}": ours, f"paper at {label}": paper, f"diff at {label}": diff}
         s = summary.set_index(["nz", "split"]).loc[(nz, split)]
-        inside = "–" if np.isnan(s.inside) else f"{round(s.inside * s.points)} / {int(s.points)}"
+        inside = "–" if np.isnan(s.inside) else f"{round(s.inside * s.banded)} / {int(s.banded)}"
         row["paper in our band (logged points)"] = inside
         rows.append(row)
     return pd.DataFrame(rows)
@@ -135,8 +138,8 @@ def write_comparison(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "lies in our band (blank with one seed). The paper's curve is interpolated in "
         "log10(samples) along its visible part; where the printed figure shows no value, "
         "paper and diff are blank and paper_gap says why. Summary: `points` of the `logged` "
-        "ones have a paper value; `inside` is the fraction of those where the paper lies in "
-        "our band.\n\n## Summary\n\n"
+        "ones have a paper value, `banded` of those have two or more seeds; `inside` is the "
+        "fraction of the banded ones where the paper lies in our band.\n\n## Summary\n\n"
         + to_markdown(summary)
         + "\n## Every logged point\n\n"
         + to_markdown(detail)

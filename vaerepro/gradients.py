@@ -1,5 +1,6 @@
 """The backward pass of the Bernoulli VAE's training loss, written out by hand, for K models
-at once. The forward pass is the model's own (`VAE.forward_pass`, model.py), run into buffers.
+at once. The forward pass is the model's (model.py): its layer functions `hidden_layer` and
+`linear` for the two big layers, stacked, and `VAE.latent_pass` for the rest, into buffers.
 
 The loss is the minibatch mean of -ELBO (nats per datapoint) that `VAE.forward` computes and
 autograd differentiates; tests/test_gradients.py checks that both give the same gradients, and
@@ -125,8 +126,9 @@ class BernoulliGradients:
         if xs.shape != (k, m, self.logits.shape[2]):
             raise ValueError(f"minibatches of shape {tuple(xs.shape)}, expected ({k}, {m}, 784)")
 
-        # forward: VAE.forward_pass, its first and last stage (encoder_hidden, decoder_output)
-        # for the K models stacked, its middle stage (latent_pass) model by model
+        # forward: VAE.forward_pass with its first and last layer (encoder_hidden and
+        # decoder_output's hidden_layer and linear) for the K models stacked, latent_pass per
+        # model; `covers` checks that this still equals the model's own forward
         vae.hidden_layer(xs, self.enc_w, self.enc_b, out=self.h1)
         for lat, gen in zip(self.latents, generators, strict=True):
             torch.randn(lat.act.eps.shape, generator=gen, out=lat.act.eps)
@@ -162,12 +164,12 @@ def covers(model: VAE, z_draws: int = 1) -> str | None:
         for p in auto.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
     manual = copy.deepcopy(auto)
-    x = torch.rand((8, auto.enc.weight.shape[1]), generator=gen, dtype=torch.float64)
     try:
+        x = torch.rand((8, auto.enc.weight.shape[1]), generator=gen, dtype=torch.float64)
         loss = -auto(x, z_draws, torch.Generator().manual_seed(1)).elbo.mean()
         loss.backward()
         BernoulliGradients([manual], len(x), z_draws)(x[None], [torch.Generator().manual_seed(1)])
-    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+    except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         return f"it does not run on this model ({type(err).__name__}: {err})"
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):
         if (

@@ -63,6 +63,7 @@ def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str) -> None:
     a shaded band from their min to their max. `bands` is one N_z's `seed_bands`."""
     rows = bands[bands.split == split]
     seeds = int(rows.seeds.max())
+    rows = rows[rows.seeds == seeds]  # a sweep in progress: only where every seed has a value
     label = f"ours ({split})" if seeds == 1 else f"ours, mean of {seeds} seeds ({split})"
     ax.plot(rows.samples, rows["mean"], style, color=OURS_COLOUR, lw=1.8, label=label)
     if seeds > 1:

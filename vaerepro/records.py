@@ -157,7 +157,7 @@ def read_model_json(path: Path) -> dict:
     file otherwise."""
     meta = read_json(path)
     _check_fields(meta, MODEL_FIELDS, ("config",), path)
-    parse_config(meta["config"], path)
+    meta["config"] = parse_config(meta["config"], path).to_dict()  # in today's field names
     if meta.get("status", "finished") not in STATUSES:
         raise RunFolderError(f"{path}: status {meta['status']!r} is not one of {STATUSES}")
     for entry in meta.get("checkpoints", []):

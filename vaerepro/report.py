@@ -11,10 +11,10 @@ import pandas as pd
 
 from .compare import write_comparison
 from .data import load_mnist
-from .layout import RunFiles, RunFolderError
+from .layout import RUN_JSON, RunFiles, RunFolderError
 from .plan import count
 from .plots import plot_components, plot_fig2, plot_model
-from .records import load_run
+from .records import load_run, read_run_json
 from .reference import SOURCE, paper_elbo
 from .tables import to_markdown
 from .train import load_model
@@ -36,7 +36,9 @@ def make_figures(
     """
     run_dir = Path(run_dir)
     runs = load_run(run_dir)
-    seeds = list(dict.fromkeys(m["config"]["seed"] for m, _ in runs))
+    record = run_dir / RUN_JSON
+    seeds = list(read_run_json(record)[0].seeds) if record.exists() else []
+    seeds += [s for s in dict.fromkeys(m["config"]["seed"] for m, _ in runs) if s not in seeds]
     if seed is None:
         seed = seeds[0]
     elif seed not in seeds:

@@ -365,7 +365,8 @@ class ModelRun:
         # evaluations only keeps host syncs out of the loop.
         if not all(p.isfinite().all() for p in self.model.parameters()):
             raise TrainingDiverged(
-                f"N_z={self.cfg.nz}: the loss or the parameters became NaN/inf between samples "
+                f"N_z={self.cfg.nz} seed {self.cfg.seed}: the loss or the parameters became "
+                f"NaN/inf between samples "
                 f"{since} and {samples}. The CSV and checkpoint in {self.files.folder} hold the "
                 f"last good state (samples={self.rows[-1]['samples'] if self.rows else 0})."
             )
@@ -472,22 +473,16 @@ def train_together(
     label: str = "",
     autograd: bool = False,
 ) -> list[pd.DataFrame]:
-    """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one stacked
+    """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one stacked
     step for all; each model gets the files, and the numbers, of a separate `train` run.
     `label` prefixes the progress bar and the log (e.g. "model 2/5 "); `autograd` forces the
     autograd gradient (see `make_train_step`)."""
     device = torch.device(device)
     cfg = cfgs[0]
     for other in cfgs[1:]:
-        diff = [
-            d
-            for d in config_diff(cfg.to_dict(), other.to_dict())
-            if not d.startswith(("nz:", "seed:"))
-        ]
+        diff = [d for d in config_diff(cfg.to_dict(), other.to_dict()) if not d.startswith("nz:")]
         if diff:
-            raise ValueError(
-                "models trained together may differ in nz and seed only: " + "; ".join(diff)
-            )
+            raise ValueError("models trained together may differ in nz only: " + "; ".join(diff))
     if len(cfgs) > 1 and cfg.likelihood != "bernoulli":
         raise ValueError("--stacked needs the Bernoulli decoder (its gradient is written by hand)")
     runs = [ModelRun(c, data, out_dir, device, preset) for c in cfgs]
@@ -500,7 +495,7 @@ def train_together(
     if any(r.samples != samples for r in runs):
         raise RunFolderError(
             "the checkpoints are at different sample counts ("
-            + ", ".join(f"N_z={r.cfg.nz}: {r.samples}" for r in runs)
+            + ", ".join(f"N_z={r.cfg.nz} seed {r.cfg.seed}: {r.samples}" for r in runs)
             + "); resume them one at a time (without --stacked)"
         )
     nzs = [r.cfg.nz for r in runs]
@@ -515,7 +510,7 @@ def train_together(
         initial=samples,
         unit="sample",
         unit_scale=True,
-        desc=f"{label}N_z={','.join(map(str, nzs))} seed {','.join(str(r.cfg.seed) for r in runs)}",
+        desc=f"{label}N_z={','.join(map(str, nzs))} seed {cfg.seed}",
         disable=not progress,
         dynamic_ncols=True,
     )
@@ -543,7 +538,7 @@ def train_together(
                     r.checkpoint(samples, time.perf_counter() - start, status="interrupted")
                 bar.close()
                 raise Interrupted(
-                    f"N_z={','.join(map(str, nzs))}: {signal.Signals(signum).name} "
+                    f"N_z={','.join(map(str, nzs))} seed {cfg.seed}: {signal.Signals(signum).name} "
                     f"interrupted the run at samples={samples}; checkpoint written to "
                     f"{', '.join(str(r.files.ckpt) for r in runs)}",
                     signum,

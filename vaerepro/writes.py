@@ -129,12 +129,13 @@ def _lock_holder(st: os.stat_result) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path):
+def folder_lock(folder: Path, take_lock: bool = True):
     """Hold an exclusive lock on a run folder; RunFolderError if another process holds it.
 
     The lock is an flock on the folder itself, not on a file in it: no file is left behind,
     none can be deleted to get round it, and the kernel drops it when its process dies. While
     held, writes into the folder check that it is still the folder that was locked.
+    take_lock=False: a `--jobs` worker, whose parent holds the lock: only that check.
     """
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"run folder {folder} is a file, not a folder; choose another --out")
@@ -145,7 +146,8 @@ def folder_lock(folder: Path):
         raise WriteFailed(f"cannot create or open run folder {folder}: {err.strerror}") from err
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if take_lock:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderError(
                 f"{folder} is in use by another vaerepro process (pid "

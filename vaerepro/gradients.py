@@ -154,12 +154,19 @@ class BernoulliGradients:
 
 def covers(model: VAE, z_draws: int = 1) -> str | None:
     """None when the hand-written gradient equals autograd's through `model.forward` for this
-    model, else why not. Checked on a float64 copy with weights ~ N(0, 0.1^2) (away from the
-    near-zero init, so every term matters) and 8 random images, with L = `z_draws`."""
+    model, else why not. Checked in float64 on a narrow model of the same class and N_z (16
+    hidden units, about 10 ms; the model itself if its class takes other arguments), with
+    weights ~ N(0, 0.1^2) (away from the near-zero init, so every term matters), 8 random
+    images and L = `z_draws`."""
     if model.likelihood != "bernoulli":
         return f"it covers the Bernoulli decoder only, not {model.likelihood!r}"
     gen = torch.Generator().manual_seed(0)
-    auto = copy.deepcopy(model).to("cpu", torch.float64)
+    try:
+        x_dim = model.enc.weight.shape[1]
+        auto = type(model)(model.nz, 16, x_dim, model.likelihood, model.fixed_logvar)
+    except (TypeError, AttributeError):
+        auto = copy.deepcopy(model)
+    auto = auto.to("cpu", torch.float64)
     with torch.no_grad():
         for p in auto.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
@@ -172,10 +179,8 @@ def covers(model: VAE, z_draws: int = 1) -> str | None:
     except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         return f"it does not run on this model ({type(err).__name__}: {err})"
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):
-        if (
-            a.grad is None
-            or b.grad is None
-            or not torch.allclose(b.grad, a.grad, rtol=1e-7, atol=1e-10)
-        ):
+        if a.grad is None or b.grad is None:
+            return f"it leaves the gradient of {name} out"
+        if (b.grad - a.grad).abs().max() > 1e-7 * a.grad.abs().max() + 1e-10:
             return f"its gradient of {name} differs from autograd's through this model's forward"
     return None

@@ -60,14 +60,17 @@ def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, caps
     assert "training samples/s by N_z 3:" in plan and "evaluation" in plan
     assert "model 2/2 (N_z=5 seed 0):" in err and "left" in err
     lines = err.splitlines()
-    table = lines[next(i for i, line in enumerate(lines) if line.split()[:2] == ["N_z", "seeds"]) :]
+    start = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["method", "N_z", "seeds"]
+    )
+    table = lines[start:]
     assert table[0].split() == [
-        "N_z", "seeds", "samples", "train", "ELBO", "train", "sd", "paper", "train", "train",
-        "diff", "test", "ELBO", "test", "sd", "paper", "test", "test", "diff",
+        "method", "N_z", "seeds", "samples", "train", "ELBO", "train", "sd", "paper", "train",
+        "train", "diff", "test", "ELBO", "test", "sd", "paper", "test", "test", "diff",
     ]  # fmt: skip
     # one seed: no sd; the paper's N_z = 3 curve shows no value at 4e3 samples
     row = table[1].split()
-    assert row[:3] == ["3", "1", "4e3"] and row[4:6] == ["–", "–"] and float(row[3]) < -100
+    assert row[:4] == ["aevb", "3", "1", "4e3"] and row[5:7] == ["–", "–"] and float(row[4]) < -100
     last = pd.read_csv(out / "nz5-seed0.csv").iloc[-1]
     assert f"{last.train_elbo:.2f}" in table[2] and f"{last.test_elbo:.2f}" in table[2]
     assert "Trained in" in err

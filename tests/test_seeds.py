@@ -133,7 +133,7 @@ def test_a_run_json_that_is_not_one_sweep_is_refused(sweep, tmp_path, capsys):
     refused(
         ["reproduce", "--resume", str(folder), "--no-plot"],
         capsys,
-        "not one config over every (N_z, seed) pair",
+        "not one config over every (method, N_z, seed)",
         "lr: 0.02 != 0.5",
     )
 
@@ -244,14 +244,15 @@ def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
     _synthetic_sweep(tmp_path, 20, offsets, [1e5, 2e6, 1e7])
     assert main(["compare", str(tmp_path), "--at", "1e7", "3e7"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| N_z | split | ours at 1e7 | paper at 1e7 | diff at 1e7 |")
+    assert lines[0].startswith("| method | N_z | split | ours at 1e7 | paper at 1e7 | diff at")
     paper = float(paper_elbo(20, "train", 1e7))
     sd = np.std(offsets, ddof=1)
     train = lines[2].split(" | ")
-    assert train[2] == f"{paper + 1.0:.2f} ± {sd:.2f}" and train[3] == f"{paper:.2f}"
-    assert train[4] == f"+1.00 (+{1.0 / sd:.1f} sd)"
-    assert train[5:8] == ["–", "–", "–"]  # 3e7 was not logged
-    assert train[8] == "2 / 2 |"  # the paper inside the band at both covered points
+    assert train[:3] == ["| aevb", "20", "train"]
+    assert train[3] == f"{paper + 1.0:.2f} ± {sd:.2f}" and train[4] == f"{paper:.2f}"
+    assert train[5] == f"+1.00 (+{1.0 / sd:.1f} sd)"
+    assert train[6:9] == ["–", "–", "–"]  # 3e7 was not logged
+    assert train[9] == "2 / 2 |"  # the paper inside the band at both covered points
 
 
 def test_stacked_trains_each_seed_as_separate_runs(sweep, tmp_path, data_root):

@@ -166,7 +166,7 @@ def _tier2(
         cfg = ref_meta["config"]
         if nz is not None and cfg["nz"] not in nz:
             continue
-        files = RunFiles.of(run_dir, cfg["nz"], cfg["seed"])
+        files = RunFiles.of_config(run_dir, cfg)
         if not files.json.exists() or not files.csv.exists():
             problems.append(f"tier 2, N_z={cfg['nz']}: {files.stem}.csv/.json missing in {run_dir}")
             continue

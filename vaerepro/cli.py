@@ -19,7 +19,9 @@ from .check import TOLERANCE_MODES, check_run
 from .compare import compare_run, fidelity_table, write_comparison
 from .config import (
     BINARIZE,
+    DREAMS,
     LIKELIHOODS,
+    METHODS,
     OPTIMIZERS,
     PAPER_NZ,
     PRESETS,
@@ -114,6 +116,13 @@ def add_reproduce_parser(sub) -> None:
         nargs="+",
         help=f"latent sizes N_z (default: {' '.join(map(str, PAPER_NZ))})",
     )
+    p.add_argument(
+        "--method",
+        nargs="+",
+        choices=METHODS,
+        help="aevb (the paper's algorithm), wakesleep (its baseline in Fig. 2), or both: "
+        "every N_z and seed under each (default: aevb)",
+    )
     seeds = p.add_mutually_exclusive_group()
     seed_help = next(f for f in dataclasses.fields(TrainConfig) if f.name == "seed").metadata
     seeds.add_argument("--seed", type=int, help=f"{seed_help['help']} (default: 0)")
@@ -182,10 +191,12 @@ def add_reproduce_parser(sub) -> None:
     add_config_options(p)
 
 
-# Config fields with options of their own: --nz takes a list, --seed/--seeds choose the seeds.
-SWEPT = ("nz", "seed")
+# Config fields with options of their own: --nz and --method take lists, --seed/--seeds choose
+# the seeds.
+SWEPT = ("nz", "seed", "method")
 OVERRIDES = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in SWEPT)
 CHOICES = {
+    "dreams": DREAMS,
     "likelihood": LIKELIHOODS,
     "optimizer": OPTIMIZERS,
     "sampling": SAMPLINGS,
@@ -229,8 +240,9 @@ def requested_sweep(args: argparse.Namespace) -> Sweep:
     name = args.preset or "paper"
     changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     seeds = args.seeds or [0 if args.seed is None else args.seed]
+    nzs = args.nz or list(PAPER_NZ)
     try:
-        return Sweep.of(name, preset(name).replace(**changes), args.nz or list(PAPER_NZ), seeds)
+        return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
@@ -251,6 +263,8 @@ def resume_conflicts(args: argparse.Namespace, sweep: Sweep) -> None:
         given.append(f"--preset {args.preset} (recorded: {sweep.preset})")
     if args.nz is not None and sorted(args.nz) != sorted(sweep.nzs):
         given.append(f"--nz {' '.join(map(str, args.nz))} (recorded: {list(sweep.nzs)})")
+    if args.method is not None and sorted(args.method) != sorted(sweep.methods):
+        given.append(f"--method {' '.join(args.method)} (recorded: {list(sweep.methods)})")
     seeds = args.seeds or ([args.seed] if args.seed is not None else None)
     if seeds is not None and sorted(seeds) != sorted(sweep.seeds):
         given.append(f"--seed(s) {' '.join(map(str, seeds))} (recorded: {list(sweep.seeds)})")
@@ -283,7 +297,7 @@ def folder_conflicts(out: Path, sweep: Sweep, resume: bool, overwrite: bool) -> 
                 + "\nA run folder holds one sweep: use another --out, --overwrite to replace "
                 f"the whole sweep, or --resume {out} to continue the recorded one."
             )
-        ours = {RunFiles.of(out, c.nz, c.seed).stem for c in recorded.configs}
+        ours = {RunFiles.of_config(out, c).stem for c in recorded.configs}
     else:
         ours = set()
     foreign = sorted(
@@ -327,6 +341,8 @@ def check_output_folder(out: Path, label: str, plot: bool) -> None:
 
 def validate_reproduce_args(args: argparse.Namespace, sweep: Sweep) -> Path:
     """Every check of the options that needs no data; returns the run folder."""
+    if args.stacked and "wakesleep" in sweep.methods:
+        raise UsageError("--stacked trains AEVB models only; wake-sleep trains one at a time")
     if args.stacked and (args.autograd or (reason := covers(VAE.from_config(sweep.base)))):
         raise UsageError(
             "--stacked runs the hand-written gradient for several models at once, but "
@@ -347,7 +363,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     folder_conflicts(out, sweep, bool(args.resume), args.overwrite)
     device = resolve_device(args.device)
     configs = sweep.configs
-    files = {c: RunFiles.of(out, c.nz, c.seed) for c in configs}
+    files = {c: RunFiles.of_config(out, c) for c in configs}
     plan = {c: run_status(files[c], c, bool(args.resume), args.overwrite, device) for c in configs}
     pending = [c for c in configs if plan[c] != "skip"]
     jobs, threads = parallelism(args, device, len(pending))
@@ -364,16 +380,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         write_run_json(sweep, str(resolve_data_root(data_root)), out)
         print(
             f"run folder: {out}  device: {device}  preset: {sweep.preset}  "
-            f"N_z: {' '.join(map(str, sweep.nzs))}  seeds: {' '.join(map(str, sweep.seeds))}",
+            f"N_z: {' '.join(map(str, sweep.nzs))}  seeds: {' '.join(map(str, sweep.seeds))}  "
+            f"method: {' '.join(sweep.methods)}",
             file=sys.stderr,
         )
         for cfg in configs:
             if plan[cfg] == "skip":
-                print(f"N_z={cfg.nz} seed {cfg.seed}: finished already, skipped", file=sys.stderr)
+                print(
+                    f"{_method(cfg)}N_z={cfg.nz} seed {cfg.seed}: finished already, skipped",
+                    file=sys.stderr,
+                )
         # --stacked: per seed, all its pending N_z in one stacked step; else one model at a time
         groups = [[c] for c in pending]
         if args.stacked:
-            groups = [[c for c in pending if c.seed == s] for s in sweep.seeds]
+            keys = [(m, s) for m in sweep.methods for s in sweep.seeds]
+            groups = [[c for c in pending if (c.method, c.seed) == k] for k in keys]
             groups = [g for g in groups if g]
         expected = [max(estimate.seconds(c, done[c]) for c in g) if estimate else 0 for g in groups]
         if pending:
@@ -398,7 +419,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"Resume with: vaerepro reproduce --resume {out}", file=sys.stderr)
                 return status
         for i, group in enumerate(groups if jobs == 1 else []):
-            names = ", ".join(f"N_z={c.nz} seed {c.seed}" for c in group)
+            names = ", ".join(f"{_method(c)}N_z={c.nz} seed {c.seed}" for c in group)
             label = f"model {i + 1}/{len(groups)}"
             if len(group) > 1:
                 label = f"{len(group)} models in one stacked step"
@@ -444,6 +465,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         report = make_figures(out, data_root or _recorded_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
+
+
+def _method(cfg: TrainConfig) -> str:
+    """ "wakesleep " for wake-sleep models in messages, "" for AEVB (the default)."""
+    return "" if cfg.method == "aevb" else f"{cfg.method} "
 
 
 def parallelism(args: argparse.Namespace, device: torch.device, models: int) -> tuple[int, int]:
@@ -496,16 +522,19 @@ def _plan_line(
 
 
 def final_summary(out: Path) -> pd.DataFrame:
-    """Per N_z at the last logged point: seeds, our mean ELBO and its sd over seeds per split,
-    the paper's value there and mean - paper (nats per datapoint; – where the paper's printed
-    curve has none, or sd with one seed)."""
+    """Per method and N_z at the last logged point: seeds, our mean ELBO and its sd over seeds
+    per split, the paper's value there and mean - paper (nats per datapoint; – where the
+    paper's printed curve has none, or sd with one seed)."""
     detail, _ = compare_run(out)
-    last = detail.groupby(["nz", "split"]).tail(1)
-    wide = last.pivot(
-        index="nz", columns="split", values=["samples", "seeds", "mean", "sd", "paper", "diff"]
-    )
-    table = {"N_z": wide.index, "seeds": wide["seeds"]["train"].astype(int).to_numpy()}
-    table["samples"] = [count_text(s) for s in wide["samples"]["train"]]
+    last = detail.groupby(["method", "nz", "split"]).tail(1)
+    values = ["samples", "seeds", "mean", "sd", "paper", "diff"]
+    wide = last.pivot(index=["method", "nz"], columns="split", values=values)
+    table = {
+        "method": wide.index.get_level_values("method"),
+        "N_z": wide.index.get_level_values("nz"),
+        "seeds": wide["seeds"]["train"].astype(int).to_numpy(),
+        "samples": [count_text(s) for s in wide["samples"]["train"]],
+    }
     for split in ("train", "test"):
         table[f"{split} ELBO"] = wide["mean"][split].to_numpy()
         table[f"{split} sd"] = wide["sd"][split].to_numpy()

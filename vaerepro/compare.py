@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import METHODS
 from .plan import count as plan_count
 from .records import load_run
 from .reference import SOURCE, paper_elbo, paper_gap
@@ -17,10 +18,11 @@ from .writes import atomic_write_bytes, write_csv
 
 def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:
     """Every logged value of `term` (elbo, loglik or kl; nats per datapoint) in long form:
-    columns nz, seed, split, samples, value."""
+    columns method, nz, seed, split, samples, value."""
     parts = [
         pd.DataFrame(
             {
+                "method": meta["config"]["method"],
                 "nz": meta["config"]["nz"],
                 "seed": meta["config"]["seed"],
                 "split": split,
@@ -35,29 +37,31 @@ def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd
 
 
 def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
-    """Per nz, split and samples: seeds, mean, sd (over seeds, ddof 1; NaN for one seed),
-    min and max of the values in `values` (from `seed_values`)."""
+    """Per method, nz, split and samples: seeds, mean, sd (over seeds, ddof 1; NaN for one
+    seed), min and max of the values in `values` (from `seed_values`)."""
     return (
-        values.groupby(["nz", "split", "samples"], sort=True)
+        values.groupby(["method", "nz", "split", "samples"], sort=True)
         .value.agg(seeds="size", mean="mean", sd="std", min="min", max="max")
         .reset_index()
-        .sort_values(["nz", "split", "samples"], key=_train_first)
+        .sort_values(["method", "nz", "split", "samples"], key=_in_order)
         .reset_index(drop=True)
     )
 
 
-def _train_first(column: pd.Series) -> pd.Series:
-    return column.map({"train": 0, "test": 1}) if column.name == "split" else column
+def _in_order(column: pd.Series) -> pd.Series:
+    """AEVB before wake-sleep, train before test."""
+    order = {"split": {"train": 0, "test": 1}, "method": {m: i for i, m in enumerate(METHODS)}}
+    return column.map(order[column.name]) if column.name in order else column
 
 
 def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(detail, summary) for the models of a run folder, over its seeds.
 
-    detail, per nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
+    detail, per method, nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
     (its value; NaN where the printed curve shows none, paper_gap says why), diff = mean -
     paper (nats per datapoint; positive: our bound is higher), diff_in_sd = diff / sd, and
     inside: whether the paper lies in our band [min, max] (NaN for one seed or no paper).
-    summary, per nz and split: seeds, logged points, the `points` the paper covers, the
+    summary, per method, nz and split: seeds, logged points, the `points` the paper covers, the
     `banded` ones among them (two or more seeds there), the fraction of those with the paper
     inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and the diff at the
     last covered point.
@@ -65,16 +69,16 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     detail = seed_bands(seed_values(load_run(folder)))
     paper = np.full(len(detail), np.nan)
     gap = np.full(len(detail), "", dtype=object)
-    for (nz, split), rows in detail.groupby(["nz", "split"]).groups.items():
-        paper[rows] = paper_elbo(nz, split, detail.samples[rows])
-        gap[rows] = paper_gap(nz, split, detail.samples[rows])
+    for (method, nz, split), rows in detail.groupby(["method", "nz", "split"]).groups.items():
+        paper[rows] = paper_elbo(nz, split, detail.samples[rows], method)
+        gap[rows] = paper_gap(nz, split, detail.samples[rows], method)
     diff = detail["mean"] - paper
     band = (detail.seeds >= 2) & ~np.isnan(paper)
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
     detail = detail.assign(
         paper=paper, diff=diff, diff_in_sd=diff / detail.sd, inside=inside, paper_gap=gap
     )
-    keys = ["nz", "split"]
+    keys = ["method", "nz", "split"]
     logged = detail.groupby(keys, sort=False).agg(
         seeds=("seeds", "max"), logged=("samples", "size")
     )
@@ -100,12 +104,13 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -> pd.DataFrame:
-    """The README's table: per N_z and split, at each sample count of `at`, our mean ± sd over
-    seeds, the paper's value and the distance (mean - paper, nats, and in seed sds); then over
-    every logged point the paper covers, how many lie inside our band (min to max over seeds)."""
+    """The README's table: per method, N_z and split, at each sample count of `at`, our mean
+    ± sd over seeds, the paper's value and the distance (mean - paper, nats, and in seed
+    sds); then over every logged point the paper covers, how many lie inside our band (min
+    to max over seeds)."""
     rows = []
-    for (nz, split), points in detail.groupby(["nz", "split"], sort=False):
-        row = {"N_z": nz, "split": split}
+    for (method, nz, split), points in detail.groupby(["method", "nz", "split"], sort=False):
+        row = {"method": method, "N_z": nz, "split": split}
         points = points.set_index("samples")
         for n in at:
             label = plan_count(n)
@@ -119,7 +124,7 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
                 diff += f" ({p.diff_in_sd:+.1f} sd)"
             paper = "–" if np.isnan(p.paper) else f"{p.paper:.2f}"
             row |= {f"ours at {label}": ours, f"paper at {label}": paper, f"diff at {label}": diff}
-        s = summary.set_index(["nz", "split"]).loc[(nz, split)]
+        s = summary.set_index(["method", "nz", "split"]).loc[(method, nz, split)]
         inside = "–" if np.isnan(s.inside) else f"{round(s.inside * s.banded)} / {int(s.banded)}"
         row["paper in our band (logged points)"] = inside
         rows.append(row)

@@ -17,6 +17,8 @@ OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
 SAMPLINGS = ("replacement", "epoch")
 BINARIZE = ("none", "dynamic", "fixed")
 LIKELIHOODS = ("bernoulli", "gaussian")
+METHODS = ("aevb", "wakesleep")
+DREAMS = ("sampled", "mean")
 
 
 def _field(default, help: str):
@@ -39,6 +41,16 @@ class TrainConfig:
     )
     gaussian_logvar: float | None = _field(
         None, "fixed log sigma^2 of the Gaussian decoder (default: learned per pixel)"
+    )
+    method: str = _field(
+        "aevb",
+        "aevb: the paper's algorithm (the reparameterized ELBO gradient); wakesleep: its "
+        "baseline, the wake-sleep algorithm, on the same model (wakesleep.py)",
+    )
+    dreams: str = _field(
+        "sampled",
+        "wakesleep: the sleep phase's dreams x ~ p(x|z) as Bernoulli samples (sampled) or as "
+        "the pixel probabilities (mean)",
     )
     z_draws: int = _field(
         1, "L, draws of z per datapoint in the Monte Carlo estimate of E_q[log p(x|z)]"
@@ -127,6 +139,8 @@ class TrainConfig:
             (self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}"),
             (self.binarize in BINARIZE, f"binarize must be one of {BINARIZE}"),
             (self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}"),
+            (self.method in METHODS, f"method must be one of {METHODS}"),
+            (self.dreams in DREAMS, f"dreams must be one of {DREAMS}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (self.eval_seed_stride >= 1, "eval_seed_stride must be >= 1"),
@@ -179,22 +193,32 @@ def preset(name: str) -> TrainConfig:
 
 @dataclass(frozen=True)
 class Sweep:
-    """What one run folder holds: one config trained for every (N_z, seed) pair."""
+    """What one run folder holds: one config trained for every (method, N_z, seed)."""
 
     preset: str | None
-    base: TrainConfig  # the shared config; its nz and seed are the first pair's
+    base: TrainConfig  # the shared config; its method, nz and seed are the first model's
     nzs: tuple[int, ...]
     seeds: tuple[int, ...]
+    methods: tuple[str, ...] = ("aevb",)
 
     @classmethod
-    def of(cls, preset: str | None, base: TrainConfig, nzs: list[int], seeds: list[int]) -> Sweep:
-        """ValueError naming a repeated N_z or seed, or the first invalid config field."""
-        for name, values in (("N_z", nzs), ("seed", seeds)):
+    def of(
+        cls,
+        preset: str | None,
+        base: TrainConfig,
+        nzs: list[int],
+        seeds: list[int],
+        methods: list[str] | None = None,
+    ) -> Sweep:
+        """ValueError naming a repeated N_z, seed or method, or the first invalid field."""
+        methods = list(methods or [base.method])
+        for name, values in (("N_z", nzs), ("seed", seeds), ("method", methods)):
             if not values:
                 raise ValueError(f"a sweep needs at least one {name}")
             if len(set(values)) != len(values):
                 raise ValueError(f"the {name} list names a value twice: {list(values)}")
-        sweep = cls(preset, base.replace(nz=nzs[0], seed=seeds[0]), tuple(nzs), tuple(seeds))
+        first = base.replace(nz=nzs[0], seed=seeds[0], method=methods[0])
+        sweep = cls(preset, first, tuple(nzs), tuple(seeds), tuple(methods))
         for cfg in sweep.configs:
             cfg.validate()
         return sweep
@@ -202,10 +226,11 @@ class Sweep:
     @classmethod
     def from_configs(cls, preset: str | None, configs: list[TrainConfig]) -> Sweep:
         """The sweep whose configs these are; ValueError when they are not one config over
-        every (N_z, seed) pair in the sweep's order."""
+        every (method, N_z, seed) in the sweep's order."""
         nzs = list(dict.fromkeys(c.nz for c in configs))
         seeds = list(dict.fromkeys(c.seed for c in configs))
-        sweep = cls.of(preset, configs[0], nzs, seeds)
+        methods = list(dict.fromkeys(c.method for c in configs))
+        sweep = cls.of(preset, configs[0], nzs, seeds, methods)
         if sweep.configs != list(configs):
             expected = sweep.configs
             diff = [
@@ -216,35 +241,50 @@ class Sweep:
                 )
             ]
             raise ValueError(
-                "the configs are not one config over every (N_z, seed) pair in order "
-                f"(seed-major): {'; '.join(diff) or 'a pair is missing or repeated'}"
+                "the configs are not one config over every (method, N_z, seed) in the sweep's "
+                f"order: {'; '.join(diff) or 'a model is missing or repeated'}"
             )
         return sweep
 
     @property
     def configs(self) -> list[TrainConfig]:
-        """One config per (N_z, seed), seed-major: every N_z of a seed trains before the next
-        seed starts, so a sweep stopped early holds whole seeds."""
-        return [self.base.replace(nz=nz, seed=s) for s in self.seeds for nz in self.nzs]
+        """One config per (method, N_z, seed): method by method, and within a method seed by
+        seed (every N_z of a seed trains before the next seed starts, so a sweep stopped early
+        holds whole seeds)."""
+        return [
+            self.base.replace(method=m, nz=nz, seed=s)
+            for m in self.methods
+            for s in self.seeds
+            for nz in self.nzs
+        ]
 
     def differences(self, other: Sweep) -> list[str]:
         """Human-readable lines for everything in which `other` differs from this sweep."""
         lines = []
         if self.preset != other.preset:
             lines.append(f"preset: {self.preset!r} != {other.preset!r}")
+        if sorted(self.methods) != sorted(other.methods):
+            lines.append(f"methods: {list(self.methods)} != {list(other.methods)}")
         if sorted(self.nzs) != sorted(other.nzs):
             lines.append(f"N_z: {list(self.nzs)} != {list(other.nzs)}")
         if sorted(self.seeds) != sorted(other.seeds):
             lines.append(f"seeds: {list(self.seeds)} != {list(other.seeds)}")
         mine, theirs = self.base.to_dict(), other.base.to_dict()
         for d in (mine, theirs):
-            del d["nz"], d["seed"]
+            del d["nz"], d["seed"], d["method"]
         return lines + config_diff(mine, theirs)
 
 
 # Fields added after results were published, with the value that reproduces the behaviour
 # before them (their default): a config recorded without them is read with these.
-ADDED_FIELDS = ("adagrad_eps_inside", "adagrad_eps_outside", "eval_chunk", "eval_seed_stride")
+ADDED_FIELDS = (
+    "adagrad_eps_inside",
+    "adagrad_eps_outside",
+    "eval_chunk",
+    "eval_seed_stride",
+    "method",
+    "dreams",
+)
 
 
 # Fields renamed since: old name -> new name ("samples" now means training samples only).

@@ -30,6 +30,7 @@ and each bias gets the column sums of the gradient that reaches its layer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -152,14 +153,24 @@ class BernoulliGradients:
         affine_grads(d_a1, xs, self.enc_w_grad, self.enc_b_grad)
 
 
-def covers(model: VAE, z_draws: int = 1) -> str | None:
-    """None when the hand-written gradient equals autograd's through `model.forward` for this
-    model, else why not. Checked in float64 on a narrow model of the same class and N_z (16
-    hidden units, about 10 ms; the model itself if its class takes other arguments), with
+def covers(
+    model: VAE,
+    z_draws: int = 1,
+    loss: Callable | None = None,
+    hand_written: Callable | None = None,
+) -> str | None:
+    """None when a hand-written gradient equals autograd's of its loss for this model, else
+    why not. By default the AEVB pair: -ELBO through `model.forward` and BernoulliGradients;
+    `loss(model, x, z_draws, generator)` and `hand_written([model], batch_size, z_draws)` give
+    another (wakesleep.py). Checked in float64 on a narrow model of the same class and N_z
+    (16 hidden units, about 10 ms; the model itself if its class takes other arguments), with
     weights ~ N(0, 0.1^2) (away from the near-zero init, so every term matters), 8 random
     images and L = `z_draws`."""
     if model.likelihood != "bernoulli":
         return f"it covers the Bernoulli decoder only, not {model.likelihood!r}"
+    if loss is None:
+        loss = lambda m, x, draws, gen: -m(x, draws, gen).elbo.mean()  # noqa: E731
+        hand_written = BernoulliGradients
     gen = torch.Generator().manual_seed(0)
     try:
         x_dim = model.enc.weight.shape[1]
@@ -173,9 +184,8 @@ def covers(model: VAE, z_draws: int = 1) -> str | None:
     manual = copy.deepcopy(auto)
     try:
         x = torch.rand((8, auto.enc.weight.shape[1]), generator=gen, dtype=torch.float64)
-        loss = -auto(x, z_draws, torch.Generator().manual_seed(1)).elbo.mean()
-        loss.backward()
-        BernoulliGradients([manual], len(x), z_draws)(x[None], [torch.Generator().manual_seed(1)])
+        loss(auto, x, z_draws, torch.Generator().manual_seed(1)).backward()
+        hand_written([manual], len(x), z_draws)(x[None], [torch.Generator().manual_seed(1)])
     except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         return f"it does not run on this model ({type(err).__name__}: {err})"
     for (name, a), b in zip(auto.named_parameters(), manual.parameters(), strict=True):

@@ -96,7 +96,8 @@ def train_in_parallel(
         while queue or running:
             while queue and len(running) < jobs and not status:
                 i, cfg = queue.pop(0)
-                label = f"model {i}/{len(configs)} (N_z={cfg.nz} seed {cfg.seed})"
+                method = "" if cfg.method == "aevb" else f"{cfg.method} "
+                label = f"model {i}/{len(configs)} ({method}N_z={cfg.nz} seed {cfg.seed})"
                 args = (cfg, str(out), device, resume[cfg], preset, data_root, threads)
                 proc = ctx.Process(target=_worker, args=(*args, label, autograd, os.getpid()))
                 proc.start()

@@ -42,7 +42,7 @@ OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")
 
 
 # What `reproduce` writes into a run folder (and `--overwrite` may therefore remove).
-OWN_MODEL_FILE = re.compile(r"^nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
+OWN_MODEL_FILE = re.compile(r"^(wakesleep-)?nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
 
 
 RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per model
@@ -59,14 +59,21 @@ OWN_FIGURE = re.compile(
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files of one model (one N_z and seed) in a run folder."""
+    """The files of one model (one method, N_z and seed) in a run folder."""
 
     folder: Path
-    stem: str  # "nz{N_z}-seed{seed}"
+    stem: str  # "nz{N_z}-seed{seed}", prefixed "wakesleep-" for wake-sleep
 
     @classmethod
-    def of(cls, folder: str | os.PathLike, nz: int, seed: int) -> RunFiles:
-        return cls(Path(folder), f"nz{nz}-seed{seed}")
+    def of(cls, folder: str | os.PathLike, nz: int, seed: int, method: str = "aevb") -> RunFiles:
+        prefix = "" if method == "aevb" else f"{method}-"
+        return cls(Path(folder), f"{prefix}nz{nz}-seed{seed}")
+
+    @classmethod
+    def of_config(cls, folder: str | os.PathLike, cfg) -> RunFiles:
+        """The files of the model of `cfg` (a TrainConfig, or its JSON form)."""
+        get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+        return cls.of(folder, get("nz"), get("seed"), get("method", "aevb"))
 
     @property
     def csv(self) -> Path:

@@ -24,6 +24,10 @@ from .writes import atomic_write_bytes  # noqa: E402
 
 PAPER_COLOUR = "0.65"  # muted grey for the paper's curves
 OURS_COLOUR = "tab:red"  # the paper draws AEVB in red
+WAKESLEEP_COLOUR = "tab:green"  # and wake-sleep in green
+PAPER_COLOURS = {"aevb": PAPER_COLOUR, "wakesleep": "#9fd39f"}  # the paper's, muted
+OUR_COLOURS = {"aevb": OURS_COLOUR, "wakesleep": WAKESLEEP_COLOUR}
+NAMES = {"aevb": "AEVB", "wakesleep": "wake-sleep"}
 PAPER_XLIM = (1e5, 10**8.39794)  # the paper's MNIST panels
 PAPER_YLIM = (-150, -95)
 
@@ -58,23 +62,26 @@ def _row_of_panels(n: int, height: float = 3.2):
     return fig, axes[0]
 
 
-def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str) -> None:
+def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str, method: str = "aevb") -> None:
     """Our curve of one split in one panel: the mean over seeds, and with two or more seeds
-    a shaded band from their min to their max. `bands` is one N_z's `seed_bands`."""
+    a shaded band from their min to their max. `bands` is one method's and N_z's
+    `seed_bands`; wake-sleep is labelled and coloured as such (green), AEVB red."""
     rows = bands[bands.split == split]
     seeds = int(rows.seeds.max())
     rows = rows[rows.seeds == seeds]  # a sweep in progress: only where every seed has a value
-    label = f"ours ({split})" if seeds == 1 else f"ours, mean of {seeds} seeds ({split})"
-    ax.plot(rows.samples, rows["mean"], style, color=OURS_COLOUR, lw=1.8, label=label)
+    ours = "ours" if method == "aevb" else f"ours {NAMES[method]}"
+    label = f"{ours} ({split})" if seeds == 1 else f"{ours}, mean of {seeds} seeds ({split})"
+    colour = OUR_COLOURS[method]
+    ax.plot(rows.samples, rows["mean"], style, color=colour, lw=1.8, label=label)
     if seeds > 1:
         ax.fill_between(
             rows.samples,
             rows["min"],
             rows["max"],
-            color=OURS_COLOUR,
+            color=colour,
             alpha=0.25 if split == "train" else 0.12,
             lw=0,
-            label=f"ours, min to max over seeds ({split})",
+            label=f"{ours}, min to max over seeds ({split})",
         )
 
 
@@ -89,18 +96,22 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     xlim, ylim, widened = fig2_limits(runs)
     nzs = sorted(bands.nz.unique())
     fig, axes = _row_of_panels(len(nzs))
+    methods = list(dict.fromkeys(bands.method))
     for ax, nz in zip(axes, nzs, strict=True):
-        for split, style in (("train", "-"), ("test", "--")):
-            curve = ref[(ref.n_z == nz) & (ref.split == split)]
-            ax.plot(
-                curve.samples,
-                curve.elbo,
-                style,
-                color=PAPER_COLOUR,
-                lw=1.5,
-                label=f"paper AEVB ({split})",
-            )
-            _draw_ours(ax, bands[bands.nz == nz], split, style)
+        for method in methods:
+            for split, style in (("train", "-"), ("test", "--")):
+                curve = ref[(ref.n_z == nz) & (ref.split == split) & (ref.method == method)]
+                ax.plot(
+                    curve.samples,
+                    curve.elbo,
+                    style,
+                    color=PAPER_COLOURS[method],
+                    lw=1.5,
+                    label=f"paper {NAMES[method]} ({split})",
+                )
+                ours = bands[(bands.nz == nz) & (bands.method == method)]
+                if len(ours):
+                    _draw_ours(ax, ours, split, style, method)
         ax.set(
             xscale="log",
             xlim=xlim,
@@ -129,12 +140,16 @@ def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     seeds, with the min-to-max band when there are several)."""
     terms = {term: seed_bands(seed_values(runs, term)) for term in ("loglik", "kl")}
     nzs = sorted(terms["kl"].nz.unique())
+    methods = list(dict.fromkeys(terms["kl"].method))
     fig, axes = plt.subplots(2, len(nzs), figsize=(2.9 * len(nzs), 5.6), squeeze=False, sharex=True)
     for col, nz in enumerate(nzs):
         for row, bands in enumerate(terms.values()):
             ax = axes[row, col]
-            for split, style in (("train", "-"), ("test", "--")):
-                _draw_ours(ax, bands[bands.nz == nz], split, style)
+            for method in methods:
+                ours = bands[(bands.nz == nz) & (bands.method == method)]
+                for split, style in (("train", "-"), ("test", "--")):
+                    if len(ours):
+                        _draw_ours(ax, ours, split, style, method)
             ax.set(xscale="log")
             ax.grid(alpha=0.3, which="both", lw=0.5)
         axes[0, col].set_title(f"$N_z = {nz}$")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Sweep, TrainConfig, upgrade
+from .config import METHODS, Sweep, TrainConfig, upgrade
 from .layout import CSV_COLUMNS, RUN_JSON, RunFiles, RunFolderError
 from .writes import sha256, write_json
 
@@ -129,6 +129,7 @@ RUN_FIELDS: dict[str, tuple[type, ...]] = {
     "preset": (str, type(None)),
     "nz": (list,),
     "seeds": (list,),
+    "methods": (list,),
     "configs": (list,),
     "data_root": (str, type(None)),
 }
@@ -185,7 +186,7 @@ def read_run_json(path: Path) -> tuple[Sweep, str | None]:
         sweep = Sweep.from_configs(obj.get("preset"), configs)
     except ValueError as err:
         raise RunFolderError(f"{path}: {err}") from err
-    for key, values in (("nz", sweep.nzs), ("seeds", sweep.seeds)):
+    for key, values in (("nz", sweep.nzs), ("seeds", sweep.seeds), ("methods", sweep.methods)):
         if key in obj and obj[key] != list(values):
             raise RunFolderError(f"{path}: {key} {obj[key]} does not match its configs")
     return sweep, obj.get("data_root")
@@ -198,6 +199,7 @@ def write_run_json(sweep: Sweep, data_root: str | None, folder: Path) -> None:
         "preset": sweep.preset,
         "nz": list(sweep.nzs),
         "seeds": list(sweep.seeds),
+        "methods": list(sweep.methods),
         "configs": [c.to_dict() for c in sweep.configs],
         "data_root": data_root,
     }
@@ -225,7 +227,7 @@ def _has_rows(csv: Path) -> bool:
 
 
 def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
-    """Every model of a run folder as (metadata, CSV rows), sorted by N_z, then seed.
+    """Every model of a run folder as (metadata, CSV rows), sorted by method, N_z, seed.
 
     With a run.json, exactly the models it lists that have logged an evaluation (other files
     in the folder are not read); without one (older folders), every nz*-seed*.json. RunFolderError
@@ -236,7 +238,7 @@ def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
         raise RunFolderError(f"run folder {folder} does not exist")
     if (folder / RUN_JSON).exists():
         sweep, _ = read_run_json(folder / RUN_JSON)
-        metas = [RunFiles.of(folder, c.nz, c.seed).json for c in sweep.configs]
+        metas = [RunFiles.of_config(folder, c).json for c in sweep.configs]
         metas = [p for p in metas if p.exists() and _has_rows(p.with_suffix(".csv"))]
     else:
         metas = sorted(folder.glob("nz*-seed*.json"))
@@ -249,4 +251,11 @@ def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
         if not csv.exists():
             raise RunFolderError(f"run CSV {csv} is missing (its metadata {path.name} exists)")
         runs.append((meta, read_csv(csv)))
-    return sorted(runs, key=lambda r: (r[0]["config"]["nz"], r[0]["config"]["seed"]))
+    return sorted(
+        runs,
+        key=lambda r: (
+            METHODS.index(r[0]["config"]["method"]),
+            r[0]["config"]["nz"],
+            r[0]["config"]["seed"],
+        ),
+    )

@@ -43,8 +43,13 @@ def make_figures(
         seed = seeds[0]
     elif seed not in seeds:
         raise RunFolderError(f"{run_dir} has no model of seed {seed}; its seeds: {seeds}")
-    chosen = [(m, df) for m, df in runs if m["config"]["seed"] == seed]
-    files = [RunFiles.of(run_dir, m["config"]["nz"], seed) for m, _ in chosen]
+    first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
+    chosen = [
+        (m, df)
+        for m, df in runs
+        if m["config"]["seed"] == seed and m["config"]["method"] == first_method
+    ]
+    files = [RunFiles.of_config(run_dir, m["config"]) for m, _ in chosen]
     models = [load_model(f) if f.weights.exists() else None for f in files]
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
@@ -86,25 +91,26 @@ def render_report(
 ) -> str:
     """REPORT.md's text. `summary` is compare_run's; `diagnostics` maps N_z to the per-model
     figures' results for `seed` (absent without final weights)."""
-    by_nz: dict[int, list[tuple[dict, pd.DataFrame]]] = {}
+    groups: dict[tuple[str, int], list[tuple[dict, pd.DataFrame]]] = {}
     for meta, df in runs:
-        by_nz.setdefault(meta["config"]["nz"], []).append((meta, df))
-    inside = summary.set_index(["nz", "split"]).inside
+        groups.setdefault((meta["config"]["method"], meta["config"]["nz"]), []).append((meta, df))
+    inside = summary.set_index(["method", "nz", "split"]).inside
     rows, speed = [], []
-    for nz, models in by_nz.items():
+    for (method, nz), models in groups.items():
         samples = min(df.samples.iloc[-1] for _, df in models)
         last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
-        row = {"N_z": nz, "seeds": len(models), "samples": count(samples)}
+        row = {"method": method, "N_z": nz, "seeds": len(models), "samples": count(samples)}
         for split in ("train", "test"):
             row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
-            row[f"paper {split}"] = float(paper_elbo(nz, split, samples))
-            row[f"paper in band ({split})"] = inside.get((nz, split), float("nan"))
-        diag = diagnostics.get(nz)
+            row[f"paper {split}"] = float(paper_elbo(nz, split, samples, method))
+            row[f"paper in band ({split})"] = inside.get((method, nz, split), float("nan"))
+        diag = diagnostics.get(nz) if method == runs[0][0]["config"]["method"] else None
         row[f"active units (seed {seed})"] = f"{diag['active_units']} / {nz}" if diag else "–"
         rows.append(row)
         device = models[0][0]["device"]
         speed.append(
             {
+                "method": method,
                 "N_z": nz,
                 "device": f"{device['type']} ({device['name']})",
                 "train samples/s (median)": pd.concat(
@@ -114,7 +120,7 @@ def render_report(
             }
         )
     meta = runs[0][0]
-    config = {k: v for k, v in meta["config"].items() if k not in ("nz", "seed")}
+    config = {k: v for k, v in meta["config"].items() if k not in ("nz", "seed", "method")}
     seeds = sorted({m["config"]["seed"] for m, _ in runs})
     git = sorted({str(m.get("git", {}).get("commit")) for m, _ in runs})
     dirty = any(m.get("git", {}).get("dirty") for m, _ in runs)
@@ -144,7 +150,7 @@ def render_report(
             f"(uncommitted changes: {dirty}); versions: "
             + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
             "",
-            "Config (every model; N_z and seed vary):",
+            "Config (every model; method, N_z and seed vary):",
             "",
             "```json",
             json.dumps(config, indent=2, sort_keys=True),

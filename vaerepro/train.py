@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import wakesleep
 from .config import TrainConfig, config_diff
 from .data import MinibatchIndices, MnistSplits, binarize_fixed
 from .evaluate import evaluate
@@ -32,6 +33,7 @@ from .model import VAE
 from .optim import make_optimizer
 from .provenance import environment_info
 from .records import load_torch, parse_config, read_csv, read_model_json
+from .wakesleep import WakeSleepGradients
 from .writes import atomic_write_bytes, sha256, torch_bytes, write_csv, write_json
 
 
@@ -232,6 +234,18 @@ class TrainStep:
         self.step(idxs, gens)
 
 
+def gradient_pair(cfg: TrainConfig) -> tuple[Callable, Callable]:
+    """(loss, hand_written) of cfg's method: the loss autograd differentiates,
+    loss(model, x (M, 784), z_draws, generator) -> scalar, and the hand-written gradient,
+    hand_written(models, batch_size, z_draws) -> a callable that writes every param.grad."""
+    if cfg.method == "wakesleep":
+        return (
+            lambda m, x, draws, gen: wakesleep.objective(m, x, draws, gen, cfg.dreams),
+            lambda ms, batch, draws: WakeSleepGradients(ms, batch, draws, cfg.dreams),
+        )
+    return (lambda m, x, draws, gen: -m(x, draws, gen).elbo.mean(), BernoulliGradients)
+
+
 def make_train_step(
     models: list[VAE],
     opts: list[torch.optim.Optimizer],
@@ -239,16 +253,18 @@ def make_train_step(
     train_x: torch.Tensor,
     autograd: bool = False,
 ) -> TrainStep:
-    """The training step of `models` (configs `cfg`, N_z aside).
+    """The training step of `models` (configs `cfg`, N_z aside) for cfg's method (AEVB or
+    wake-sleep).
 
-    The gradient is the hand-written one (gradients.py: autograd's numbers, far less overhead)
-    when it covers the model: `gradients.covers` checks it against autograd through the
-    model's forward, so an edited model (another activation, the Gaussian decoder) trains
-    through autograd, the same forward. `autograd=True` forces autograd (one model only).
+    The gradient is the hand-written one (gradients.py, wakesleep.py: autograd's numbers, far
+    less overhead) when it covers the model: `gradients.covers` checks it against autograd
+    through the model's forward, so an edited model (another activation, the Gaussian decoder)
+    trains through autograd, the same forward. `autograd=True` forces autograd (one model only).
     """
-    reason = "--autograd" if autograd else covers(models[0], cfg.z_draws)
+    loss, hand_written = gradient_pair(cfg)
+    reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
     if reason is None:
-        grads = BernoulliGradients(models, cfg.batch_size, cfg.z_draws)
+        grads = hand_written(models, cfg.batch_size, cfg.z_draws)
         gradient = "hand-written"
     else:
         if len(models) > 1:
@@ -270,7 +286,7 @@ def make_train_step(
         else:
             model, opt = models[0], opts[0]
             opt.zero_grad(set_to_none=True)
-            (-model(batch[0], cfg.z_draws, gens[0]).elbo.mean()).backward()
+            loss(model, batch[0], cfg.z_draws, gens[0]).backward()
         for opt in opts:
             opt.step()
 
@@ -296,7 +312,7 @@ class ModelRun:
     ):
         cfg.validate()
         self.cfg, self.device = cfg, device
-        self.files = RunFiles.of(out_dir, cfg.nz, cfg.seed)
+        self.files = RunFiles.of_config(out_dir, cfg)
         torch.manual_seed(cfg.seed)
         self.model = VAE.from_config(cfg).to(device)
         self.opt = make_optimizer(cfg, self.model)

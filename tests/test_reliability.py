@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vaerepro.cli import main
-from vaerepro.layout import CSV_COLUMNS
+from vaerepro.layout import CSV_COLUMNS, RunFolderError
 from vaerepro.optim import Adagrad
 from vaerepro.train import TrainingDiverged, train
 from vaerepro.writes import folder_lock
@@ -255,3 +255,73 @@ def test_cuda_or_mps_requested_where_absent(tmp_path, data_root, capsys, monkeyp
         assert main([*args, "--data-root", str(data_root)]) == 2
         assert f"--device {device} requested" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# --- Wake-sleep and parallel jobs resume like a single AEVB run -----------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_wakesleep(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("ws")
+    proc = _cli([*RUN, "--method", "wakesleep", "--out", str(out)], data_root)
+    assert proc.wait() == 0, proc.stderr.read()
+    return pd.read_csv(out / "wakesleep-nz3-seed0.csv")[DETERMINISTIC]
+
+
+@pytest.mark.parametrize("kill_seed", range(2))
+def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wakesleep, kill_seed):
+    out = tmp_path / "run"
+    proc = _cli([*RUN, "--method", "wakesleep", "--out", str(out)], data_root)
+    while not (out / "run.json").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    time.sleep(random.Random(kill_seed).uniform(0.5, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = _cli(["--resume", str(out)], data_root)
+    assert proc.wait() == 0, proc.stderr.read()
+    resumed = pd.read_csv(out / "wakesleep-nz3-seed0.csv")[DETERMINISTIC]
+    pd.testing.assert_frame_equal(resumed, uninterrupted_wakesleep)
+
+
+SWEEP = [*RUN, "--nz", "3", "5", "--threads", "1"]  # the later --nz wins
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
+    """Stopping `--jobs 2` (SIGINT: forwarded to the workers, which checkpoint; SIGKILL: the
+    workers get SIGTERM from the kernel as their parent dies) and resuming gives the CSVs of
+    an uninterrupted run."""
+    full = tmp_path / "full"
+    assert _cli([*SWEEP, "--jobs", "1", "--out", str(full)], data_root).wait() == 0
+    out = tmp_path / "run"
+    proc = _cli([*SWEEP, "--jobs", "2", "--out", str(out)], data_root)
+    while not (out / "nz5-seed0.csv").exists() or len(_rows(out / "nz5-seed0.csv")) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(stop)
+    rc = proc.wait()
+    assert rc == (128 + signal.SIGINT if stop == signal.SIGINT else -signal.SIGKILL)
+    deadline = time.time() + 30
+    while _locked(out):  # SIGKILL: the workers still hold the folder while they wind down
+        assert time.time() < deadline
+        time.sleep(0.1)
+    proc = _cli(["--resume", str(out), "--jobs", "2"], data_root)
+    assert proc.wait() == 0, proc.stderr.read()
+    for name in ("nz3-seed0.csv", "nz5-seed0.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / name)[DETERMINISTIC], pd.read_csv(full / name)[DETERMINISTIC]
+        )
+
+
+def _rows(csv: Path) -> list[str]:
+    return csv.read_text().strip().splitlines()[1:]
+
+
+def _locked(folder: Path) -> bool:
+    """Whether some process (a run, or a --jobs worker) holds the folder's lock."""
+    try:
+        with folder_lock(folder):
+            return False
+    except RunFolderError:
+        return True

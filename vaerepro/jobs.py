@@ -26,7 +26,7 @@ from .data import DataError, load_mnist
 from .layout import RunFolderError
 from .plan import duration
 from .train import Interrupted, TrainingDiverged, stop_signals, train_together
-from .writes import folder_lock
+from .writes import folder_lock, share_lock
 
 ERROR_EXIT = 2
 
@@ -59,7 +59,7 @@ def _worker(
     torch.set_num_threads(threads)
     try:
         data = load_mnist(data_root, device)
-        with folder_lock(Path(out), take_lock=False):
+        with folder_lock(Path(out), shared=True):
             train_together([cfg], data, out, device, resume, False, preset, f"{label} ", autograd)
     except Interrupted as err:
         print(err, file=sys.stderr)
@@ -87,6 +87,7 @@ def train_in_parallel(
     the `expected` seconds per model when given). Returns 0, 128 + the signal that stopped
     the sweep (forwarded to the running workers, which checkpoint), or ERROR_EXIT when a model
     failed (the models already running finish first; none is started after)."""
+    share_lock(out)  # the workers share it; it outlives this process until they end
     ctx = multiprocessing.get_context("spawn")
     queue = list(enumerate(configs, 1))
     running: dict[int, tuple[multiprocessing.Process, str, TrainConfig]] = {}

@@ -129,13 +129,14 @@ def _lock_holder(st: os.stat_result) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path, take_lock: bool = True):
+def folder_lock(folder: Path, shared: bool = False):
     """Hold an exclusive lock on a run folder; RunFolderError if another process holds it.
 
     The lock is an flock on the folder itself, not on a file in it: no file is left behind,
     none can be deleted to get round it, and the kernel drops it when its process dies. While
     held, writes into the folder check that it is still the folder that was locked.
-    take_lock=False: a `--jobs` worker, whose parent holds the lock: only that check.
+    shared=True: a `--jobs` worker's lock, shared with its parent (see `share_lock`), so that
+    no other run takes the folder until every worker has ended.
     """
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"run folder {folder} is a file, not a folder; choose another --out")
@@ -146,8 +147,7 @@ def folder_lock(folder: Path, take_lock: bool = True):
         raise WriteFailed(f"cannot create or open run folder {folder}: {err.strerror}") from err
     try:
         try:
-            if take_lock:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderError(
                 f"{folder} is in use by another vaerepro process (pid "
@@ -161,6 +161,12 @@ def folder_lock(folder: Path, take_lock: bool = True):
             del _HELD[key]
     finally:
         os.close(fd)  # releases the flock
+
+
+def share_lock(folder: Path) -> None:
+    """Turn this process's exclusive lock on `folder` into a shared one, which `--jobs`
+    workers then share: other runs stay refused while the parent or any worker lives."""
+    fcntl.flock(_HELD[folder.absolute()], fcntl.LOCK_SH | fcntl.LOCK_NB)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -29,12 +29,16 @@ def _info(benchmark, impl, kind, nz, samples, device):
     )
 
 
-@pytest.mark.parametrize("autograd", [False, True], ids=["hand-written", "autograd"])
+@pytest.mark.parametrize(
+    "autograd,method",
+    [(False, "aevb"), (True, "aevb"), (False, "wakesleep")],
+    ids=["hand-written", "autograd", "wakesleep"],
+)
 @pytest.mark.parametrize("nz", PAPER_NZ)
-def test_train_step_vaerepro(benchmark, nz, autograd, device, mnist, quick):
+def test_train_step_vaerepro(benchmark, nz, autograd, method, device, mnist, quick):
     """Our step; with autograd=True the same step with autograd's gradient, to show what the
-    hand-written one buys."""
-    cfg = SWEEP_CFG.replace(nz=nz)
+    hand-written one buys; and the wake-sleep step (hand-written), beside AEVB's."""
+    cfg = SWEEP_CFG.replace(nz=nz, method=method)
     torch.manual_seed(0)
     model = VAE.from_config(cfg).to(device)
     opt = make_optimizer(cfg, model)
@@ -51,6 +55,8 @@ def test_train_step_vaerepro(benchmark, nz, autograd, device, mnist, quick):
     run()  # warm-up: allocator, kernels
     benchmark.pedantic(run, rounds=3 if quick else 10, warmup_rounds=1)
     impl = "vaerepro-autograd" if autograd else "vaerepro"
+    if method == "wakesleep":
+        impl = "vaerepro-wakesleep"
     _info(benchmark, impl, "train_step", nz, steps * cfg.batch_size, device)
     benchmark.extra_info["flop_per_sample"] = train_flops_per_sample(nz, cfg.hidden)
 

@@ -61,7 +61,8 @@ def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
 def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
     """Per machine, device and N_z: train and eval samples/s, speedup over the pyautoencoder
     baseline (train step, and the end-to-end short sweep) and over our own step with autograd's
-    gradient instead of the hand-written one, and the fraction of the matmul
+    gradient instead of the hand-written one, the wake-sleep step's speed over AEVB's, and the
+    fraction of the matmul
     limit reached by the train step (train FLOP/s over matmul FLOP/s at the step's shapes)."""
     files = sorted(Path(folder).glob("*.json"))
     if not files:
@@ -88,6 +89,9 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
                     "eval samples/s": rate("vaerepro", "eval"),
                     "train speedup vs baseline": ours / rate("pyautoencoder", "train_step", nz),
                     "train speedup vs autograd": ours / rate("vaerepro-autograd", "train_step", nz),
+                    # the wake-sleep step's samples/s over AEVB's (NaN in older files)
+                    "wake-sleep / AEVB step speed": rate("vaerepro-wakesleep", "train_step", nz)
+                    / ours,
                     "sweep speedup vs baseline": sweep,
                     "fraction of matmul limit": ours / rate("torch.mm", "matmul", nz),
                     "train GFLOP/s": ours * flop / 1e9,

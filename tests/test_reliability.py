@@ -284,14 +284,14 @@ def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wake
     pd.testing.assert_frame_equal(resumed, uninterrupted_wakesleep)
 
 
-SWEEP = [*RUN, "--nz", "3", "5", "--threads", "1"]  # the later --nz wins
+SWEEP = [*RUN, "--nz", "3", "5", "10", "--threads", "1"]  # the later --nz wins
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
 def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
-    """Stopping `--jobs 2` (SIGINT: forwarded to the workers, which checkpoint; SIGKILL: the
-    workers get SIGTERM from the kernel as their parent dies) and resuming gives the CSVs of
-    an uninterrupted run."""
+    """Stopping `--jobs 2` with a model still queued (SIGINT: forwarded to the workers, which
+    checkpoint, and the sweep ends; SIGKILL: the workers get SIGTERM from the kernel as their
+    parent dies) and resuming gives the CSVs of an uninterrupted run."""
     full = tmp_path / "full"
     assert _cli([*SWEEP, "--jobs", "1", "--out", str(full)], data_root).wait() == 0
     out = tmp_path / "run"
@@ -300,7 +300,7 @@ def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(stop)
-    rc = proc.wait()
+    rc = proc.wait(timeout=60)  # a queued model must not keep the stopped sweep waiting
     assert rc == (128 + signal.SIGINT if stop == signal.SIGINT else -signal.SIGKILL)
     deadline = time.time() + 30
     while _locked(out):  # SIGKILL: the workers still hold the folder while they wind down
@@ -308,7 +308,7 @@ def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
         time.sleep(0.1)
     proc = _cli(["--resume", str(out), "--jobs", "2"], data_root)
     assert proc.wait() == 0, proc.stderr.read()
-    for name in ("nz3-seed0.csv", "nz5-seed0.csv"):
+    for name in ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv"):
         pd.testing.assert_frame_equal(
             pd.read_csv(out / name)[DETERMINISTIC], pd.read_csv(full / name)[DETERMINISTIC]
         )

@@ -94,7 +94,7 @@ def train_in_parallel(
     finished: list[TrainConfig] = []
     status, start = 0, time.perf_counter()
     with stop_signals() as interrupted:
-        while queue or running:
+        while running or (queue and not status):  # after a stop or a failure: no new model
             while queue and len(running) < jobs and not status:
                 i, cfg = queue.pop(0)
                 method = "" if cfg.method == "aevb" else f"{cfg.method} "

@@ -36,7 +36,8 @@ def _fake_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory: float 
     if trajectory is not None:
         values = pd.DataFrame(
             [
-                {"nz": nz, "split": s, "samples": 1000, "term": t, "value": trajectory}
+                {"method": m, "nz": nz, "split": s, "samples": 1000, "term": t, "value": trajectory}
+                for m in ("aevb", "wakesleep")
                 for nz in nzs
                 for s in ("train", "test")
                 for t in ("elbo", "loglik", "kl")

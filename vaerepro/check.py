@@ -38,7 +38,7 @@ SEED_FLOOR = 0.25  # nats
 # tolerances outside (0, limit) are refused as corrupt: tier -> mode -> limit in nats
 TOLERANCE_LIMITS = {1: {"rounding": 1e-3}, 2: {"rounding": 0.5, "seeds": 50.0}}
 TOLERANCES_CSV = "tolerances.csv"
-POINT_COLUMNS = ["tier", "nz", "split", "samples", "term"]
+POINT_COLUMNS = ["tier", *KEYS]  # tier, method, nz, split, samples, term
 
 
 class ReferenceFolderError(RunFolderError):
@@ -64,11 +64,20 @@ class CheckResult:
         return self.points[~self.points.ok]
 
 
-def elbo_points(df: pd.DataFrame, nz: int) -> pd.DataFrame:
-    """A run CSV as tier-2 rows (nz, split, samples, term="elbo", value)."""
+def elbo_points(df: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """A run CSV of the model with config `cfg` as tier-2 rows (method, nz, split, samples,
+    term="elbo", value)."""
+    method, nz = cfg.get("method", "aevb"), cfg["nz"]  # configs before wake-sleep: AEVB
     parts = [
         pd.DataFrame(
-            {"nz": nz, "split": s, "samples": df.samples, "term": "elbo", "value": df[f"{s}_elbo"]}
+            {
+                "method": method,
+                "nz": nz,
+                "split": s,
+                "samples": df.samples,
+                "term": "elbo",
+                "value": df[f"{s}_elbo"],
+            }
         )
         for s in SPLITS
     ]
@@ -86,6 +95,8 @@ def read_tolerances(reference_dir: Path) -> pd.DataFrame:
         tol = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ReferenceFolderError(f"cannot read {path}: {err}; {fix}") from err
+    if "method" not in tol.columns:  # written before wake-sleep: every point is AEVB's
+        tol.insert(1, "method", "aevb")
     need = [*POINT_COLUMNS, "rounding", "seeds"]
     missing = [c for c in need if c not in tol.columns]
     if missing or tol.empty:
@@ -186,9 +197,9 @@ def _tier2(
                 "with --tolerance seeds"
             )
             continue
-        ours = elbo_points(read_csv(files.csv), cfg["nz"])
+        ours = elbo_points(read_csv(files.csv), cfg)
         label = f"N_z={cfg['nz']} ({files.stem}.csv)"
-        parts.append(_merge(elbo_points(ref_df, cfg["nz"]), ours, 2, label, problems))
+        parts.append(_merge(elbo_points(ref_df, cfg), ours, 2, label, problems))
     return parts
 
 

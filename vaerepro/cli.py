@@ -28,6 +28,7 @@ from .config import (
     SAMPLINGS,
     Sweep,
     TrainConfig,
+    model_label,
     preset,
 )
 from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
@@ -387,7 +388,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for cfg in configs:
             if plan[cfg] == "skip":
                 print(
-                    f"{_method(cfg)}N_z={cfg.nz} seed {cfg.seed}: finished already, skipped",
+                    f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}: finished already, skipped",
                     file=sys.stderr,
                 )
         # --stacked: per seed, all its pending N_z in one stacked step; else one model at a time
@@ -419,7 +420,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"Resume with: vaerepro reproduce --resume {out}", file=sys.stderr)
                 return status
         for i, group in enumerate(groups if jobs == 1 else []):
-            names = ", ".join(f"{_method(c)}N_z={c.nz} seed {c.seed}" for c in group)
+            names = ", ".join(f"{model_label(c.method, c.nz)} seed {c.seed}" for c in group)
             label = f"model {i + 1}/{len(groups)}"
             if len(group) > 1:
                 label = f"{len(group)} models in one stacked step"
@@ -465,11 +466,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         report = make_figures(out, data_root or _recorded_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
-
-
-def _method(cfg: TrainConfig) -> str:
-    """ "wakesleep " for wake-sleep models in messages, "" for AEVB (the default)."""
-    return "" if cfg.method == "aevb" else f"{cfg.method} "
 
 
 def parallelism(args: argparse.Namespace, device: torch.device, models: int) -> tuple[int, int]:
@@ -574,7 +570,8 @@ def _failure_line(p: pd.Series, mode: str) -> str:
     """One failing point: tier, point, ours, reference, diff and tolerance (nats)."""
     which = "rounding" if p.tier == 1 or mode == "rounding" else "seeds"
     return (
-        f"FAIL tier {p.tier}: N_z={p.nz} {p.split} {p.term} at {p.samples} samples: "
+        f"FAIL tier {p.tier}: {model_label(p.method, p.nz)} {p.split} {p.term} at {p.samples} "
+        "samples: "
         f"ours {p.ours:.6f}, reference {p.reference:.6f}, diff {p['diff']:+.3g} nats, "
         f"tolerance {p.tol:.3g} ({which})"
     )
@@ -594,7 +591,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(table[~tier1].to_string(index=False, float_format="%.4f"))
             print("tier 1 (float64 trajectory; ELBO, loglik, KL of both splits at 4 points):")
             t1 = table[tier1].assign(abs_diff=table["diff"].abs())
-            summary = t1.groupby("nz").agg(
+            summary = t1.groupby(["method", "nz"]).agg(
                 points=("ok", "size"),
                 failing=("ok", lambda ok: int((~ok).sum())),
                 max_abs_diff=("abs_diff", "max"),

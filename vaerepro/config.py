@@ -21,6 +21,11 @@ METHODS = ("aevb", "wakesleep")
 DREAMS = ("sampled", "mean")
 
 
+def model_label(method: str, nz: int) -> str:
+    """A model in messages: "N_z=3" for AEVB (the default), "wakesleep N_z=3" otherwise."""
+    return f"N_z={nz}" if method == "aevb" else f"{method} N_z={nz}"
+
+
 def _field(default, help: str):
     """A config field with its help text, which `vaerepro reproduce --help` shows."""
     return dataclasses.field(default=default, metadata={"help": help})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, model_label
 from .data import DataError, load_mnist
 from .layout import RunFolderError
 from .plan import duration
@@ -97,8 +97,8 @@ def train_in_parallel(
         while running or (queue and not status):  # after a stop or a failure: no new model
             while queue and len(running) < jobs and not status:
                 i, cfg = queue.pop(0)
-                method = "" if cfg.method == "aevb" else f"{cfg.method} "
-                label = f"model {i}/{len(configs)} ({method}N_z={cfg.nz} seed {cfg.seed})"
+                model = model_label(cfg.method, cfg.nz)
+                label = f"model {i}/{len(configs)} ({model} seed {cfg.seed})"
                 args = (cfg, str(out), device, resume[cfg], preset, data_root, threads)
                 proc = ctx.Process(target=_worker, args=(*args, label, autograd, os.getpid()))
                 proc.start()

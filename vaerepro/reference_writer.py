@@ -45,7 +45,7 @@ HISTORY = "HISTORY.md"
 def _tier2_values(folder: Path) -> tuple[list[tuple[dict, pd.DataFrame]], pd.DataFrame]:
     """(models, ELBO points with tier=2) of one run folder."""
     models = load_run(folder)
-    points = pd.concat([elbo_points(df, m["config"]["nz"]) for m, df in models])
+    points = pd.concat([elbo_points(df, m["config"]) for m, df in models])
     return models, points.assign(tier=2)
 
 
@@ -89,7 +89,7 @@ def _drift(reference: pd.DataFrame, other: pd.DataFrame, variant: str) -> pd.Dat
     if merged.value_other.isna().any():
         row = merged[merged.value_other.isna()].iloc[0]
         raise ValueError(
-            f"rounding run {variant} lacks tier {row.tier} N_z={row.nz} {row.split} "
+            f"rounding run {variant} lacks tier {row.tier} {row.method} N_z={row.nz} {row.split} "
             f"{row.term} at {row.samples} samples"
         )
     drift = (merged.value_other - merged.value).abs()
@@ -107,9 +107,9 @@ def _spread(seed_runs: list[Path]) -> tuple[list[int], pd.DataFrame]:
         diff = config_diff({**meta["config"], "seed": None}, base[meta["config"]["nz"]])
         if diff:
             raise ValueError(f"seed runs differ in more than the seed: {diff}")
-    long = pd.concat([elbo_points(df, m["config"]["nz"]) for m, df in models])
+    long = pd.concat([elbo_points(df, m["config"]) for m, df in models])
     spread = (
-        long.groupby(["nz", "split", "samples"])
+        long.groupby(["method", "nz", "split", "samples"])
         .value.agg(seeds="count", mean="mean", std="std", min="min", max="max")
         .reset_index()
     )

@@ -1,9 +1,10 @@
 """Tier 1 of the regression gate: a short float64 trajectory of the real training code.
 
-For each N_z the `ci` protocol, scaled down (`TRAJECTORY`: the first 1,000 training images
-drawn with replacement, a 10-minibatch Adagrad warm-up, 40 minibatches of 100), runs through
-`train.train` itself: the hand-written gradient, `optim.Adagrad` with the weight prior and
-its warm-up, the minibatch sampler, the noise generators and `evaluate` (on the 1,000
+For each method (AEVB and wake-sleep) and N_z the `ci` protocol, scaled down (`TRAJECTORY`:
+the first 1,000 training images drawn with replacement, a 10-minibatch Adagrad warm-up, 40
+minibatches of 100), runs through `train.train` itself: the hand-written gradient (AEVB's,
+or wake-sleep's two phases), `optim.Adagrad` with the weight prior and its warm-up, the
+minibatch sampler, the noise generators and `evaluate` (on the 1,000
 training images and the first 1,000 test images), all in float64 on the CPU. Each of the
 four evaluations gives the ELBO, the log-likelihood and the KL term (nats per datapoint) of
 both splits. In float64, rounding (thread counts, SIMD kernels, BLAS code paths) moves these
@@ -11,7 +12,8 @@ numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to th
 code does still never fires by accident (README, "ELBO regression gate").
 
 A run folder or reference holds the values in `trajectory.csv` (long format, full precision:
-nz, split, samples, term, value) and the config and environment in `trajectory.json`.
+method, nz, split, samples, term, value) and the config and environment in `trajectory.json`.
+A `trajectory.csv` written before wake-sleep existed has no method column: its rows are AEVB's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import PAPER_NZ, TrainConfig, preset
+from .config import METHODS, PAPER_NZ, TrainConfig, preset
 from .data import MnistSplits
 from .layout import RunFolderError
 from .provenance import environment_info
@@ -41,7 +43,7 @@ TEST_ROWS = 1_000  # the first test images
 TERMS = ("elbo", "loglik", "kl")
 SPLITS = ("train", "test")
 CSV_NAME, JSON_NAME = "trajectory.csv", "trajectory.json"
-KEYS = ["nz", "split", "samples", "term"]
+KEYS = ["method", "nz", "split", "samples", "term"]
 
 
 @contextmanager
@@ -67,11 +69,13 @@ def as_float64(data: MnistSplits, test_rows: int = TEST_ROWS) -> MnistSplits:
     )
 
 
-def _long(rows: pd.DataFrame, nz: int) -> pd.DataFrame:
-    """A run's CSV rows as (nz, split, samples, term, value), value in nats per datapoint."""
+def _long(rows: pd.DataFrame, method: str, nz: int) -> pd.DataFrame:
+    """A run's CSV rows as (method, nz, split, samples, term, value), value in nats per
+    datapoint."""
     parts = [
         pd.DataFrame(
             {
+                "method": method,
                 "nz": nz,
                 "split": split,
                 "samples": rows.samples,
@@ -86,16 +90,21 @@ def _long(rows: pd.DataFrame, nz: int) -> pd.DataFrame:
 
 
 def run_trajectory(
-    data: MnistSplits, nz: Iterable[int] = PAPER_NZ, cfg: TrainConfig = TRAJECTORY
+    data: MnistSplits,
+    nz: Iterable[int] = PAPER_NZ,
+    cfg: TrainConfig = TRAJECTORY,
+    methods: Iterable[str] = METHODS,
 ) -> pd.DataFrame:
-    """Train `cfg` for each N_z in float64 on the CPU (files go to a temporary folder) and
-    return its evaluations as (nz, split, samples, term, value) rows."""
+    """Train `cfg` for each method and N_z in float64 on the CPU (files go to a temporary
+    folder) and return its evaluations as (method, nz, split, samples, term, value) rows."""
     data64 = as_float64(data)
     parts = []
     with float64_defaults(), tempfile.TemporaryDirectory(prefix="vaerepro-trajectory-") as tmp:
-        for n in nz:
-            rows = train(cfg.replace(nz=n), data64, tmp, device="cpu", progress=False)
-            parts.append(_long(rows, n))
+        for method in methods:
+            for n in nz:
+                run_cfg = cfg.replace(method=method, nz=n)
+                rows = train(run_cfg, data64, tmp, device="cpu", progress=False)
+                parts.append(_long(rows, method, n))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -106,7 +115,11 @@ def write_trajectory(
     folder = Path(folder)
     text = values[[*KEYS, "value"]].to_csv(index=False, float_format="%.17g")
     atomic_write_bytes(folder / CSV_NAME, text.encode())
-    meta = {"config": {**cfg.to_dict(), "nz": None}, "nz": sorted({int(n) for n in values.nz})}
+    meta = {
+        "config": {**cfg.to_dict(), "nz": None, "method": None},
+        "nz": sorted({int(n) for n in values.nz}),
+        "methods": [m for m in METHODS if m in set(values.method)],
+    }
     write_json({**meta, **environment_info(torch.device("cpu"))}, folder / JSON_NAME)
 
 
@@ -123,6 +136,8 @@ def read_trajectory(folder: str | Path) -> tuple[dict, pd.DataFrame]:
         values = pd.read_csv(csv)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise RunFolderError(f"tier 1: cannot read {csv}: {err}") from err
+    if "method" not in values.columns and not values.empty:  # written before wake-sleep
+        values.insert(0, "method", "aevb")
     missing = [c for c in [*KEYS, "value"] if c not in values.columns]
     if missing or values.empty or not pd.api.types.is_numeric_dtype(values.value):
         raise RunFolderError(

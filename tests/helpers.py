@@ -1,9 +1,16 @@
 """Helpers shared by the test modules: a run of seconds, and checks that a refusal is clean."""
 
 import hashlib
+import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from vaerepro.cli import main
+from vaerepro.config import TrainConfig
+from vaerepro.layout import CSV_COLUMNS, RunFiles
+from vaerepro.reference import paper_elbo
 
 TINY = [
     "--samples",
@@ -39,3 +46,20 @@ def refused(argv: list[str], capsys, *messages: str) -> str:
         assert message in err, err
     assert "Traceback" not in err
     return err
+
+
+def synthetic_sweep(folder: Path, nz: int, offsets, samples, method: str = "aevb") -> Path:
+    """A finished run folder of one method and N_z and len(offsets) seeds: seed s logs the
+    paper's curve of that method + offsets[s] on train and - offsets[s] on test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    configs = [TrainConfig(nz=nz, seed=s, method=method).to_dict() for s in range(len(offsets))]
+    for cfg, offset in zip(configs, offsets, strict=True):
+        rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
+        rows["samples"] = samples
+        rows["train_elbo"] = paper_elbo(nz, "train", samples, method) + offset
+        rows["test_elbo"] = paper_elbo(nz, "test", samples, method) - offset
+        files = RunFiles.of_config(folder, cfg)
+        pd.DataFrame(rows).to_csv(files.csv, index=False)
+        files.json.write_text(json.dumps({"config": cfg}))
+    (folder / "run.json").write_text(json.dumps({"preset": "paper", "configs": configs}))
+    return folder

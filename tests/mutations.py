@@ -85,6 +85,21 @@ MUTATIONS = {
     "eval_elbo_shifted_half_a_nat": ("vaerepro.train.evaluate", _shifted_evaluation),
 }
 
+
+def _probabilities(p, *, generator=None, out=None):
+    return out.copy_(p) if out is not None else p.clone()
+
+
+# Breakages of wake-sleep's training (tier 1 covers it, tests/test_regression.py): the
+# sleep phase's dreams are the pixel probabilities instead of Bernoulli samples (what
+# `--dreams mean` does on purpose, here with the config still saying "sampled"), in both the
+# hand-written and the autograd path.
+WAKESLEEP_MUTATIONS = {
+    "dreams_are_probabilities": ("torch.bernoulli", _probabilities),
+    "lr_times_10": MUTATIONS["lr_times_10"],
+    "weight_prior_removed": MUTATIONS["weight_prior_removed"],
+}
+
 # Breakages of the hand-written backward only: `gradients.covers` must see each, so that the
 # run trains through autograd instead.
 BACKWARD_BREAKAGES = {

@@ -1,9 +1,11 @@
 import shutil
 from pathlib import Path
 
+import matplotlib.axes
 import pandas as pd
 import pytest
 import torch
+from helpers import refused, synthetic_sweep
 from matplotlib.figure import Figure
 
 from vaerepro.cli import main
@@ -144,3 +146,33 @@ def test_a_kill_while_plotting_keeps_the_previous_figure(tiny_run, tmp_path, mon
         make_figures(run)
     assert (run / "figures" / "fig2.png").read_bytes() == before
     assert not list((run / "figures").glob(".*"))  # no temporary file left behind
+
+
+def test_fig2_of_two_folders_draws_both_methods(tmp_path, monkeypatch, capsys):
+    """`vaerepro fig2`: an AEVB sweep and a wake-sleep sweep in one figure, each with its
+    band; a model found in two folders is refused before anything is drawn."""
+    aevb = synthetic_sweep(tmp_path / "aevb", 20, [1.0, -1.0], [2e6, 1e7])
+    wakesleep = synthetic_sweep(tmp_path / "ws", 20, [0.5, -0.5, 1.5], [2e6, 1e7], "wakesleep")
+    labels = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def record(self, x, y1, y2=0, **kw):
+        labels.append(kw.get("label"))
+        return original(self, x, y1, y2, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    out = tmp_path / "both"
+    assert main(["fig2", str(aevb), str(wakesleep), "--out", str(out)]) == 0
+    assert (out / "fig2.png").stat().st_size > 1000 and (out / "fig2.pdf").exists()
+    assert labels == [
+        "ours, min to max over seeds (train)",
+        "ours, min to max over seeds (test)",
+        "ours wake-sleep, min to max over seeds (train)",
+        "ours wake-sleep, min to max over seeds (test)",
+    ]
+    refused(
+        ["fig2", str(aevb), str(aevb), "--out", str(tmp_path / "twice")],
+        capsys,
+        f"N_z=20 seed 0 is in both {aevb} and {aevb}",
+    )
+    assert not (tmp_path / "twice").exists()

@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from mutations import MUTATIONS
+from mutations import MUTATIONS, WAKESLEEP_MUTATIONS
 
 from vaerepro.check import check_run
 from vaerepro.cli import main
 from vaerepro.config import preset
 from vaerepro.train import train
-from vaerepro.trajectory import run_trajectory, write_trajectory
+from vaerepro.trajectory import read_trajectory, run_trajectory, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
 TIER1_NZ = 20  # one N_z of the reference keeps the tier-1 tests at seconds each
@@ -45,6 +45,14 @@ def _tier1_run(mnist, tmp_path) -> Path:
     return run
 
 
+def _with_reference_rows(values: pd.DataFrame) -> pd.DataFrame:
+    """`values` (one method's trajectory) completed with the reference's rows of the other
+    method, so that a check of one method's breakage sees every reference row."""
+    _, ref = read_trajectory(REFERENCE)
+    other = ref[~ref.method.isin(set(values.method))]
+    return pd.concat([values, other], ignore_index=True)
+
+
 def _margin(result) -> float:
     """The smallest |diff| / tolerance among the failing points."""
     f = result.failures
@@ -57,7 +65,8 @@ def test_unbroken_trajectory_passes_tier1(mnist, tmp_path, threads, n_threads):
     result = check_run(_tier1_run(mnist, tmp_path), REFERENCE, nz=[TIER1_NZ])
     assert result.ok, (result.problems, result.failures)
     tier1 = result.points[result.points.tier == 1]
-    assert len(tier1) == 2 * 3 * 4  # splits x terms x evaluations
+    assert len(tier1) == 2 * 2 * 3 * 4  # methods x splits x terms x evaluations
+    assert set(tier1.method) == {"aevb", "wakesleep"}
     assert (tier1["diff"].abs() <= 1e-8).all()  # float64: nothing near the tolerance
 
 
@@ -67,23 +76,34 @@ def test_trajectory_command_writes_tier1(data_root, tmp_path, capsys):
     argv = ["trajectory", str(run), "--nz", "3", "--data-root", str(data_root)]
     assert main(argv) == 0
     assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", "3"]) == 0
-    assert "OK: tier 1: 24 points, tier 2: 6 points" in capsys.readouterr().out
+    assert "OK: tier 1: 48 points, tier 2: 6 points" in capsys.readouterr().out
+
+
+def _check_breakage(mnist, tmp_path, monkeypatch, method: str, mutation) -> None:
+    """Tier 1 of `method` under the breakage fails on its numbers, with a wide margin."""
+    monkeypatch.setattr(*mutation)
+    values = run_trajectory(mnist, [TIER1_NZ], methods=[method])
+    monkeypatch.undo()
+    run = _copy_reference_run(tmp_path)
+    write_trajectory(_with_reference_rows(values), run)
+    result = check_run(run, REFERENCE, nz=[TIER1_NZ])
+    assert not result.problems  # it fails on the numbers, not on config or files
+    assert len(result.failures) and set(result.failures.tier) == {1}
+    assert set(result.failures.method) == {method}
+    assert _margin(result) > 10, result.failures
+    assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", str(TIER1_NZ)]) == 1
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_breakage_fails_tier1_on_its_numbers(mnist, tmp_path, monkeypatch, threads, mutation):
     threads(1)  # tier 1 is the same to the last bit under 1 and 2 threads, and faster
-    target, replacement = MUTATIONS[mutation]
-    monkeypatch.setattr(target, replacement)
-    values = run_trajectory(mnist, [TIER1_NZ])
-    monkeypatch.undo()
-    run = _copy_reference_run(tmp_path)
-    write_trajectory(values, run)
-    result = check_run(run, REFERENCE, nz=[TIER1_NZ])
-    assert not result.problems  # it fails on the numbers, not on config or files
-    assert len(result.failures) and set(result.failures.tier) == {1}
-    assert _margin(result) > 10, result.failures
-    assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", str(TIER1_NZ)]) == 1
+    _check_breakage(mnist, tmp_path, monkeypatch, "aevb", MUTATIONS[mutation])
+
+
+@pytest.mark.parametrize("mutation", list(WAKESLEEP_MUTATIONS))
+def test_wake_sleep_breakage_fails_tier1(mnist, tmp_path, monkeypatch, threads, mutation):
+    threads(1)
+    _check_breakage(mnist, tmp_path, monkeypatch, "wakesleep", WAKESLEEP_MUTATIONS[mutation])
 
 
 def test_unbroken_ci_run_passes_tier2(mnist, tmp_path, threads):
@@ -114,7 +134,7 @@ def test_the_reference_itself_passes(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 0
     out = capsys.readouterr().out
-    assert "OK: tier 1: 120 points, tier 2: 30 points within the rounding" in out
+    assert "OK: tier 1: 240 points, tier 2: 30 points within the rounding" in out
 
 
 def test_half_a_nat_at_any_tier2_point_fails(tmp_path):

@@ -7,11 +7,10 @@ import matplotlib.axes
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, refused, snapshot
+from helpers import TINY, refused, snapshot, synthetic_sweep
 
 from vaerepro.cli import main
 from vaerepro.compare import compare_run
-from vaerepro.config import TrainConfig
 from vaerepro.layout import CSV_COLUMNS
 from vaerepro.records import load_run
 from vaerepro.reference import paper_elbo
@@ -138,25 +137,10 @@ def test_a_run_json_that_is_not_one_sweep_is_refused(sweep, tmp_path, capsys):
     )
 
 
-def _synthetic_sweep(folder, nz, offsets, samples):
-    """A finished run folder of one N_z and len(offsets) seeds: seed s logs the paper's
-    curve + offsets[s] on train and - offsets[s] on test."""
-    folder.mkdir(parents=True, exist_ok=True)
-    configs = [TrainConfig(nz=nz, seed=s).to_dict() for s in range(len(offsets))]
-    for s, offset in enumerate(offsets):
-        rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
-        rows["samples"] = samples
-        rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset
-        rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset
-        pd.DataFrame(rows).to_csv(folder / f"nz{nz}-seed{s}.csv", index=False)
-        (folder / f"nz{nz}-seed{s}.json").write_text(json.dumps({"config": configs[s]}))
-    (folder / "run.json").write_text(json.dumps({"preset": "paper", "configs": configs}))
-
-
 def test_band_statistics_by_hand(tmp_path):
     offsets = [1.0, -0.5, 2.5]  # train: the paper inside the band; test: 2.5 below to 0.5 above
     samples = [1e5, 2e6, 1e7]  # N_z = 20: the paper's curve starts after 1e5
-    _synthetic_sweep(tmp_path, 20, offsets, samples)
+    synthetic_sweep(tmp_path, 20, offsets, samples)
     detail, summary = compare_run(tmp_path)
     row = detail.set_index(["split", "samples"]).loc[("train", 1e7)]
     paper = float(paper_elbo(20, "train", 1e7))
@@ -177,7 +161,7 @@ def test_band_statistics_by_hand(tmp_path):
 
 
 def test_a_paper_outside_the_band_is_counted(tmp_path):
-    _synthetic_sweep(tmp_path, 20, [1.0, 2.0, 3.0], [2e6, 1e7])
+    synthetic_sweep(tmp_path, 20, [1.0, 2.0, 3.0], [2e6, 1e7])
     _, summary = compare_run(tmp_path)
     s = summary.set_index(["nz", "split"])
     assert s.loc[(20, "train"), "inside"] == 0.0 and s.loc[(20, "test"), "inside"] == 0.0
@@ -241,7 +225,7 @@ def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root, monkeypat
 
 def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
     offsets = [1.0, -0.5, 2.5]
-    _synthetic_sweep(tmp_path, 20, offsets, [1e5, 2e6, 1e7])
+    synthetic_sweep(tmp_path, 20, offsets, [1e5, 2e6, 1e7])
     assert main(["compare", str(tmp_path), "--at", "1e7", "3e7"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| method | N_z | split | ours at 1e7 | paper at 1e7 | diff at")

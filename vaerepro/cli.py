@@ -39,7 +39,7 @@ from .layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFai
 from .model import VAE
 from .plan import Estimate, duration, measure
 from .plan import count as count_text
-from .records import read_csv, read_run_json, write_run_json
+from .records import load_run, read_csv, read_run_json, write_run_json
 from .reference_writer import make_reference
 from .report import make_figures
 from .tables import to_markdown
@@ -561,6 +561,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fig2(args: argparse.Namespace) -> int:
+    """Fig. 2 from several run folders in one figure (e.g. an AEVB sweep and a wake-sleep
+    sweep); a model (method, N_z, seed) may come from one folder only."""
+    from .plots import plot_fig2  # matplotlib: only for the commands that plot
+
+    runs, origin = [], {}
+    for folder in args.run_dirs:
+        for meta, df in load_run(folder):
+            cfg = meta["config"]
+            key = (cfg["method"], cfg["nz"], cfg["seed"])
+            if key in origin:
+                raise UsageError(
+                    f"{model_label(cfg['method'], cfg['nz'])} seed {cfg['seed']} is in both "
+                    f"{origin[key]} and {folder}; give folders of different models"
+                )
+            origin[key] = folder
+            runs.append((meta, df))
+    out = Path(args.out)
+    check_output_folder(out, "--out", plot=False)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_fig2(runs, out)
+    print(f"wrote {out / 'fig2.png'} and {out / 'fig2.pdf'}", file=sys.stderr)
+    return 0
+
+
 def _recorded_data_root(run_dir: str) -> str | None:
     record = Path(run_dir) / RUN_JSON
     return read_run_json(record)[1] if record.exists() else None
@@ -683,6 +708,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "fig2",
+        help="Fig. 2 from several run folders in one figure (e.g. AEVB and wake-sleep)",
+        description="Draw Fig. 2 (fig2.png/.pdf into --out) from the models of every RUN_DIR "
+        "together, over the paper's curves: for example an AEVB sweep and a wake-sleep sweep, "
+        "each with its band over seeds. Each (method, N_z, seed) may come from one folder only.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="folder for fig2.png and fig2.pdf")
+
+    p = sub.add_parser(
         "hwtable",
         help="Markdown table of the saved benchmarks of every machine",
         description="Render results/bench/*.json (from `nox -s bench`) into one table: train "
@@ -723,9 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "trajectory",
         help="tier 1 of the regression gate: the float64 trajectory of the ci protocol",
-        description="Run the ci protocol scaled down (per N_z: 4,000 samples from 1,000 "
-        "images) in float64 on the CPU, through the real training and evaluation code, and "
-        "write trajectory.csv/.json into OUT for `vaerepro check`. About 3 s per N_z.",
+        description="Run the ci protocol scaled down (per method, AEVB and wake-sleep, and "
+        "N_z: 4,000 samples from 1,000 images) in float64 on the CPU, through the real "
+        "training and evaluation code, and write trajectory.csv/.json into OUT for "
+        "`vaerepro check`. About 3 s per method and N_z.",
     )
     p.add_argument("out", help="the folder to write into (usually the ci run's)")
     p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ))
@@ -756,6 +792,7 @@ COMMANDS = {
     "reproduce": cmd_reproduce,
     "compare": cmd_compare,
     "plot": cmd_plot,
+    "fig2": cmd_fig2,
     "check": cmd_check,
     "hwtable": cmd_hwtable,
     "make-reference": cmd_make_reference,

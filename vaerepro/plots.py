@@ -123,15 +123,16 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
         if widened:  # the paper's axes, for orientation
             ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
-    axes[-1].legend(loc="lower right", fontsize=6)
+    # beside the panels, not inside: a panel's curves may fill any of its corners
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=6)
     if widened:
         fig.suptitle(
             "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",
             fontsize=8,
         )
     fig.tight_layout()
-    _save_figure(fig, out / "fig2.png", dpi=150)
-    _save_figure(fig, out / "fig2.pdf")
+    _save_figure(fig, out / "fig2.png", dpi=150, bbox_inches="tight")
+    _save_figure(fig, out / "fig2.pdf", bbox_inches="tight")
     plt.close(fig)
 
 

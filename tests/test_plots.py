@@ -152,17 +152,23 @@ def test_fig2_of_two_folders_draws_both_methods(tmp_path, monkeypatch, capsys):
     """`vaerepro fig2`: an AEVB sweep and a wake-sleep sweep in one figure, each with its
     band; a model found in two folders is refused before anything is drawn."""
     aevb = synthetic_sweep(tmp_path / "aevb", 20, [1.0, -1.0], [2e6, 1e7])
+    aevb200 = synthetic_sweep(tmp_path / "aevb200", 200, [0.0], [2e6, 1e7])
     wakesleep = synthetic_sweep(tmp_path / "ws", 20, [0.5, -0.5, 1.5], [2e6, 1e7], "wakesleep")
-    labels = []
-    original = matplotlib.axes.Axes.fill_between
+    labels, legend = [], []
+    fill_between, make_legend = matplotlib.axes.Axes.fill_between, matplotlib.axes.Axes.legend
 
     def record(self, x, y1, y2=0, **kw):
         labels.append(kw.get("label"))
-        return original(self, x, y1, y2, **kw)
+        return fill_between(self, x, y1, y2, **kw)
+
+    def record_legend(self, *args, **kw):
+        legend.extend(args[1] if len(args) > 1 else [])
+        return make_legend(self, *args, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", record_legend)
     out = tmp_path / "both"
-    assert main(["fig2", str(aevb), str(wakesleep), "--out", str(out)]) == 0
+    assert main(["fig2", str(aevb), str(aevb200), str(wakesleep), "--out", str(out)]) == 0
     assert (out / "fig2.png").stat().st_size > 1000 and (out / "fig2.pdf").exists()
     assert labels == [
         "ours, min to max over seeds (train)",
@@ -170,6 +176,9 @@ def test_fig2_of_two_folders_draws_both_methods(tmp_path, monkeypatch, capsys):
         "ours wake-sleep, min to max over seeds (train)",
         "ours wake-sleep, min to max over seeds (test)",
     ]
+    # the legend (beside the last panel, N_z = 200: AEVB only) names wake-sleep's curves too
+    assert "ours wake-sleep, mean of 3 seeds (train)" in legend
+    assert "paper wake-sleep (test)" in legend and len(legend) == len(set(legend))
     refused(
         ["fig2", str(aevb), str(aevb), "--out", str(tmp_path / "twice")],
         capsys,

@@ -123,8 +123,15 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
         if widened:  # the paper's axes, for orientation
             ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
-    # beside the panels, not inside: a panel's curves may fill any of its corners
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=6)
+    # every panel's labels (a method may lack some N_z), once each, beside the panels: a
+    # panel's curves may fill any of its corners
+    labelled = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    axes[-1].legend(
+        labelled.values(), labelled.keys(), loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=6
+    )
     if widened:
         fig.suptitle(
             "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",

@@ -1,10 +1,11 @@
-"""The training step's time, hand-written against autograd, in one process: a ratio that
-survives this VM's drifting clock speed. Run it from each checkout to compare (issue 15):
+"""The training step's time in one process, as ratios that survive this VM's drifting clock
+speed: autograd's gradient against the hand-written one (issue 15), and the wake-sleep step
+against AEVB's (issue 17). Run it from each checkout to compare:
 
     cd CHECKOUT && PYTHONPATH=. python bench/step_ratio.py
 
-Prints per N_z the minimum over 25 rounds of 20 steps (ms per step) of each, interleaved
-round by round, and their ratio. Protocol: the pyautoencoder preset. Data: $VAEREPRO_DATA.
+Prints per N_z the minimum over 25 rounds of 20 steps (ms per step) of each step, interleaved
+round by round, and the ratios. Protocol: the pyautoencoder preset. Data: $VAEREPRO_DATA.
 """
 
 import time
@@ -19,31 +20,39 @@ from vaerepro.optim import make_optimizer
 from vaerepro.train import make_train_step
 
 ROUNDS, STEPS = 25, 20
+# name: (method, autograd)
+STEP_KINDS = {
+    "hand-written": ("aevb", False),
+    "autograd": ("aevb", True),
+    "wake-sleep": ("wakesleep", False),
+}
 
 
 def main() -> None:
     data = load_mnist(None, "cpu")
     for nz in (3, 20, 200):
-        cfg = preset("pyautoencoder").replace(nz=nz)
         steps = {}
-        for autograd in (False, True):
+        for name, (method, autograd) in STEP_KINDS.items():
+            cfg = preset("pyautoencoder").replace(nz=nz, method=method)
             torch.manual_seed(0)
             model = VAE.from_config(cfg)
             step = make_train_step(
                 [model], [make_optimizer(cfg, model)], cfg, data.train_x[: cfg.train_size], autograd
             )
             gen = torch.Generator().manual_seed(0)
-            steps[autograd] = (step, MinibatchIndices(cfg.train_size, 100, cfg.sampling, gen), gen)
-        best = {False: float("inf"), True: float("inf")}
+            steps[name] = (step, MinibatchIndices(cfg.train_size, 100, cfg.sampling, gen), gen)
+        best = dict.fromkeys(steps, float("inf"))
         for _ in range(ROUNDS):
-            for autograd, (step, batches, gen) in steps.items():
+            for name, (step, batches, gen) in steps.items():
                 start = time.perf_counter()
                 for _ in range(STEPS):
                     step([batches.next()], [gen])
-                best[autograd] = min(best[autograd], (time.perf_counter() - start) / STEPS * 1e3)
+                best[name] = min(best[name], (time.perf_counter() - start) / STEPS * 1e3)
+        times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in best.items())
         print(
-            f"{vaerepro.__file__} N_z={nz}: hand-written {best[False]:.2f} ms, autograd "
-            f"{best[True]:.2f} ms, ratio {best[True] / best[False]:.2f}"
+            f"{vaerepro.__file__} N_z={nz}: {times}; autograd / hand-written "
+            f"{best['autograd'] / best['hand-written']:.2f}, wake-sleep / AEVB "
+            f"{best['wake-sleep'] / best['hand-written']:.2f}"
         )
 
 

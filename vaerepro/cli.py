@@ -692,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hwtable",
         help="Markdown table of the saved benchmarks of every machine",
         description="Render results/bench/*.json (from `nox -s bench`) into one table: train "
-        "and eval samples/s, speedup over the pyautoencoder baseline, fraction of the matmul "
-        "limit.",
+        "and eval samples/s, speedup over the pyautoencoder baseline (the train step, the "
+        "command lines end to end, the short sweep), fraction of the matmul limit.",
     )
     p.add_argument("folder", nargs="?", default="results/bench")
     p.add_argument(

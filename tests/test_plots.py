@@ -11,7 +11,7 @@ from vaerepro.config import TrainConfig
 from vaerepro.evaluate import active_units, kl_per_dimension
 from vaerepro.layout import RunFolderError
 from vaerepro.model import VAE
-from vaerepro.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
+from vaerepro.plots import PAPER_XLIM, PAPER_YLIM, _save_grid, fig2_limits, plot_fig2
 from vaerepro.records import load_run
 from vaerepro.report import make_figures
 from vaerepro.train import train
@@ -144,3 +144,16 @@ def test_a_kill_while_plotting_keeps_the_previous_figure(tiny_run, tmp_path, mon
         make_figures(run)
     assert (run / "figures" / "fig2.png").read_bytes() == before
     assert not list((run / "figures").glob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "n, kw", [(64, {"nrow": 8, "pad_value": 1.0}), (64, {"nrow": 16, "padding": 2}), (13, {})]
+)
+def test_image_grids_are_torchvisions_pixel_for_pixel(tmp_path, n, kw):
+    from torchvision.utils import save_image
+
+    images = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(n))
+    images[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5 / 255, 0.999])  # rounding edges
+    _save_grid(images, tmp_path / "ours.png", **kw)
+    save_image(images, tmp_path / "torchvision.png", **kw)
+    assert (tmp_path / "ours.png").read_bytes() == (tmp_path / "torchvision.png").read_bytes()

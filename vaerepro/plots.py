@@ -5,6 +5,7 @@ KL per dimension). Everything lands in RUN_DIR/figures/, each file written atomi
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .compare import seed_bands, seed_values  # noqa: E402
 from .evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
@@ -39,10 +40,29 @@ def _save_figure(fig, path: Path, **kw) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def image_grid(
+    images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0
+) -> np.ndarray:
+    """(N, 1, H, W) grey levels in [0, 1] -> (rows, columns, 3) uint8 RGB pixels of a grid of
+    `nrow` images per row: torchvision's `make_grid` and `save_image` rounding, pixel for pixel
+    (tests compare the PNGs), without torchvision's imports (1.3 s)."""
+    n, _, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = images.new_full(
+        (rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value
+    )
+    for k in range(n):
+        top, left = (padding + (h + padding) * i for i in divmod(k, cols))
+        grid[top : top + h, left : left + w] = images[k, 0]
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return torch.stack([pixels] * 3, dim=-1).numpy()
+
+
 def _save_grid(images: torch.Tensor, path: Path, **kw) -> None:
-    """torchvision's image grid, written atomically."""
+    """A PNG of `image_grid(images, **kw)`, written atomically."""
     buf = io.BytesIO()
-    save_image(images, buf, format="png", **kw)
+    Image.fromarray(image_grid(images, **kw)).save(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -163,7 +183,7 @@ def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
-    """(N, 784) -> (N, 1, 28, 28) for torchvision's grids."""
+    """(N, 784) -> (N, 1, 28, 28) for `image_grid`."""
     return x.reshape(-1, 1, 28, 28).clamp(0, 1)
 
 

@@ -122,6 +122,7 @@ def _missing_files(root: Path) -> list[str]:
 
 
 def file_md5(path: Path) -> str:
+    """Hex MD5 of a file (torchvision's `calculate_md5` without importing torchvision)."""
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 

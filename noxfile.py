@@ -87,7 +87,8 @@ BENCH_HELP = """nox -s bench -- [options]: throughput benchmarks (bench/, pytest
   -k EXPR                      only the benchmarks matching EXPR (pytest's -k)
 
 A full run saves results/bench/<machine>-<device>-<host>.json (with "quick": false) and prints
-`vaerepro hwtable`. Any other option goes to pytest."""
+`vaerepro hwtable`; on a 2-core CPU it takes about 10 minutes, 4 of them the end-to-end pair
+(bench/end_to_end.py: both command lines, N_z 20 to 1e6). Any other option goes to pytest."""
 
 
 @nox.session

@@ -1,5 +1,9 @@
 import gzip
+import hashlib
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,12 +11,15 @@ from torchvision.datasets.utils import calculate_md5
 
 from vaerepro import data as data_mod
 from vaerepro.data import (
+    CACHE_FILE,
+    CACHE_SHA256,
     EXTRACTED_MD5,
     MNIST_MD5,
     DataError,
     MinibatchIndices,
     load_mnist,
     resolve_data_root,
+    torchvision_root,
 )
 
 
@@ -75,17 +82,86 @@ def test_a_data_root_is_never_written(data_root, tmp_path, monkeypatch):
     assert len(extracted) == 1 and not extracted[0].is_symlink()
 
 
+def _flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_a_tampered_extracted_file_is_extracted_again(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "root"
     _copy_raw(data_root, root, list(MNIST_MD5))
     good = load_mnist(root)
     [path] = (tmp_path / "cache").rglob("train-images-idx3-ubyte")
-    data = bytearray(path.read_bytes())
-    data[16 + 784 * 5 + 400] ^= 0xFF  # one pixel of the sixth training image
-    path.write_bytes(bytes(data))
+    [cache] = (tmp_path / "cache").rglob(CACHE_FILE)
+    _flip_byte(path, 16 + 784 * 5 + 400)  # one pixel of the sixth training image
+    _flip_byte(cache, 784 * 5 + 400)  # and the same pixel of the cache, rebuilt from it
     assert torch.equal(load_mnist(root).train_x, good.train_x)
     assert calculate_md5(str(path)) == EXTRACTED_MD5[path.name]
+    _flip_byte(path, 16 + 784 * 5 + 400)
+    torchvision_root(root)  # the baseline's way in re-verifies the extraction too
+    assert calculate_md5(str(path)) == EXTRACTED_MD5[path.name]
+
+
+def test_the_md5s_are_torchvisions():
+    from torchvision.datasets import MNIST
+
+    assert dict(MNIST.resources) == MNIST_MD5
+
+
+def test_the_decoded_splits_are_cached_verified_and_equal_torchvisions(
+    data_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
+    built = load_mnist(data_root)  # a miss: decoded by torchvision, then cached
+    [cache] = (tmp_path / "cache").rglob(CACHE_FILE)
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == CACHE_SHA256
+    mirror = torchvision_root(data_root)
+    images, labels = data_mod._load_split(mirror, train=False)
+    assert torch.equal(built.test_x, images.reshape(-1, 784).float() / 255)
+    assert torch.equal(built.test_y, labels)
+
+    def no_extraction(root):
+        raise AssertionError("a load with a good cache extracted the files")
+
+    monkeypatch.setattr(data_mod, "_extraction_root", no_extraction)
+    hit = load_mnist(data_root)
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(hit, name), getattr(built, name)), name
+        assert getattr(hit, name).dtype == getattr(built, name).dtype
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_a_tampered_cache_is_detected_and_rebuilt(data_root, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("VAEREPRO_CACHE", str(tmp_path / "cache"))
+    good = load_mnist(data_root)
+    [cache] = (tmp_path / "cache").rglob(CACHE_FILE)
+    if damage == "flip":
+        _flip_byte(cache, 784 * 7 + 300)  # a pixel of the eighth training image
+    else:
+        cache.write_bytes(cache.read_bytes()[:1000] if damage == "truncate" else b"")
+    assert data_mod._read_cache(cache) is None
+    again = load_mnist(data_root)
+    assert torch.equal(again.train_x, good.train_x) and torch.equal(again.train_y, good.train_y)
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == CACHE_SHA256
+    assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_load_from_the_cache_imports_no_torchvision(data_root, tmp_path):
+    env = {**os.environ, "VAEREPRO_CACHE": str(tmp_path / "cache"), "VAEREPRO_DATA": str(data_root)}
+    code = "import sys, vaerepro.data as d; d.load_mnist(); print('torchvision' in sys.modules)"
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert runs == ["True", "False"]  # the first load extracts and decodes, the second does not
 
 
 def test_extracted_files_alone_are_verified(data_root, tmp_path, monkeypatch):

@@ -6,7 +6,13 @@ import pytest
 
 from vaerepro.cli import main
 from vaerepro.flops import step_matmuls, train_flops_per_sample
-from vaerepro.hwtable import hardware_table, save_benchmark
+from vaerepro.hwtable import (
+    END_TO_END_SPEEDUP,
+    STEP_SPEEDUP,
+    SWEEP_SPEEDUP,
+    hardware_table,
+    save_benchmark,
+)
 from vaerepro.layout import RunFolderError
 
 
@@ -27,14 +33,17 @@ def test_hardware_table_from_a_benchmark_file(tmp_path, capsys):
         _bench("vaerepro", "eval", 20, 10000, 0.1),
         _bench("vaerepro", "sweep", 0, 1e6, 100.0),
         _bench("pyautoencoder", "sweep", 0, 1e6, 600.0),
+        _bench("vaerepro", "end_to_end", 20, 1e6, 90.0),
+        _bench("pyautoencoder", "end_to_end", 20, 1e6, 405.0),
     ]
     (tmp_path / "cpu-x-2c-cpu.json").write_text(
         json.dumps({"machine_info": {"vaerepro": info}, "benchmarks": benches})
     )
     row = hardware_table(tmp_path).iloc[0]
     assert row["N_z"] == 20 and row["train samples/s"] == pytest.approx(10_000)
-    assert row["train speedup vs baseline"] == pytest.approx(4.0)
-    assert row["sweep speedup vs baseline"] == pytest.approx(6.0)
+    assert row[STEP_SPEEDUP] == pytest.approx(4.0)
+    assert row[SWEEP_SPEEDUP] == pytest.approx(6.0)
+    assert row[END_TO_END_SPEEDUP] == pytest.approx(4.5)
     assert row["fraction of matmul limit"] == pytest.approx(0.5)
     assert row["eval samples/s"] == pytest.approx(100_000)
     assert main(["hwtable", str(tmp_path)]) == 0
@@ -82,7 +91,9 @@ def test_a_full_run_is_saved_under_a_host_unique_name(tmp_path):
     assert saved.name == "cpu-x-2c-cpu-h-1.json" and saved.read_bytes() == raw.read_bytes()
     other = _bench_file(tmp_path / "raw2.json", {"host": "h-2"})
     assert save_benchmark(other, tmp_path / "results").name == "cpu-x-2c-cpu-h-2.json"
-    assert len(hardware_table(tmp_path / "results")) == 2
+    table = hardware_table(tmp_path / "results")
+    assert len(table) == 2
+    assert table[END_TO_END_SPEEDUP].isna().all()  # files without the end-to-end pair
 
 
 @pytest.mark.parametrize(
@@ -108,7 +119,7 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 3  # header, rule, one row
     assert "CPU \\| evil row" in table[2]
-    assert {line.count("|") - line.count("\\|") for line in table} == {13}
+    assert {line.count("|") - line.count("\\|") for line in table} == {14}
 
 
 def test_the_committed_benchmarks_are_full_runs():

@@ -41,7 +41,6 @@ from .plan import Estimate, duration, measure
 from .plan import count as count_text
 from .records import load_run, read_csv, read_run_json, write_run_json
 from .reference_writer import make_reference
-from .report import make_figures
 from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train_together
 from .trajectory import run_trajectory, write_trajectory
@@ -463,6 +462,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.no_plot:
+        from .report import make_figures  # matplotlib's imports: only when plotting (1.4 s)
+
         report = make_figures(out, data_root or _recorded_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
     return 0
@@ -554,6 +555,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
+    from .report import make_figures
+
     report = make_figures(
         args.run_dir, args.data_root or _recorded_data_root(args.run_dir), args.seed
     )
@@ -721,8 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hwtable",
         help="Markdown table of the saved benchmarks of every machine",
         description="Render results/bench/*.json (from `nox -s bench`) into one table: train "
-        "and eval samples/s, speedup over the pyautoencoder baseline, fraction of the matmul "
-        "limit.",
+        "and eval samples/s, speedup over the pyautoencoder baseline (the train step, the "
+        "command lines end to end, the short sweep), fraction of the matmul limit.",
     )
     p.add_argument("folder", nargs="?", default="results/bench")
     p.add_argument(

@@ -58,12 +58,22 @@ def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
     return info, df
 
 
+# What each speedup over the pyautoencoder baseline includes, in its column's name
+STEP_SPEEDUP = "step speedup vs baseline (train step only)"
+END_TO_END_SPEEDUP = (
+    "end-to-end speedup vs baseline (command line, N_z 20 to 1e6: start-up, data, train, eval, "
+    "files, plots)"
+)
+SWEEP_SPEEDUP = "sweep speedup vs baseline (in-process, 5 N_z to 2e5: train, eval, CSVs)"
+
+
 def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
     """Per machine, device and N_z: train and eval samples/s, speedup over the pyautoencoder
-    baseline (train step, and the end-to-end short sweep) and over our own step with autograd's
-    gradient instead of the hand-written one, the wake-sleep step's speed over AEVB's, and the
-    fraction of the matmul
-    limit reached by the train step (train FLOP/s over matmul FLOP/s at the step's shapes)."""
+    baseline (the train step; the command lines end to end, bench/end_to_end.py; the short
+    sweep in-process) and over our own step with autograd's gradient instead of the
+    hand-written one, the wake-sleep step's speed over AEVB's, and the fraction of the matmul
+    limit reached by the train step (train FLOP/s over matmul FLOP/s at the step's shapes).
+    NaN where a file lacks the benchmarks (older files have no end-to-end pair)."""
     files = sorted(Path(folder).glob("*.json"))
     if not files:
         raise RunFolderError(f"no benchmark files in {folder}; run `nox -s bench` first")
@@ -76,6 +86,7 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
             return float(sel.samples_per_s.iloc[0]) if len(sel) else float("nan")
 
         sweep = rate("vaerepro", "sweep") / rate("pyautoencoder", "sweep")
+        end_to_end = rate("vaerepro", "end_to_end") / rate("pyautoencoder", "end_to_end")
         for nz in sorted(df[df.kind == "train_step"].nz.unique()):
             ours = rate("vaerepro", "train_step", nz)
             flop = df[(df.kind == "train_step") & (df.nz == nz)].flop_per_sample.iloc[0]
@@ -87,12 +98,13 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
                     "N_z": int(nz),
                     "train samples/s": ours,
                     "eval samples/s": rate("vaerepro", "eval"),
-                    "train speedup vs baseline": ours / rate("pyautoencoder", "train_step", nz),
+                    STEP_SPEEDUP: ours / rate("pyautoencoder", "train_step", nz),
+                    END_TO_END_SPEEDUP: end_to_end,
                     "train speedup vs autograd": ours / rate("vaerepro-autograd", "train_step", nz),
                     # the wake-sleep step's samples/s over AEVB's (NaN in older files)
                     "wake-sleep / AEVB step speed": rate("vaerepro-wakesleep", "train_step", nz)
                     / ours,
-                    "sweep speedup vs baseline": sweep,
+                    SWEEP_SPEEDUP: sweep,
                     "fraction of matmul limit": ours / rate("torch.mm", "matmul", nz),
                     "train GFLOP/s": ours * flop / 1e9,
                 }

@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
 
 from .compare import seed_bands, seed_values  # noqa: E402
 from .evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
@@ -41,6 +40,8 @@ def _save_figure(fig, path: Path, **kw) -> None:
 
 def _save_grid(images: torch.Tensor, path: Path, **kw) -> None:
     """torchvision's image grid, written atomically."""
+    from torchvision.utils import save_image  # 1.3 s to import: only for per-model figures
+
     buf = io.BytesIO()
     save_image(images, buf, format="png", **kw)
     atomic_write_bytes(path, buf.getvalue())

@@ -546,7 +546,13 @@ def train_together(
                 for r in runs:
                     row = r.log_evaluation(samples, time.perf_counter() - start, train_rate)
                     r.checkpoint(samples, time.perf_counter() - start)
-                bar.set_postfix(train=f"{row['train_elbo']:.2f}", test=f"{row['test_elbo']:.2f}")
+                # the bar's own rate counts evaluations and checkpoints too; train_speed is the
+                # CSV's train_samples_per_s, comparable with `nox -s bench`'s step
+                bar.set_postfix(
+                    train=f"{row['train_elbo']:.2f}",
+                    test=f"{row['test_elbo']:.2f}",
+                    train_speed=f"{train_rate / 1e3:.1f}k/s",
+                )
                 interval_start, interval_samples = time.perf_counter(), samples
             if signum := interrupted():
                 for r in runs:

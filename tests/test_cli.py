@@ -170,7 +170,7 @@ def existing_run(tmp_path_factory, data_root):
         (["--lr", "0.03"], "lr: 0.02 != 0.03"),
         (
             ["--data-root", "/nonexistent", "--overwrite"],
-            "MNIST files missing under data root /nonexistent",
+            "data root /nonexistent (from --data-root) does not exist",
         ),
         ([], "is a finished run; use --overwrite"),
     ],

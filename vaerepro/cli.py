@@ -159,7 +159,7 @@ def add_reproduce_parser(sub) -> None:
         "--jobs",
         type=int,
         help="models trained at once, each in a process of its own (default: on the CPU as "
-        "many as cores, elsewhere 1). On a 2-core CPU 2 jobs of 1 thread train 1.5x more "
+        "many as cores, elsewhere 1). On a 2-core CPU 2 jobs of 1 thread train 1.2-1.7x more "
         "samples/s than 1 job of 2 threads",
     )
     p.add_argument(

@@ -1,10 +1,11 @@
 """Training the models of a sweep in parallel processes (`--jobs`): each model in a process of
 its own with a fixed number of torch threads, at most `jobs` at once.
 
-On a 2-core CPU two processes with one thread each train 1.5x more samples per second than one
-process with two threads (the matrices of one step are too small to keep two threads busy;
-README, "Both cores for sweeps"). A model's numbers depend on its thread count (float
-rounding), which each model's JSON records, and not on how many models train beside it.
+On a 2-core CPU two processes with one thread each train 1.2-1.7x more samples per second than
+one process with two threads (the matrices of one step are too small to keep two threads busy;
+README, "Both cores for sweeps"; measured by bench/jobs_ratio.py). A model's numbers depend on
+its thread count (float rounding), which each model's JSON records, and not on how many models
+train beside it.
 """
 
 from __future__ import annotations

@@ -16,12 +16,10 @@ import os
 import time
 
 import torch
+from step_setup import make_step
 
 from vaerepro.config import preset
-from vaerepro.data import MinibatchIndices, load_mnist
-from vaerepro.model import VAE
-from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step
+from vaerepro.data import load_mnist
 
 WARMUP = 50
 
@@ -30,20 +28,13 @@ def _rate(nz: int, threads: int, steps: int, start: mp.Barrier, out: mp.Queue) -
     """Train `steps` minibatches with `threads` torch threads; put samples/s on `out`."""
     torch.set_num_threads(threads)
     cfg = preset("paper").replace(nz=nz)
-    data = load_mnist(None, "cpu")
-    torch.manual_seed(0)
-    model = VAE.from_config(cfg)
-    step = make_train_step(
-        [model], [make_optimizer(cfg, model)], cfg, data.train_x[: cfg.train_size]
-    )
-    gen = torch.Generator().manual_seed(0)
-    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
+    _, one_step = make_step(cfg, load_mnist(None, "cpu").train_x)
     for _ in range(WARMUP):
-        step([batches.next()], [gen])
+        one_step()
     start.wait()  # the jobs of one measurement time the same interval
     begin = time.perf_counter()
     for _ in range(steps):
-        step([batches.next()], [gen])
+        one_step()
     out.put(steps * cfg.batch_size / (time.perf_counter() - begin))
 
 

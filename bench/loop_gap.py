@@ -22,14 +22,12 @@ import statistics
 import time
 
 import torch
+from step_setup import make_step
 from tqdm.auto import tqdm
 
 from vaerepro.config import preset
-from vaerepro.data import MinibatchIndices, load_mnist
+from vaerepro.data import load_mnist
 from vaerepro.evaluate import evaluate
-from vaerepro.model import VAE
-from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step
 
 ROUNDS, STEPS = 15, 100
 
@@ -41,23 +39,19 @@ def main() -> None:
     args = p.parse_args()
     cfg = preset(args.preset).replace(nz=args.nz)
     data = load_mnist(None, "cpu")
-    torch.manual_seed(0)
-    model = VAE.from_config(cfg)
+    model, one_step = make_step(cfg, data.train_x)
     train_x = data.train_x[: cfg.train_size]
-    step = make_train_step([model], [make_optimizer(cfg, model)], cfg, train_x)
-    gen = torch.Generator().manual_seed(0)
-    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
     devnull = open(os.devnull, "w")  # tqdm formats and writes as on a terminal
     bar = tqdm(total=10**12, unit="sample", unit_scale=True, dynamic_ncols=True, file=devnull)
     eval_kw = dict(batch_size=cfg.eval_batch_size, chunk=cfg.eval_chunk, z_draws=cfg.z_draws)
 
     def bench_loop() -> None:
         for _ in range(STEPS):
-            step([batches.next()], [gen])
+            one_step()
 
     def real_loop() -> None:
         for _ in range(STEPS):
-            step([batches.next()], [gen])
+            one_step()
             bar.update(cfg.batch_size)
 
     def evaluation() -> None:

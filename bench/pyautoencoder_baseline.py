@@ -91,11 +91,6 @@ class Baseline:
         return rows
 
 
-def _count(text: str) -> int:
-    """A whole number written plainly or as 1e6."""
-    return int(float(text))
-
-
 def write_fig2(curves: dict[int, list[tuple[int, float, float]]], path: Path) -> None:
     """Train and test ELBO (nats per datapoint) against training samples, one colour per N_z."""
     import matplotlib
@@ -115,13 +110,14 @@ def write_fig2(curves: dict[int, list[tuple[int, float, float]]], path: Path) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vaerepro.cli import count  # 1e6 as a whole number, as `vaerepro reproduce` reads it
     from vaerepro.data import torchvision_root  # a verified, extracted copy of a read-only root
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nz", type=int, nargs="+", default=[3, 5, 10, 20, 200])
-    p.add_argument("--samples", type=_count, default=1_000_000)
-    p.add_argument("--eval-every", type=_count, default=100_000)
-    p.add_argument("--train-size", type=_count, default=60_000, help="fewer: smoke tests only")
+    p.add_argument("--samples", type=count, default=1_000_000)
+    p.add_argument("--eval-every", type=count, default=100_000)
+    p.add_argument("--train-size", type=count, default=60_000, help="fewer: smoke tests only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", help="folder holding MNIST/raw (default: $VAEREPRO_DATA)")
     p.add_argument("--out", required=True, help="folder for the CSVs and fig2.png")

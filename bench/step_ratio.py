@@ -10,14 +10,11 @@ round by round, and the ratios. Protocol: the pyautoencoder preset. Data: $VAERE
 
 import time
 
-import torch
+from step_setup import make_step
 
 import vaerepro
 from vaerepro.config import preset
-from vaerepro.data import MinibatchIndices, load_mnist
-from vaerepro.model import VAE
-from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step
+from vaerepro.data import load_mnist
 
 ROUNDS, STEPS = 25, 20
 # name: (method, autograd)
@@ -34,19 +31,13 @@ def main() -> None:
         steps = {}
         for name, (method, autograd) in STEP_KINDS.items():
             cfg = preset("pyautoencoder").replace(nz=nz, method=method)
-            torch.manual_seed(0)
-            model = VAE.from_config(cfg)
-            step = make_train_step(
-                [model], [make_optimizer(cfg, model)], cfg, data.train_x[: cfg.train_size], autograd
-            )
-            gen = torch.Generator().manual_seed(0)
-            steps[name] = (step, MinibatchIndices(cfg.train_size, 100, cfg.sampling, gen), gen)
+            steps[name] = make_step(cfg, data.train_x, autograd)[1]
         best = dict.fromkeys(steps, float("inf"))
         for _ in range(ROUNDS):
-            for name, (step, batches, gen) in steps.items():
+            for name, one_step in steps.items():
                 start = time.perf_counter()
                 for _ in range(STEPS):
-                    step([batches.next()], [gen])
+                    one_step()
                 best[name] = min(best[name], (time.perf_counter() - start) / STEPS * 1e3)
         times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in best.items())
         print(

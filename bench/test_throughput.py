@@ -7,15 +7,14 @@ what `vaerepro hwtable` needs: samples per round, FLOPs per sample, N_z and impl
 import pytest
 import torch
 from pyautoencoder_baseline import Baseline
+from step_setup import make_step
 from torch.utils.data import Subset
 
 from vaerepro.config import PAPER_NZ, preset
-from vaerepro.data import MinibatchIndices
 from vaerepro.evaluate import evaluate
 from vaerepro.flops import step_matmuls, train_flops_per_sample
 from vaerepro.model import VAE
-from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step, synchronize, train
+from vaerepro.train import synchronize, train
 
 # The speed comparison runs both sides on the same protocol: pyautoencoder's (60k images in
 # shuffled epochs, torch's Adagrad, no weight decay).
@@ -39,17 +38,12 @@ def test_train_step_vaerepro(benchmark, nz, autograd, method, device, mnist, qui
     """Our step; with autograd=True the same step with autograd's gradient, to show what the
     hand-written one buys; and the wake-sleep step (hand-written), beside AEVB's."""
     cfg = SWEEP_CFG.replace(nz=nz, method=method)
-    torch.manual_seed(0)
-    model = VAE.from_config(cfg).to(device)
-    opt = make_optimizer(cfg, model)
-    step = make_train_step([model], [opt], cfg, mnist.train_x[: cfg.train_size], autograd=autograd)
-    gen = torch.Generator(device=device).manual_seed(0)
-    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
+    _, one_step = make_step(cfg, mnist.train_x, autograd, device)
     steps = 5 if quick else 50
 
     def run():
         for _ in range(steps):
-            step([batches.next()], [gen])
+            one_step()
         synchronize(device)
 
     run()  # warm-up: allocator, kernels

@@ -1,24 +1,31 @@
-"""Shared fixtures. MNIST comes from $VAEREPRO_DATA (nox sets it to ../shared/data)."""
+"""Shared fixtures: MNIST, a tiny config, torch's thread count restored after each test."""
 
-import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaerepro.config import TrainConfig
-from vaerepro.data import MNIST_MD5, load_mnist
+from vaerepro.data import DataError, load_mnist, verified_root
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """`vaerepro reproduce` sets torch's thread count (`--threads`); in-process runs must not
+    leave theirs to the tests after them."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = Path(os.environ.get("VAEREPRO_DATA") or SHARED_DATA)
-    raw = root / "MNIST" / "raw"
-    missing = [n for n in MNIST_MD5 if not (raw / n).exists()]
-    if missing:  # a failure, not a skip: the suite needs the real data
-        pytest.fail(f"MNIST files {missing} not found in {raw}; set VAEREPRO_DATA")
-    return root
+    """MNIST's root as vaerepro finds it: $VAEREPRO_DATA, else ~/.cache/vaerepro/data or a
+    shared/data beside this checkout, else downloaded into the cache (MD5-checked)."""
+    try:
+        return verified_root(None)
+    except DataError as err:  # a failure, not a skip: the suite needs the real data
+        pytest.fail(f"{err}\nSet VAEREPRO_DATA to a folder whose MNIST/raw holds the files.")
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,10 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+# a resumed run is compared on its CSVs; its figures are tested elsewhere (test_plots, test_cli)
+RESUME = ["--no-plot", "--no-progress"]
+
+
 def _cli(args, data_root):
     cmd = [sys.executable, "-m", "vaerepro", "reproduce", *args, "--data-root", str(data_root)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,7 +79,7 @@ def uninterrupted(tmp_path_factory, data_root):
 
 
 def _resume_and_compare(out, data_root, uninterrupted):
-    proc = _cli(["--resume", str(out)], data_root)
+    proc = _cli(["--resume", str(out), *RESUME], data_root)
     assert proc.wait() == 0, proc.stderr.read()
     pd.testing.assert_frame_equal(_csv(out), uninterrupted)
     assert not list(Path(out).glob(".*.tmp"))  # stale temporary files are cleaned up
@@ -169,7 +173,9 @@ def test_second_process_on_the_same_folder_is_refused(tmp_path, data_root, capsy
     )
     assert not list(out.glob("nz*"))
     # released (as it is when a process dies): the run goes ahead, and leaves no lock file
-    assert main(["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)]) == 0
+    short = ["--samples", "2000", "--eval-every", "2000"]  # one evaluation is enough here
+    argv = ["reproduce", *RUN, *short, "--out", str(out), "--data-root", str(data_root)]
+    assert main(argv) == 0
     assert not (out / ".lock").exists()
 
 
@@ -278,7 +284,7 @@ def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wake
     time.sleep(random.Random(kill_seed).uniform(0.5, 2.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    proc = _cli(["--resume", str(out)], data_root)
+    proc = _cli(["--resume", str(out), *RESUME], data_root)
     assert proc.wait() == 0, proc.stderr.read()
     resumed = pd.read_csv(out / "wakesleep-nz3-seed0.csv")[DETERMINISTIC]
     pd.testing.assert_frame_equal(resumed, uninterrupted_wakesleep)
@@ -287,13 +293,23 @@ def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wake
 SWEEP = [*RUN, "--nz", "3", "5", "10", "--threads", "1"]  # the later --nz wins
 
 
+SWEEP_MODELS = ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory, data_root) -> dict[str, pd.DataFrame]:
+    """The CSVs of SWEEP trained one model at a time, without a stop."""
+    out = tmp_path_factory.mktemp("sweep")
+    proc = _cli([*SWEEP, "--jobs", "1", "--out", str(out)], data_root)
+    assert proc.wait() == 0, proc.stderr.read()
+    return {name: pd.read_csv(out / name)[DETERMINISTIC] for name in SWEEP_MODELS}
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
-def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
+def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, uninterrupted_sweep, stop):
     """Stopping `--jobs 2` with a model still queued (SIGINT: forwarded to the workers, which
     checkpoint, and the sweep ends; SIGKILL: the workers get SIGTERM from the kernel as their
     parent dies) and resuming gives the CSVs of an uninterrupted run."""
-    full = tmp_path / "full"
-    assert _cli([*SWEEP, "--jobs", "1", "--out", str(full)], data_root).wait() == 0
     out = tmp_path / "run"
     proc = _cli([*SWEEP, "--jobs", "2", "--out", str(out)], data_root)
     while not (out / "nz5-seed0.csv").exists() or len(_rows(out / "nz5-seed0.csv")) < 2:
@@ -306,11 +322,11 @@ def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, stop):
     while _locked(out):  # SIGKILL: the workers still hold the folder while they wind down
         assert time.time() < deadline
         time.sleep(0.1)
-    proc = _cli(["--resume", str(out), "--jobs", "2"], data_root)
+    proc = _cli(["--resume", str(out), "--jobs", "2", *RESUME], data_root)
     assert proc.wait() == 0, proc.stderr.read()
-    for name in ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv"):
+    for name in SWEEP_MODELS:
         pd.testing.assert_frame_equal(
-            pd.read_csv(out / name)[DETERMINISTIC], pd.read_csv(full / name)[DETERMINISTIC]
+            pd.read_csv(out / name)[DETERMINISTIC], uninterrupted_sweep[name]
         )
 
 

@@ -255,13 +255,15 @@ def test_stacked_trains_each_seed_as_separate_runs(sweep, tmp_path, data_root):
 
 def test_jobs_do_not_change_the_numbers(sweep, tmp_path, data_root, capsys):
     """2 jobs of 1 thread and 1 job of 1 thread give identical CSVs; the thread count is
-    recorded in every model's JSON."""
+    recorded in every model's JSON. With 2 jobs one progress bar counts the whole sweep."""
     argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "--threads", "1"]
     argv += ["--data-root", str(data_root), *TINY]
-    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    with_bar = [a for a in argv if a != "--no-progress"]
+    assert main([*with_bar, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     err = capsys.readouterr().err
     assert "4 model(s)" in err and "2 job(s) of 1 thread(s)" in err
     assert "model 4/4 (N_z=5 seed 1): finished" in err
+    assert "sweep of 4 models: 100%" in err and "8.00k/8.00k" in err  # 4 x 2000 samples
     assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     for nz, seed in [(3, 0), (5, 0), (3, 1), (5, 1)]:
         name = f"nz{nz}-seed{seed}"

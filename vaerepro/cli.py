@@ -39,7 +39,7 @@ from .layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFai
 from .model import VAE
 from .plan import Estimate, duration, measure
 from .plan import count as count_text
-from .records import load_run, read_csv, read_run_json, write_run_json
+from .records import load_run, logged_samples, read_run_json, write_run_json
 from .reference_writer import make_reference
 from .tables import to_markdown
 from .train import Interrupted, TrainingDiverged, run_status, train_together
@@ -371,7 +371,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     # --resume reads the data where the run started unless told otherwise
     data_root = args.data_root or (_recorded_data_root(out) if args.resume else None)
     data = load_mnist(data_root, device)  # raises DataError before any training
-    done = {c: _samples_done(files[c]) if plan[c] == "resume" else 0 for c in pending}
+    done = {c: logged_samples(files[c].csv) if plan[c] == "resume" else 0 for c in pending}
     estimate = measure(pending, data, device) if pending and args.estimate else None
     with folder_lock(out):
         remove_stale_temps(out)
@@ -414,6 +414,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 args.autograd,
                 say=lambda line: print(line, file=sys.stderr),
                 expected={c: estimate.seconds(c, done[c]) for c in pending} if estimate else None,
+                done=done,
+                progress=not args.no_progress,
             )
             if status:
                 print(f"Resume with: vaerepro reproduce --resume {out}", file=sys.stderr)
@@ -485,14 +487,6 @@ def parallelism(args: argparse.Namespace, device: torch.device, models: int) -> 
     serial = device.type != "cpu" or args.stacked
     jobs = args.jobs or (1 if serial else max(1, min(cores, models)))
     return jobs, args.threads or max(1, cores // jobs)
-
-
-def _samples_done(files: RunFiles) -> int:
-    """Samples a resumed model has already trained, from its CSV (0 if unreadable)."""
-    try:
-        return int(read_csv(files.csv).samples.iloc[-1])
-    except (RunFolderError, IndexError):
-        return 0
 
 
 def _plan_line(
@@ -760,11 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "trajectory",
-        help="tier 1 of the regression gate: the float64 trajectory of the ci protocol",
-        description="Run the ci protocol scaled down (per method, AEVB and wake-sleep, and "
+        help="tier 1 of the regression gate: the float64 trajectory of the ci preset",
+        description="Run the ci preset scaled down (per method, AEVB and wake-sleep, and "
         "N_z: 4,000 samples from 1,000 images) in float64 on the CPU, through the real "
         "training and evaluation code, and write trajectory.csv/.json into OUT for "
-        "`vaerepro check`. About 3 s per method and N_z.",
+        "`vaerepro check`. About 13 s for both methods and all five N_z on 2 cores.",
     )
     p.add_argument("out", help="the folder to write into (usually the ci run's)")
     p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ))

@@ -21,11 +21,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import TrainConfig, model_label
 from .data import DataError, load_mnist
-from .layout import RunFolderError
+from .layout import RunFiles, RunFolderError
 from .plan import duration
+from .records import logged_samples
 from .train import Interrupted, TrainingDiverged, stop_signals, train_together
 from .writes import folder_lock, share_lock
 
@@ -82,19 +84,41 @@ def train_in_parallel(
     autograd: bool,
     say: Callable[[str], None],
     expected: dict[TrainConfig, float] | None = None,
+    done: dict[TrainConfig, int] | None = None,
+    progress: bool = False,
 ) -> int:
     """Train `configs` (one model each) in up to `jobs` processes of `threads` threads, in
     order; `say` gets a line as each model starts and ends (with the time left, scaled from
-    the `expected` seconds per model when given). Returns 0, 128 + the signal that stopped
-    the sweep (forwarded to the running workers, which checkpoint), or ERROR_EXIT when a model
-    failed (the models already running finish first; none is started after)."""
+    the `expected` seconds per model when given). With `progress`, one bar counts the samples
+    of the whole sweep (`done`: those a resumed model had already trained), read from each
+    running model's CSV at its evaluations. Returns 0, 128 + the signal that stopped the sweep
+    (forwarded to the running workers, which checkpoint), or ERROR_EXIT when a model failed
+    (the models already running finish first; none is started after)."""
     share_lock(out)  # the workers share it; it outlives this process until they end
     ctx = multiprocessing.get_context("spawn")
     queue = list(enumerate(configs, 1))
     running: dict[int, tuple[multiprocessing.Process, str, TrainConfig]] = {}
     finished: list[TrainConfig] = []
     status, start = 0, time.perf_counter()
-    with stop_signals() as interrupted:
+    trained = {c: (done or {}).get(c, 0) for c in configs}  # samples per model, for the bar
+    # per running model: when its CSV was last read, in ns (at first, its worker's start; a
+    # CSV older than that is a previous run's)
+    seen: dict[TrainConfig, int] = {}
+    bar = tqdm(
+        total=sum(c.samples for c in configs),
+        initial=sum(trained.values()),
+        unit="sample",
+        unit_scale=True,
+        desc=f"sweep of {len(configs)} models",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+    def tell(line: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):  # the line above the bar, not in it
+            say(line)
+
+    with bar, stop_signals() as interrupted:
         while running or (queue and not status):  # after a stop or a failure: no new model
             while queue and len(running) < jobs and not status:
                 i, cfg = queue.pop(0)
@@ -102,23 +126,38 @@ def train_in_parallel(
                 label = f"model {i}/{len(configs)} ({model} seed {cfg.seed})"
                 args = (cfg, str(out), device, resume[cfg], preset, data_root, threads)
                 proc = ctx.Process(target=_worker, args=(*args, label, autograd, os.getpid()))
+                seen[cfg] = time.time_ns()
                 proc.start()
                 running[proc.sentinel] = (proc, label, cfg)
-                say(f"{label}: started, {threads} thread(s), {_elapsed(start)}")
+                tell(f"{label}: started, {threads} thread(s), {_elapsed(start)}")
             for sentinel in wait(list(running), timeout=0.5):
                 proc, label, cfg = running.pop(sentinel)
                 proc.join()
                 code = proc.exitcode
                 if code == 0:
                     finished.append(cfg)
-                    say(f"{label}: finished, {_elapsed(start)}{_left(expected, finished, start)}")
+                    trained[cfg] = cfg.samples
+                    tell(f"{label}: finished, {_elapsed(start)}{_left(expected, finished, start)}")
                 elif not status:  # a worker killed by a signal has exitcode -signum
                     status = 128 - code if code < 0 else code if code > 128 else ERROR_EXIT
+            for _, _, cfg in running.values() if progress else ():
+                csv = RunFiles.of_config(out, cfg).csv
+                if (mtime := _mtime_ns(csv)) > seen[cfg]:  # a new evaluation was logged
+                    seen[cfg] = mtime
+                    trained[cfg] = logged_samples(csv) or trained[cfg]
+            bar.update(sum(trained.values()) - bar.n)
             if (signum := interrupted()) and not status:
                 status = 128 + signum
                 for proc, _, _ in running.values():
                     os.kill(proc.pid, signum)
     return status
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _left(expected: dict | None, finished: list, start: float) -> str:

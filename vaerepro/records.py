@@ -222,6 +222,14 @@ def read_csv(path: Path) -> pd.DataFrame:
     return df
 
 
+def logged_samples(csv: Path) -> int:
+    """The sample count of a run CSV's last row (0 when the file is absent or unreadable)."""
+    try:
+        return int(read_csv(csv).samples.iloc[-1])
+    except (RunFolderError, IndexError, ValueError):
+        return 0
+
+
 def _has_rows(csv: Path) -> bool:
     return csv.exists() and csv.read_text().strip().count("\n") > 0
 

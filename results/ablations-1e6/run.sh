@@ -1,5 +1,6 @@
 #!/bin/bash
 # Ablations of the paper preset, one choice at a time: N_z=3 and 20, 1e6 samples, seeds 0-1.
+# Needs `vaerepro` on the PATH (pip install -e .).
 cd "$(dirname "$0")/../.."
 export VAEREPRO_DATA=${VAEREPRO_DATA:-../shared/data}
 declare -A V=(
@@ -11,7 +12,7 @@ declare -A V=(
 )
 for seed in 0 1; do
   for name in paper no-weight-decay torch-adagrad train-size-60000 epoch-sampling; do
-    .venv/bin/vaerepro reproduce --preset paper --nz 3 20 --samples 1e6 --seed $seed ${V[$name]} \
+    vaerepro reproduce --preset paper --nz 3 20 --samples 1e6 --seed $seed ${V[$name]} \
       --out results/ablations-1e6/$name-seed$seed --no-plot --no-progress --overwrite 2>&1 | grep "^N_z"
   done
 done

@@ -28,7 +28,7 @@ RUN = [
     "--nz",
     "3",
     "--samples",
-    "20000",
+    "10000",
     "--eval-every",
     "2000",
     "--train-size",
@@ -94,7 +94,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, data_root, uninterrupt
         time.sleep(0.02)
     time.sleep(random.Random(kill_seed).uniform(0.0, 1.5))
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not after it had finished
     _resume_and_compare(out, data_root, uninterrupted)
 
 
@@ -283,14 +283,15 @@ def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wake
         time.sleep(0.02)
     time.sleep(random.Random(kill_seed).uniform(0.5, 2.0))
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not after it had finished
     proc = _cli(["--resume", str(out), *RESUME], data_root)
     assert proc.wait() == 0, proc.stderr.read()
     resumed = pd.read_csv(out / "wakesleep-nz3-seed0.csv")[DETERMINISTIC]
     pd.testing.assert_frame_equal(resumed, uninterrupted_wakesleep)
 
 
-SWEEP = [*RUN, "--nz", "3", "5", "10", "--threads", "1"]  # the later --nz wins
+# the later --nz and --samples win; 20,000 samples keep nz10 queued when the sweep stops
+SWEEP = [*RUN, "--nz", "3", "5", "10", "--samples", "20000", "--threads", "1"]
 
 
 SWEEP_MODELS = ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv")

@@ -88,19 +88,20 @@ def train_in_parallel(
     progress: bool = False,
 ) -> int:
     """Train `configs` (one model each) in up to `jobs` processes of `threads` threads, in
-    order; `say` gets a line as each model starts and ends (with the time left, scaled from
-    the `expected` seconds per model when given). With `progress`, one bar counts the samples
-    of the whole sweep (`done`: those a resumed model had already trained), read from each
-    running model's CSV at its evaluations. Returns 0, 128 + the signal that stopped the sweep
+    order; `say` gets a line as each model starts and ends (with the time left: the
+    `expected` seconds per model when given, scaled by how long the samples trained so far
+    took). The samples each model has trained (`done`: those a resumed model had already)
+    are read from its CSV at its evaluations; with `progress` one bar counts them for the
+    whole sweep. Returns 0, 128 + the signal that stopped the sweep
     (forwarded to the running workers, which checkpoint), or ERROR_EXIT when a model failed
     (the models already running finish first; none is started after)."""
     share_lock(out)  # the workers share it; it outlives this process until they end
     ctx = multiprocessing.get_context("spawn")
     queue = list(enumerate(configs, 1))
     running: dict[int, tuple[multiprocessing.Process, str, TrainConfig]] = {}
-    finished: list[TrainConfig] = []
     status, start = 0, time.perf_counter()
-    trained = {c: (done or {}).get(c, 0) for c in configs}  # samples per model, for the bar
+    before = {c: (done or {}).get(c, 0) for c in configs}
+    trained = dict(before)  # samples per model
     # per running model: when its CSV was last read, in ns (at first, its worker's start; a
     # CSV older than that is a previous run's)
     seen: dict[TrainConfig, int] = {}
@@ -135,12 +136,12 @@ def train_in_parallel(
                 proc.join()
                 code = proc.exitcode
                 if code == 0:
-                    finished.append(cfg)
                     trained[cfg] = cfg.samples
-                    tell(f"{label}: finished, {_elapsed(start)}{_left(expected, finished, start)}")
+                    left = _left(expected, before, trained, time.perf_counter() - start)
+                    tell(f"{label}: finished, {_elapsed(start)}{left}")
                 elif not status:  # a worker killed by a signal has exitcode -signum
                     status = 128 - code if code < 0 else code if code > 128 else ERROR_EXIT
-            for _, _, cfg in running.values() if progress else ():
+            for _, _, cfg in running.values():
                 csv = RunFiles.of_config(out, cfg).csv
                 if (mtime := _mtime_ns(csv)) > seen[cfg]:  # a new evaluation was logged
                     seen[cfg] = mtime
@@ -160,14 +161,23 @@ def _mtime_ns(path: Path) -> int:
         return 0
 
 
-def _left(expected: dict | None, finished: list, start: float) -> str:
-    """ ", about 12 min left": the expected seconds still to go, scaled by how the finished
-    models' expectation fared ("" without an estimate)."""
-    done = sum(expected[c] for c in finished) if expected else 0
+def _left(
+    expected: dict[TrainConfig, float] | None,
+    before: dict[TrainConfig, int],
+    trained: dict[TrainConfig, int],
+    elapsed: float,
+) -> str:
+    """ ", about 12 min left": the seconds `expected` for the samples still to train (per
+    model, from `before` to its budget), scaled by the wall time the trained ones took, all
+    jobs together ("" without an estimate)."""
+    if not expected:
+        return ""
+    share = {c: (trained[c] - before[c]) / max(c.samples - before[c], 1) for c in expected}
+    done = sum(expected[c] * share[c] for c in expected)
     if not done:
         return ""
-    left = sum(v for c, v in expected.items() if c not in finished) / done
-    return f", about {duration(left * (time.perf_counter() - start))} left"
+    left = sum(expected[c] * (1 - share[c]) for c in expected) * elapsed / done
+    return f", about {duration(left)} left"
 
 
 def _elapsed(start: float) -> str:

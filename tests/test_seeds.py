@@ -265,7 +265,7 @@ def test_jobs_do_not_change_the_numbers(sweep, tmp_path, data_root, capsys):
     err = capsys.readouterr().err
     assert "4 model(s)" in err and "2 job(s) of 1 thread(s)" in err
     assert "model 4/4 (N_z=5 seed 1): finished" in err
-    assert "sweep of 4 models: 100%" in err and "8.00k/8.00k" in err  # 4 x 2000 samples
+    assert "sweep: 100%" in err and "8.00k/8.00k" in err  # 4 models x 2000 samples
     assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     for nz, seed in [(3, 0), (5, 0), (3, 1), (5, 1)]:
         name = f"nz{nz}-seed{seed}"

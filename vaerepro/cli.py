@@ -429,7 +429,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             if i:
                 elapsed = time.perf_counter() - start
                 line = f"{label} ({names}): {duration(elapsed)} elapsed"
-                if estimate:  # what is left, scaled by how the estimate fared so far
+                if estimate and sum(expected[:i]):  # what is left, scaled by the estimate's fit
                     left = sum(expected[i:]) * elapsed / sum(expected[:i])
                     line += f", about {duration(left)} left"
                 print(line, file=sys.stderr)

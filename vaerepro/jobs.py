@@ -102,17 +102,18 @@ def train_in_parallel(
     status, start = 0, time.perf_counter()
     before = {c: (done or {}).get(c, 0) for c in configs}
     trained = dict(before)  # samples per model
-    # per running model: when its CSV was last read, in ns (at first, its worker's start; a
-    # CSV older than that is a previous run's)
-    seen: dict[TrainConfig, int] = {}
+    # per running model: its CSV's (inode, mtime) when last looked at; the CSV is replaced
+    # atomically at each evaluation, so a new stamp means a new row
+    seen: dict[TrainConfig, tuple[int, int] | None] = {}
     bar = tqdm(
         total=sum(c.samples for c in configs),
         initial=sum(trained.values()),
         unit="sample",
         unit_scale=True,
-        desc=f"sweep of {len(configs)} models",
+        desc="sweep",
         disable=not progress,
         dynamic_ncols=True,
+        smoothing=0,  # the rate over the whole run: rows arrive in jumps of eval_every samples
     )
 
     def tell(line: str) -> None:
@@ -127,7 +128,7 @@ def train_in_parallel(
                 label = f"model {i}/{len(configs)} ({model} seed {cfg.seed})"
                 args = (cfg, str(out), device, resume[cfg], preset, data_root, threads)
                 proc = ctx.Process(target=_worker, args=(*args, label, autograd, os.getpid()))
-                seen[cfg] = time.time_ns()
+                seen[cfg] = _stamp(RunFiles.of_config(out, cfg).csv)
                 proc.start()
                 running[proc.sentinel] = (proc, label, cfg)
                 tell(f"{label}: started, {threads} thread(s), {_elapsed(start)}")
@@ -143,8 +144,8 @@ def train_in_parallel(
                     status = 128 - code if code < 0 else code if code > 128 else ERROR_EXIT
             for _, _, cfg in running.values():
                 csv = RunFiles.of_config(out, cfg).csv
-                if (mtime := _mtime_ns(csv)) > seen[cfg]:  # a new evaluation was logged
-                    seen[cfg] = mtime
+                if (stamp := _stamp(csv)) != seen[cfg]:
+                    seen[cfg] = stamp
                     trained[cfg] = logged_samples(csv) or trained[cfg]
             bar.update(sum(trained.values()) - bar.n)
             if (signum := interrupted()) and not status:
@@ -154,11 +155,12 @@ def train_in_parallel(
     return status
 
 
-def _mtime_ns(path: Path) -> int:
+def _stamp(path: Path) -> tuple[int, int] | None:
     try:
-        return path.stat().st_mtime_ns
+        st = path.stat()
     except OSError:
-        return 0
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _left(

@@ -12,8 +12,8 @@ from helpers import TINY, refused, snapshot, synthetic_sweep
 from vaerepro.cli import main
 from vaerepro.compare import compare_run
 from vaerepro.config import TrainConfig
-from vaerepro.jobs import _left
 from vaerepro.layout import CSV_COLUMNS
+from vaerepro.plan import time_left
 from vaerepro.records import load_run
 from vaerepro.reference import paper_elbo
 from vaerepro.report import make_figures
@@ -284,11 +284,13 @@ def test_time_left_counts_the_samples_of_every_job():
     model-seconds took 60 s, so 50 more take 20 s (counting finished models only said 60 s)."""
     a, b = TrainConfig(nz=3, samples=1000), TrainConfig(nz=5, samples=1000)
     expected, before = {a: 100.0, b: 100.0}, {a: 0, b: 0}
-    assert _left(expected, before, {a: 1000, b: 500}, 60.0) == ", about 20 s left"
+    assert time_left(expected, before, {a: 1000, b: 500}, 60.0) == ", about 20 s left"
     # a resumed model counts only what it trains in this run: 250 of its 500 left
-    assert _left(expected, {a: 0, b: 500}, {a: 1000, b: 750}, 60.0) == ", about 20 s left"
-    assert _left(None, before, {a: 1000, b: 0}, 60.0) == ""
-    assert _left(expected, before, before, 0.0) == ""  # nothing trained yet: no estimate
+    assert time_left(expected, {a: 0, b: 500}, {a: 1000, b: 750}, 60.0) == ", about 20 s left"
+    assert time_left(None, before, {a: 1000, b: 0}, 60.0) == ""
+    assert time_left(expected, before, before, 0.0) == ""  # nothing trained yet: no estimate
+    # a resumed model that had nothing left took no expected time: still no estimate
+    assert time_left({a: 0.0, b: 100.0}, {a: 1000, b: 0}, {a: 1000, b: 0}, 5.0) == ""
 
 
 def test_jobs_are_checked_before_any_work(tmp_path, capsys):

@@ -37,7 +37,7 @@ from .hwtable import hardware_table, save_benchmark
 from .jobs import train_in_parallel
 from .layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFailed
 from .model import VAE
-from .plan import Estimate, duration, measure
+from .plan import Estimate, duration, measure, time_left
 from .plan import count as count_text
 from .records import load_run, logged_samples, read_run_json, write_run_json
 from .reference_writer import make_reference
@@ -396,7 +396,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             keys = [(m, s) for m in sweep.methods for s in sweep.seeds]
             groups = [[c for c in pending if (c.method, c.seed) == k] for k in keys]
             groups = [g for g in groups if g]
-        expected = [max(estimate.seconds(c, done[c]) for c in g) if estimate else 0 for g in groups]
+        seconds = {c: estimate.seconds(c, done[c]) for c in pending} if estimate else None
+        expected = [max(seconds[c] for c in g) if estimate else 0 for g in groups]
         if pending:
             line = _plan_line(pending, done, device, estimate, sum(expected) / jobs)
             print(f"{line}; {jobs} job(s) of {threads} thread(s)", file=sys.stderr)
@@ -413,7 +414,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 threads,
                 args.autograd,
                 say=lambda line: print(line, file=sys.stderr),
-                expected={c: estimate.seconds(c, done[c]) for c in pending} if estimate else None,
+                expected=seconds,
                 done=done,
                 progress=not args.no_progress,
             )
@@ -428,11 +429,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"{names}: in one stacked step", file=sys.stderr)
             if i:
                 elapsed = time.perf_counter() - start
-                line = f"{label} ({names}): {duration(elapsed)} elapsed"
-                if estimate and sum(expected[:i]):  # what is left, scaled by the estimate's fit
-                    left = sum(expected[i:]) * elapsed / sum(expected[:i])
-                    line += f", about {duration(left)} left"
-                print(line, file=sys.stderr)
+                trained = {**done, **{c: c.samples for g in groups[:i] for c in g}}
+                left = time_left(seconds, done, trained, elapsed)
+                print(f"{label} ({names}): {duration(elapsed)} elapsed{left}", file=sys.stderr)
             try:
                 train_together(
                     group,

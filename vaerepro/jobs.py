@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, model_label
 from .data import DataError, load_mnist
 from .layout import RunFiles, RunFolderError
-from .plan import duration
+from .plan import duration, time_left
 from .records import logged_samples
 from .train import Interrupted, TrainingDiverged, stop_signals, train_together
 from .writes import folder_lock, share_lock
@@ -138,7 +138,7 @@ def train_in_parallel(
                 code = proc.exitcode
                 if code == 0:
                     trained[cfg] = cfg.samples
-                    left = _left(expected, before, trained, time.perf_counter() - start)
+                    left = time_left(expected, before, trained, time.perf_counter() - start)
                     tell(f"{label}: finished, {_elapsed(start)}{left}")
                 elif not status:  # a worker killed by a signal has exitcode -signum
                     status = 128 - code if code < 0 else code if code > 128 else ERROR_EXIT
@@ -161,25 +161,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
-
-
-def _left(
-    expected: dict[TrainConfig, float] | None,
-    before: dict[TrainConfig, int],
-    trained: dict[TrainConfig, int],
-    elapsed: float,
-) -> str:
-    """ ", about 12 min left": the seconds `expected` for the samples still to train (per
-    model, from `before` to its budget), scaled by the wall time the trained ones took, all
-    jobs together ("" without an estimate)."""
-    if not expected:
-        return ""
-    share = {c: (trained[c] - before[c]) / max(c.samples - before[c], 1) for c in expected}
-    done = sum(expected[c] * share[c] for c in expected)
-    if not done:
-        return ""
-    left = sum(expected[c] * (1 - share[c]) for c in expected) * elapsed / done
-    return f", about {duration(left)} left"
 
 
 def _elapsed(start: float) -> str:

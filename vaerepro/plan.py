@@ -74,6 +74,25 @@ def duration(seconds: float) -> str:
     return f"{seconds} s"
 
 
+def time_left(
+    expected: dict[TrainConfig, float] | None,
+    before: dict[TrainConfig, int],
+    trained: dict[TrainConfig, int],
+    elapsed: float,
+) -> str:
+    """ ", about 12 min left": the seconds `expected` for the samples still to train (per
+    model, from `before` to its budget), scaled by the wall time the trained ones took, all
+    jobs together ("" without an estimate)."""
+    if not expected:
+        return ""
+    share = {c: (trained[c] - before[c]) / max(c.samples - before[c], 1) for c in expected}
+    done = sum(expected[c] * share[c] for c in expected)
+    if not done:
+        return ""
+    left = sum(expected[c] * (1 - share[c]) for c in expected) * elapsed / done
+    return f", about {duration(left)} left"
+
+
 def count(n: float) -> str:
     """A sample count as people write it: 300000 -> 3e5, 1.5e6 -> 1.5e6, 2500 -> 2.5e3."""
     mantissa, exponent = f"{n:.2e}".split("e")

@@ -32,7 +32,7 @@ TIER1_ROUNDING = {
 def _data_env() -> dict:
     # $VAEREPRO_DATA as given (nox passes the environment on), else ../shared/data where it
     # exists (this project's CI: never a download); else vaerepro's default roots, which
-    # download MNIST once into ~/.cache/vaerepro/data (vaerepro.data.default_data_roots)
+    # download MNIST once into ~/.cache/vaerepro/data (vaerepro.core.data.default_data_roots)
     if "VAEREPRO_DATA" in os.environ or not SHARED_DATA.is_dir():
         return {}
     return {"VAEREPRO_DATA": str(SHARED_DATA)}

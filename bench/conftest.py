@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from vaerepro.cli import resolve_device
-from vaerepro.data import DataError, load_mnist, torchvision_root
-from vaerepro.provenance import device_name
+from vaerepro.core.data import DataError, load_mnist, torchvision_root
+from vaerepro.runs.provenance import device_name
 
 
 def pytest_addoption(parser):

@@ -18,8 +18,8 @@ import time
 import torch
 from step_setup import make_step
 
-from vaerepro.config import preset
-from vaerepro.data import load_mnist
+from vaerepro.core.config import preset
+from vaerepro.core.data import load_mnist
 
 WARMUP = 50
 

@@ -25,9 +25,9 @@ import torch
 from step_setup import make_step
 from tqdm.auto import tqdm
 
-from vaerepro.config import preset
-from vaerepro.data import load_mnist
-from vaerepro.evaluate import evaluate
+from vaerepro.core.config import preset
+from vaerepro.core.data import load_mnist
+from vaerepro.core.evaluate import evaluate
 
 ROUNDS, STEPS = 15, 100
 

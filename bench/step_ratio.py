@@ -13,8 +13,8 @@ import time
 from step_setup import make_step
 
 import vaerepro
-from vaerepro.config import preset
-from vaerepro.data import load_mnist
+from vaerepro.core.config import preset
+from vaerepro.core.data import load_mnist
 
 ROUNDS, STEPS = 25, 20
 # name: (method, autograd)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import torch
 
-from vaerepro.config import TrainConfig
-from vaerepro.data import MinibatchIndices
-from vaerepro.model import VAE
-from vaerepro.optim import make_optimizer
-from vaerepro.train import make_train_step
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import MinibatchIndices
+from vaerepro.core.model import VAE
+from vaerepro.core.optim import make_optimizer
+from vaerepro.runs.train import make_train_step
 
 
 def make_step(

@@ -10,11 +10,11 @@ from pyautoencoder_baseline import Baseline
 from step_setup import make_step
 from torch.utils.data import Subset
 
-from vaerepro.config import PAPER_NZ, preset
-from vaerepro.evaluate import evaluate
-from vaerepro.flops import step_matmuls, train_flops_per_sample
-from vaerepro.model import VAE
-from vaerepro.train import synchronize, train
+from vaerepro.core.config import PAPER_NZ, preset
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.flops import step_matmuls, train_flops_per_sample
+from vaerepro.core.model import VAE
+from vaerepro.runs.train import synchronize, train
 
 # The speed comparison runs both sides on the same protocol: pyautoencoder's (60k images in
 # shuffled epochs, torch's Adagrad, no weight decay).

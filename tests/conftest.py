@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaerepro.config import TrainConfig
-from vaerepro.data import DataError, load_mnist, verified_root
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import DataError, load_mnist, verified_root
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
-from vaerepro.config import TrainConfig
-from vaerepro.layout import CSV_COLUMNS, RunFiles
-from vaerepro.reference import paper_elbo
+from vaerepro.core.config import TrainConfig
+from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 
 TINY = [
     "--samples",

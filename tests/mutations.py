@@ -12,11 +12,11 @@ import dataclasses
 
 import torch
 
-from vaerepro import evaluate as evaluate_mod
-from vaerepro import model as model_mod
-from vaerepro import optim
-from vaerepro import train as train_mod
-from vaerepro.data import MinibatchIndices
+from vaerepro.core import evaluate as evaluate_mod
+from vaerepro.core import model as model_mod
+from vaerepro.core import optim
+from vaerepro.core.data import MinibatchIndices
+from vaerepro.runs import train as train_mod
 
 
 def _latent_grads_without_kl(d_z, mu, sigma, eps, d_mu, d_logvar):
@@ -62,27 +62,33 @@ def _no_tanh(inputs, weight, bias, out=None):
 _kl = model_mod.gaussian_kl
 _adagrad_init = optim.Adagrad.__init__
 
-OPTIMIZER = "vaerepro.train.make_optimizer"  # as train.py calls it
+OPTIMIZER = "vaerepro.runs.train.make_optimizer"  # as train.py calls it
 
 MUTATIONS = {
     "weight_prior_removed": (OPTIMIZER, _optimizer_with(weight_decay=False)),
     "torch_adagrad_rule": (OPTIMIZER, _optimizer_with(optimizer="torch_adagrad")),
     "adagrad_warmup_removed": (OPTIMIZER, _optimizer_with(adagrad_warmup=0)),
     "adagrad_eps_outside_sqrt": (OPTIMIZER, _eps_outside_sqrt),
-    "train_on_60000_images": ("vaerepro.train.ModelRun.__init__", _all_60000_images),
+    "train_on_60000_images": ("vaerepro.runs.train.ModelRun.__init__", _all_60000_images),
     "epoch_sampling": (
-        "vaerepro.train.MinibatchIndices",
+        "vaerepro.runs.train.MinibatchIndices",
         lambda n, batch, sampling, gen: MinibatchIndices(n, batch, "epoch", gen),
     ),
-    "eval_kl_dropped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: 0.0 * _kl(mu, logvar)),
-    "eval_kl_sign_flipped": ("vaerepro.model.gaussian_kl", lambda mu, logvar: -_kl(mu, logvar)),
-    "tanh_removed": ("vaerepro.model.hidden_layer", _no_tanh),  # training and evaluation
+    "eval_kl_dropped": (
+        "vaerepro.core.model.gaussian_kl",
+        lambda mu, logvar: 0.0 * _kl(mu, logvar),
+    ),
+    "eval_kl_sign_flipped": (
+        "vaerepro.core.model.gaussian_kl",
+        lambda mu, logvar: -_kl(mu, logvar),
+    ),
+    "tanh_removed": ("vaerepro.core.model.hidden_layer", _no_tanh),  # training and evaluation
     "lr_times_10": (
-        "vaerepro.optim.Adagrad.__init__",
+        "vaerepro.core.optim.Adagrad.__init__",
         lambda self, params, lr=0.02, **kw: _adagrad_init(self, params, lr=10 * lr, **kw),
     ),
     "z_is_mu": ("torch.randn", _no_noise),  # in training and evaluation
-    "eval_elbo_shifted_half_a_nat": ("vaerepro.train.evaluate", _shifted_evaluation),
+    "eval_elbo_shifted_half_a_nat": ("vaerepro.runs.train.evaluate", _shifted_evaluation),
 }
 
 
@@ -103,6 +109,6 @@ WAKESLEEP_MUTATIONS = {
 # Breakages of the hand-written backward only: `gradients.covers` must see each, so that the
 # run trains through autograd instead.
 BACKWARD_BREAKAGES = {
-    "kl_gradient_dropped": ("vaerepro.gradients.latent_grads", _latent_grads_without_kl),
-    "tanh_derivative_dropped": ("vaerepro.gradients.tanh_backward", lambda grad, out: grad),
+    "kl_gradient_dropped": ("vaerepro.core.gradients.latent_grads", _latent_grads_without_kl),
+    "tanh_derivative_dropped": ("vaerepro.core.gradients.tanh_backward", lambda grad, out: grad),
 }

@@ -77,8 +77,8 @@ def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, caps
 
 
 def test_estimate_extrapolates_the_measured_rates():
-    from vaerepro.config import TrainConfig
-    from vaerepro.plan import Estimate
+    from vaerepro.core.config import TrainConfig
+    from vaerepro.runs.estimate import Estimate
 
     cfg = TrainConfig(nz=3, samples=1_000_000, eval_every=100_000)
     est = Estimate(train_rate={3: 20_000.0}, eval_rate=60_000.0)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.datasets.utils import calculate_md5
 
-from vaerepro import data as data_mod
-from vaerepro.data import (
+from vaerepro.core import data as data_mod
+from vaerepro.core.data import (
     CACHE_FILE,
     CACHE_SHA256,
     EXTRACTED_MD5,
@@ -150,7 +150,9 @@ def test_a_tampered_cache_is_detected_and_rebuilt(data_root, tmp_path, monkeypat
 
 def test_a_load_from_the_cache_imports_no_torchvision(data_root, tmp_path):
     env = {**os.environ, "VAEREPRO_CACHE": str(tmp_path / "cache"), "VAEREPRO_DATA": str(data_root)}
-    code = "import sys, vaerepro.data as d; d.load_mnist(); print('torchvision' in sys.modules)"
+    code = (
+        "import sys, vaerepro.core.data as d; d.load_mnist(); print('torchvision' in sys.modules)"
+    )
     runs = [
         subprocess.run(
             [sys.executable, "-c", code],

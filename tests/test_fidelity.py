@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
+from vaerepro.analysis.compare import compare_run, write_comparison
+from vaerepro.analysis.reference import fig2, paper_elbo
 from vaerepro.cli import main
-from vaerepro.compare import compare_run, write_comparison
-from vaerepro.config import PRESETS, TrainConfig, preset
-from vaerepro.data import MnistSplits
-from vaerepro.layout import CSV_COLUMNS
-from vaerepro.optim import make_optimizer
-from vaerepro.reference import fig2, paper_elbo
-from vaerepro.train import train
+from vaerepro.core.config import PRESETS, TrainConfig, preset
+from vaerepro.core.data import MnistSplits
+from vaerepro.core.optim import make_optimizer
+from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.train import train
 
 
 def test_presets_state_the_two_protocols():

@@ -8,15 +8,15 @@ import torch
 from helpers import TINY
 from mutations import BACKWARD_BREAKAGES
 
-from vaerepro import model as model_mod
 from vaerepro.cli import main
-from vaerepro.config import TrainConfig
-from vaerepro.evaluate import evaluate
-from vaerepro.gradients import BernoulliGradients, covers
-from vaerepro.layout import RunFiles
-from vaerepro.model import VAE, hidden_layer
-from vaerepro.optim import make_optimizer
-from vaerepro.train import load_model, make_train_step, train
+from vaerepro.core import model as model_mod
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.gradients import BernoulliGradients, covers
+from vaerepro.core.model import VAE, hidden_layer
+from vaerepro.core.optim import make_optimizer
+from vaerepro.runs.layout import RunFiles
+from vaerepro.runs.train import load_model, make_train_step, train
 
 
 def _pair(nz: int, dtype=torch.float64) -> tuple[VAE, VAE]:

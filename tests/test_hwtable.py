@@ -4,16 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from vaerepro.cli import main
-from vaerepro.flops import step_matmuls, train_flops_per_sample
-from vaerepro.hwtable import (
+from vaerepro.analysis.hwtable import (
     END_TO_END_SPEEDUP,
     STEP_SPEEDUP,
     SWEEP_SPEEDUP,
     hardware_table,
     save_benchmark,
 )
-from vaerepro.layout import RunFolderError
+from vaerepro.cli import main
+from vaerepro.core.flops import step_matmuls, train_flops_per_sample
+from vaerepro.runs.layout import RunFolderError
 
 
 def _bench(impl, kind, nz, samples, median, flop=None):

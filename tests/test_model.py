@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from vaerepro.config import TrainConfig
-from vaerepro.evaluate import evaluate
-from vaerepro.model import VAE, bernoulli_loglik, gaussian_kl, gaussian_loglik
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.model import VAE, bernoulli_loglik, gaussian_kl, gaussian_loglik
 
 
 def test_kl_closed_form_matches_monte_carlo():

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from vaerepro.config import TrainConfig
-from vaerepro.model import VAE
-from vaerepro.optim import Adagrad, make_optimizer
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.model import VAE
+from vaerepro.core.optim import Adagrad, make_optimizer
 
 BOTH_KERNELS = pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
 

@@ -8,15 +8,15 @@ import torch
 from helpers import refused, synthetic_sweep
 from matplotlib.figure import Figure
 
+from vaerepro.analysis.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
+from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
-from vaerepro.config import TrainConfig
-from vaerepro.evaluate import active_units, kl_per_dimension
-from vaerepro.layout import RunFolderError
-from vaerepro.model import VAE
-from vaerepro.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
-from vaerepro.records import load_run
-from vaerepro.report import make_figures
-from vaerepro.train import train
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.evaluate import active_units, kl_per_dimension
+from vaerepro.core.model import VAE
+from vaerepro.runs.layout import RunFolderError
+from vaerepro.runs.records import load_run
+from vaerepro.runs.train import train
 
 PER_MODEL = ("recon", "samples", "interpolation", "latent", "kl_per_dim")
 
@@ -83,7 +83,7 @@ def test_plot_without_weights_uses_the_csvs_alone(tiny_run, tmp_path, capsys, mo
     def no_data(*args, **kw):
         raise AssertionError("MNIST is not needed without weights")
 
-    monkeypatch.setattr("vaerepro.report.load_mnist", no_data)
+    monkeypatch.setattr("vaerepro.analysis.report.load_mnist", no_data)
     assert main(["plot", str(run)]) == 0
     err = capsys.readouterr().err
     assert "per-model figures skipped for N_z=2,5: no final weights" in err

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vaerepro.check import TIER1_FLOOR, TIER2_CAP, TIER2_FLOOR
+from vaerepro.analysis.check import TIER1_FLOOR, TIER2_CAP, TIER2_FLOOR
+from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.cli import main
-from vaerepro.config import preset
-from vaerepro.layout import CSV_COLUMNS
-from vaerepro.reference_writer import make_reference
-from vaerepro.trajectory import TRAJECTORY, write_trajectory
+from vaerepro.core.config import preset
+from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
 

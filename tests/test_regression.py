@@ -12,11 +12,11 @@ import pytest
 import torch
 from mutations import MUTATIONS, WAKESLEEP_MUTATIONS
 
-from vaerepro.check import check_run
+from vaerepro.analysis.check import check_run
 from vaerepro.cli import main
-from vaerepro.config import preset
-from vaerepro.train import train
-from vaerepro.trajectory import read_trajectory, run_trajectory, write_trajectory
+from vaerepro.core.config import preset
+from vaerepro.runs.train import train
+from vaerepro.runs.trajectory import read_trajectory, run_trajectory, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
 TIER1_NZ = 20  # one N_z of the reference keeps the tier-1 tests at seconds each

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from vaerepro.cli import main
-from vaerepro.layout import CSV_COLUMNS, RunFolderError
-from vaerepro.optim import Adagrad
-from vaerepro.train import TrainingDiverged, train
-from vaerepro.writes import folder_lock
+from vaerepro.core.optim import Adagrad
+from vaerepro.runs.layout import CSV_COLUMNS, RunFolderError
+from vaerepro.runs.train import TrainingDiverged, train
+from vaerepro.runs.writes import folder_lock
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 RUN = [
@@ -43,7 +43,7 @@ RUN = [
 # write, after the temporary file is written and before it is renamed. argv[1]: "N:SIG,..."
 SIGNAL_IN_FSYNC = """
 import os, signal, sys
-import vaerepro.writes as writes
+import vaerepro.runs.writes as writes
 plan = {int(n): getattr(signal, s) for n, s in (x.split(":") for x in sys.argv[1].split(","))}
 calls = [0]; real = os.fsync
 def fsync(fd):

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from helpers import TINY, refused, snapshot, synthetic_sweep
 
+from vaerepro.analysis.compare import compare_run
+from vaerepro.analysis.reference import paper_elbo
+from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
-from vaerepro.compare import compare_run
-from vaerepro.config import TrainConfig
-from vaerepro.layout import CSV_COLUMNS
-from vaerepro.plan import time_left
-from vaerepro.records import load_run
-from vaerepro.reference import paper_elbo
-from vaerepro.report import make_figures
+from vaerepro.core.config import TrainConfig
+from vaerepro.runs.estimate import time_left
+from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.records import load_run
 
 NUMBERS = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 
@@ -212,7 +212,9 @@ def test_one_seed_draws_no_band(monkeypatch, tmp_path, data_root):
 def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root, monkeypatch):
     out, _ = sweep
     loaded = []
-    monkeypatch.setattr("vaerepro.report.load_model", lambda f: loaded.append(f.stem) or None)
+    monkeypatch.setattr(
+        "vaerepro.analysis.report.load_model", lambda f: loaded.append(f.stem) or None
+    )
     assert main(["plot", str(out), "--data-root", str(data_root)]) == 0
     assert loaded == ["nz3-seed0", "nz5-seed0"]  # the run's first seed by default
     loaded.clear()

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from vaerepro import writes
-from vaerepro.config import TrainConfig
-from vaerepro.layout import CSV_COLUMNS, RunFiles
-from vaerepro.train import TrainingDiverged, load_model, train
+from vaerepro.core.config import TrainConfig
+from vaerepro.runs import writes
+from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
+from vaerepro.runs.train import TrainingDiverged, load_model, train
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 
@@ -69,7 +69,7 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
                 raise KeyboardInterrupt("simulated crash")
         real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.train.atomic_write_bytes", crash_on_second_checkpoint)
+    monkeypatch.setattr("vaerepro.runs.train.atomic_write_bytes", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

@@ -14,9 +14,9 @@ import torch
 from helpers import TINY, refused, snapshot
 
 from vaerepro.cli import build_parser, main, resolve_device
-from vaerepro.evaluate import accumulator_dtype
-from vaerepro.records import load_run
-from vaerepro.train import synchronize
+from vaerepro.core.evaluate import accumulator_dtype
+from vaerepro.runs.records import load_run
+from vaerepro.runs.train import synchronize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -116,7 +116,7 @@ def test_crafted_pickles_never_run(run, tmp_path, data_root, capsys):
 
 def test_no_unsafe_torch_load_in_the_package():
     package = Path(__file__).resolve().parents[1] / "vaerepro"
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):
         assert "weights_only=False" not in path.read_text(), path
 
 

@@ -4,11 +4,11 @@ objectives, and training on real MNIST."""
 import pytest
 import torch
 
-from vaerepro.config import TrainConfig
-from vaerepro.gradients import covers
-from vaerepro.model import VAE
-from vaerepro.train import gradient_pair, make_train_step, train
-from vaerepro.wakesleep import WakeSleepGradients, gaussian_logpdf, objective
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.gradients import covers
+from vaerepro.core.model import VAE
+from vaerepro.core.wakesleep import WakeSleepGradients, gaussian_logpdf, objective
+from vaerepro.runs.train import gradient_pair, make_train_step, train
 
 
 def _pair(nz: int) -> tuple[VAE, VAE]:
@@ -54,7 +54,7 @@ def test_the_check_sees_a_broken_wake_sleep_backward(monkeypatch):
     cfg = TrainConfig(nz=5, method="wakesleep")
     loss, hand_written = gradient_pair(cfg)
     assert covers(VAE(nz=5), 1, loss, hand_written) is None
-    monkeypatch.setattr("vaerepro.wakesleep.tanh_backward", lambda grad, out: grad)
+    monkeypatch.setattr("vaerepro.core.wakesleep.tanh_backward", lambda grad, out: grad)
     assert "differs from autograd's" in covers(VAE(nz=5), 1, loss, hand_written)
 
 

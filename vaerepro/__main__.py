@@ -1,3 +1,3 @@
-from .cli import main
+from vaerepro.cli import main
 
 raise SystemExit(main())

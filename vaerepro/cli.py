@@ -15,9 +15,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .check import TOLERANCE_MODES, check_run
-from .compare import compare_run, fidelity_table, write_comparison
-from .config import (
+from vaerepro.analysis.check import TOLERANCE_MODES, check_run
+from vaerepro.analysis.compare import compare_run, fidelity_table, write_comparison
+from vaerepro.analysis.hwtable import hardware_table, save_benchmark
+from vaerepro.analysis.reference_writer import make_reference
+from vaerepro.analysis.tables import to_markdown
+from vaerepro.core.config import (
     BINARIZE,
     DREAMS,
     LIKELIHOODS,
@@ -31,20 +34,17 @@ from .config import (
     model_label,
     preset,
 )
-from .data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
-from .gradients import covers
-from .hwtable import hardware_table, save_benchmark
-from .jobs import train_in_parallel
-from .layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFailed
-from .model import VAE
-from .plan import Estimate, duration, measure, time_left
-from .plan import count as count_text
-from .records import load_run, logged_samples, read_run_json, write_run_json
-from .reference_writer import make_reference
-from .tables import to_markdown
-from .train import Interrupted, TrainingDiverged, run_status, train_together
-from .trajectory import run_trajectory, write_trajectory
-from .writes import folder_lock, remove_own_files, remove_stale_temps
+from vaerepro.core.data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
+from vaerepro.core.gradients import covers
+from vaerepro.core.model import VAE
+from vaerepro.runs.estimate import Estimate, duration, measure, time_left
+from vaerepro.runs.estimate import count as count_text
+from vaerepro.runs.jobs import train_in_parallel
+from vaerepro.runs.layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFailed
+from vaerepro.runs.records import load_run, logged_samples, read_run_json, write_run_json
+from vaerepro.runs.train import Interrupted, TrainingDiverged, run_status, train_together
+from vaerepro.runs.trajectory import run_trajectory, write_trajectory
+from vaerepro.runs.writes import folder_lock, remove_own_files, remove_stale_temps
 
 
 class UsageError(ValueError):
@@ -463,7 +463,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.no_plot:
-        from .report import make_figures  # matplotlib's imports: only when plotting (1.4 s)
+        from vaerepro.analysis.report import (
+            make_figures,  # matplotlib's imports: only when plotting (1.4 s)
+        )
 
         report = make_figures(out, data_root or _recorded_data_root(out))
         print(f"wrote {report} and {out / 'figures'}/", file=sys.stderr)
@@ -548,7 +550,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
-    from .report import make_figures
+    from vaerepro.analysis.report import make_figures
 
     report = make_figures(
         args.run_dir, args.data_root or _recorded_data_root(args.run_dir), args.seed
@@ -560,7 +562,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_fig2(args: argparse.Namespace) -> int:
     """Fig. 2 from several run folders in one figure (e.g. an AEVB sweep and a wake-sleep
     sweep); a model (method, N_z, seed) may come from one folder only."""
-    from .plots import plot_fig2  # matplotlib: only for the commands that plot
+    from vaerepro.analysis.plots import plot_fig2  # matplotlib: only for the commands that plot
 
     runs, origin = [], {}
     for folder in args.run_dirs:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from vaerepro.compare import compare_run
-from vaerepro.tables import to_markdown
+from vaerepro.analysis.compare import compare_run
+from vaerepro.analysis.tables import to_markdown
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/ablations-1e6")
 rows = []

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .layout import RunFolderError
-from .writes import atomic_write_bytes
+from vaerepro.runs.layout import RunFolderError
+from vaerepro.runs.writes import atomic_write_bytes
 
 INFO_FIELDS = ("machine", "device", "device_name", "torch")
 EXTRA_FIELDS = ("impl", "kind", "nz", "samples_per_round")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .check import (
+from vaerepro.analysis.check import (
     POINT_COLUMNS,
     SAFETY,
     SEED_FLOOR,
@@ -32,11 +32,11 @@ from .check import (
     ReferenceFolderError,
     elbo_points,
 )
-from .config import config_diff
-from .provenance import git_state
-from .records import load_run, read_json
-from .trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
-from .writes import atomic_write_bytes, write_csv, write_json
+from vaerepro.core.config import config_diff
+from vaerepro.runs.provenance import git_state
+from vaerepro.runs.records import load_run, read_json
+from vaerepro.runs.trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
+from vaerepro.runs.writes import atomic_write_bytes, write_csv, write_json
 
 FIXED_FILES = ("spread.csv", "drift.csv", TOLERANCES_CSV, CSV_NAME, JSON_NAME, "reference.json")
 HISTORY = "HISTORY.md"

@@ -23,18 +23,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import wakesleep
-from .config import TrainConfig, config_diff
-from .data import MinibatchIndices, MnistSplits, binarize_fixed
-from .evaluate import evaluate
-from .gradients import BernoulliGradients, covers
-from .layout import CSV_COLUMNS, RunFiles, RunFolderError
-from .model import VAE
-from .optim import make_optimizer
-from .provenance import environment_info
-from .records import load_torch, parse_config, read_csv, read_model_json
-from .wakesleep import WakeSleepGradients
-from .writes import atomic_write_bytes, sha256, torch_bytes, write_csv, write_json
+from vaerepro.core import wakesleep
+from vaerepro.core.config import TrainConfig, config_diff
+from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.gradients import BernoulliGradients, covers
+from vaerepro.core.model import VAE
+from vaerepro.core.optim import make_optimizer
+from vaerepro.core.wakesleep import WakeSleepGradients
+from vaerepro.runs.layout import CSV_COLUMNS, RunFiles, RunFolderError
+from vaerepro.runs.provenance import environment_info
+from vaerepro.runs.records import load_torch, parse_config, read_csv, read_model_json
+from vaerepro.runs.writes import atomic_write_bytes, sha256, torch_bytes, write_csv, write_json
 
 
 class TrainingDiverged(RuntimeError):

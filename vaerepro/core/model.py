@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from vaerepro.core.config import TrainConfig
 
 
 @dataclass

@@ -26,7 +26,7 @@ def fig2() -> pd.DataFrame:
     the start of training, or past its x axis (2.5e8). Those vertices are in the PDF but not
     on the page, so nothing is compared with them.
     """
-    with files("vaerepro").joinpath("kingma2013_fig2.csv").open() as f:
+    with files("vaerepro.analysis").joinpath("kingma2013_fig2.csv").open() as f:
         df = pd.read_csv(f)
     df = df[df.dataset == "mnist"].sort_values("log10_samples")
     df = df.assign(visible=df.in_axes & df.in_xlim)

@@ -50,7 +50,7 @@ def environment_info(device: torch.device) -> dict:
     """Versions, device and git state recorded with every result. torchvision's is its
     installed distribution's (importing it takes 1.3 s, and a run needs it only to extract
     MNIST; the wheel's version may lack the local part of `torchvision.__version__`)."""
-    from . import __version__
+    from vaerepro import __version__
 
     return {
         "device": {

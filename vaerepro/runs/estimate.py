@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig
-from .data import MinibatchIndices, MnistSplits
-from .evaluate import evaluate
-from .model import VAE
-from .optim import make_optimizer
-from .train import make_train_step, synchronize
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import MinibatchIndices, MnistSplits
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.model import VAE
+from vaerepro.core.optim import make_optimizer
+from vaerepro.runs.train import make_train_step, synchronize
 
 WARMUP_STEPS = 3  # untimed: first calls allocate and pick kernels
 TIMED_STEPS = 30  # about 0.1-0.3 s per N_z on a 2-core CPU

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import config_diff
-from .layout import RunFiles, RunFolderError
-from .records import load_run, read_csv, read_json
-from .trajectory import KEYS, read_trajectory
+from vaerepro.core.config import config_diff
+from vaerepro.runs.layout import RunFiles, RunFolderError
+from vaerepro.runs.records import load_run, read_csv, read_json
+from vaerepro.runs.trajectory import KEYS, read_trajectory
 
 SPLITS = ("train", "test")
 TOLERANCE_MODES = ("rounding", "seeds")

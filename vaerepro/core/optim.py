@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from vaerepro.core.config import TrainConfig
 
 
 class Adagrad(torch.optim.Optimizer):

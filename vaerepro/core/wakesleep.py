@@ -23,9 +23,9 @@ import math
 import torch
 from torch import Tensor
 
-from . import model as vae
-from .gradients import affine_grads, tanh_backward
-from .model import VAE
+from vaerepro.core import model as vae
+from vaerepro.core.gradients import affine_grads, tanh_backward
+from vaerepro.core.model import VAE
 
 
 def gaussian_logpdf(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

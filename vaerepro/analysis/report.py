@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .compare import write_comparison
-from .data import load_mnist
-from .layout import RUN_JSON, RunFiles, RunFolderError
-from .plan import count
-from .plots import plot_components, plot_fig2, plot_model
-from .records import load_run, read_run_json
-from .reference import SOURCE, paper_elbo
-from .tables import to_markdown
-from .train import load_model
-from .writes import atomic_write_bytes
+from vaerepro.analysis.compare import write_comparison
+from vaerepro.analysis.plots import plot_components, plot_fig2, plot_model
+from vaerepro.analysis.reference import SOURCE, paper_elbo
+from vaerepro.analysis.tables import to_markdown
+from vaerepro.core.data import load_mnist
+from vaerepro.runs.estimate import count
+from vaerepro.runs.layout import RUN_JSON, RunFiles, RunFolderError
+from vaerepro.runs.records import load_run, read_run_json
+from vaerepro.runs.train import load_model
+from vaerepro.runs.writes import atomic_write_bytes
 
 
 def make_figures(

@@ -35,8 +35,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from . import model as vae
-from .model import VAE, Activations
+from vaerepro.core import model as vae
+from vaerepro.core.model import VAE, Activations
 
 tanh_backward = torch.ops.aten.tanh_backward  # (grad, tanh output) -> grad * (1 - out^2)
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import METHODS, PAPER_NZ, TrainConfig, preset
-from .data import MnistSplits
-from .layout import RunFolderError
-from .provenance import environment_info
-from .records import read_json
-from .train import train
-from .writes import atomic_write_bytes, write_json
+from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
+from vaerepro.core.data import MnistSplits
+from vaerepro.runs.layout import RunFolderError
+from vaerepro.runs.provenance import environment_info
+from vaerepro.runs.records import read_json
+from vaerepro.runs.train import train
+from vaerepro.runs.writes import atomic_write_bytes, write_json
 
 # 10 warm-up minibatches (lr 0), then 30 updates; evaluated after 10, 20, 30 and 40 steps.
 # Seconds per N_z on 2 cores (README); the full protocol is tier 2's.

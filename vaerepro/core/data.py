@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .writes import atomic_write_bytes, sha256
+from vaerepro.runs.writes import atomic_write_bytes, sha256
 
 ENV_DATA_ROOT = "VAEREPRO_DATA"
 ENV_CACHE = "VAEREPRO_CACHE"
@@ -48,7 +48,7 @@ CACHE_FILE = "mnist-uint8.bin"
 CACHE_SHAPES = ((60_000, 28, 28), (60_000,), (10_000, 28, 28), (10_000,))
 CACHE_SHA256 = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
 # The project's read-only offline copy, beside a source checkout (absent in a pip install)
-CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 class DataError(RuntimeError):

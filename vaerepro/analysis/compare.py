@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import METHODS
-from .plan import count as plan_count
-from .records import load_run
-from .reference import SOURCE, paper_elbo, paper_gap
-from .tables import to_markdown
-from .writes import atomic_write_bytes, write_csv
+from vaerepro.analysis.reference import SOURCE, paper_elbo, paper_gap
+from vaerepro.analysis.tables import to_markdown
+from vaerepro.core.config import METHODS
+from vaerepro.runs.estimate import count as plan_count
+from vaerepro.runs.records import load_run
+from vaerepro.runs.writes import atomic_write_bytes, write_csv
 
 
 def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:

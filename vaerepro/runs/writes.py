@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .layout import (
+from vaerepro.runs.layout import (
     OWN_FIGURE,
     OWN_MODEL_FILE,
     OWN_RUN_FILES,

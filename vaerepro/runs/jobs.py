@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, model_label
-from .data import DataError, load_mnist
-from .layout import RunFiles, RunFolderError
-from .plan import duration, time_left
-from .records import logged_samples
-from .train import Interrupted, TrainingDiverged, stop_signals, train_together
-from .writes import folder_lock, share_lock
+from vaerepro.core.config import TrainConfig, model_label
+from vaerepro.core.data import DataError, load_mnist
+from vaerepro.runs.estimate import duration, time_left
+from vaerepro.runs.layout import RunFiles, RunFolderError
+from vaerepro.runs.records import logged_samples
+from vaerepro.runs.train import Interrupted, TrainingDiverged, stop_signals, train_together
+from vaerepro.runs.writes import folder_lock, share_lock
 
 ERROR_EXIT = 2
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import VAE, gaussian_kl_per_dim
+from vaerepro.core.model import VAE, gaussian_kl_per_dim
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import METHODS, Sweep, TrainConfig, upgrade
-from .layout import CSV_COLUMNS, RUN_JSON, RunFiles, RunFolderError
-from .writes import sha256, write_json
+from vaerepro.core.config import METHODS, Sweep, TrainConfig, upgrade
+from vaerepro.runs.layout import CSV_COLUMNS, RUN_JSON, RunFiles, RunFolderError
+from vaerepro.runs.writes import sha256, write_json
 
 
 def load_torch(path: Path, expected_sha256: list[str] | None) -> dict:

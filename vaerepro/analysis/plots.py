@@ -15,11 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .compare import seed_bands, seed_values  # noqa: E402
-from .evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
-from .model import VAE  # noqa: E402
-from .reference import fig2 as paper_fig2  # noqa: E402
-from .writes import atomic_write_bytes  # noqa: E402
+from vaerepro.analysis.compare import seed_bands, seed_values  # noqa: E402
+from vaerepro.analysis.reference import fig2 as paper_fig2  # noqa: E402
+from vaerepro.core.evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
+from vaerepro.core.model import VAE  # noqa: E402
+from vaerepro.runs.writes import atomic_write_bytes  # noqa: E402
 
 PAPER_COLOUR = "0.65"  # muted grey for the paper's curves
 OURS_COLOUR = "tab:red"  # the paper draws AEVB in red

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from vaerepro.cli import resolve_device
-from vaerepro.core.data import DataError, load_mnist, torchvision_root
+from vaerepro.core.data import load_mnist, torchvision_root
+from vaerepro.core.errors import DataError
 from vaerepro.runs.provenance import device_name
 
 

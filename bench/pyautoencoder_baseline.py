@@ -110,10 +110,10 @@ def write_fig2(curves: dict[int, list[tuple[int, float, float]]], path: Path) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vaerepro.cli import count  # 1e6 as a whole number, as `vaerepro reproduce` reads it
     from vaerepro.core.data import (
         torchvision_root,  # a verified, extracted copy of a read-only root
     )
+    from vaerepro.core.numbers import parse_count as count  # 1e6 as `vaerepro reproduce` reads it
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nz", type=int, nargs="+", default=[3, 5, 10, 20, 200])

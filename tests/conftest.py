@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vaerepro.core.config import TrainConfig
-from vaerepro.core.data import DataError, load_mnist, verified_root
+from vaerepro.core.data import load_mnist, verified_root
+from vaerepro.core.errors import DataError
 
 
 @pytest.fixture(autouse=True)

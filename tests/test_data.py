@@ -15,12 +15,12 @@ from vaerepro.core.data import (
     CACHE_SHA256,
     EXTRACTED_MD5,
     MNIST_MD5,
-    DataError,
     MinibatchIndices,
     load_mnist,
     resolve_data_root,
     torchvision_root,
 )
+from vaerepro.core.errors import DataError
 
 
 def test_splits_are_flat_grey_levels(mnist):

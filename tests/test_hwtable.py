@@ -12,8 +12,8 @@ from vaerepro.analysis.hwtable import (
     save_benchmark,
 )
 from vaerepro.cli import main
+from vaerepro.core.errors import RunFolderError
 from vaerepro.core.flops import step_matmuls, train_flops_per_sample
-from vaerepro.runs.layout import RunFolderError
 
 
 def _bench(impl, kind, nz, samples, median, flop=None):

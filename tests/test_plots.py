@@ -12,9 +12,9 @@ from vaerepro.analysis.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fi
 from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
+from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import active_units, kl_per_dimension
 from vaerepro.core.model import VAE
-from vaerepro.runs.layout import RunFolderError
 from vaerepro.runs.records import load_run
 from vaerepro.runs.train import train
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from vaerepro.cli import main
+from vaerepro.core.errors import RunFolderError
 from vaerepro.core.gradients import BernoulliGradients
 from vaerepro.core.model import VAE
 from vaerepro.runs import writes
-from vaerepro.runs.layout import CSV_COLUMNS, RunFolderError
+from vaerepro.runs.layout import CSV_COLUMNS
 from vaerepro.runs.records import read_json
 from vaerepro.runs.train import train, train_together
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from vaerepro.core.config import TrainConfig
+from vaerepro.core.errors import TrainingDiverged
 from vaerepro.runs import writes
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
-from vaerepro.runs.train import TrainingDiverged, load_model, train
+from vaerepro.runs.train import load_model, train
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import sys
 import tempfile
@@ -34,34 +33,18 @@ from vaerepro.core.config import (
     model_label,
     preset,
 )
-from vaerepro.core.data import ENV_DATA_ROOT, DataError, load_mnist, resolve_data_root
+from vaerepro.core.data import ENV_DATA_ROOT, load_mnist, resolve_data_root
+from vaerepro.core.errors import RunFolderError, UsageError, VaereproError, WriteFailed
 from vaerepro.core.gradients import covers
 from vaerepro.core.model import VAE
-from vaerepro.runs.estimate import Estimate, duration, measure, time_left
-from vaerepro.runs.estimate import count as count_text
+from vaerepro.core.numbers import format_count, format_duration, parse_count
+from vaerepro.runs.estimate import Estimate, measure, time_left
 from vaerepro.runs.jobs import train_in_parallel
-from vaerepro.runs.layout import OWN_MODEL_FILE, RUN_JSON, RunFiles, RunFolderError, WriteFailed
+from vaerepro.runs.layout import OWN_MODEL_FILE, RUN_JSON, RunFiles
 from vaerepro.runs.records import load_run, logged_samples, read_run_json, write_run_json
-from vaerepro.runs.train import Interrupted, TrainingDiverged, run_status, train_together
+from vaerepro.runs.train import Interrupted, run_status, train_together
 from vaerepro.runs.trajectory import run_trajectory, write_trajectory
 from vaerepro.runs.writes import folder_lock, remove_own_files, remove_stale_temps
-
-
-class UsageError(ValueError):
-    """An invalid option or combination of options."""
-
-
-def count(text: str) -> int:
-    """A positive whole number, written plainly or as 1e6."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    return int(value)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -217,14 +200,14 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         if f.name in SWEPT:
             continue
         value = getattr(paper, f.name)
-        shown = count_text(value) if f.name in ("samples", "eval_every") else value
+        shown = format_count(value) if f.name in ("samples", "eval_every") else value
         kw = {"help": f"{f.metadata['help']} (preset: {shown})"}
         if f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif f.name in CHOICES:
             kw["choices"] = CHOICES[f.name]
         else:
-            kw["type"] = count if f.type == "int" else float
+            kw["type"] = parse_count if f.type == "int" else float
         if value is None:
             kw["help"] = f.metadata["help"]
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
@@ -241,10 +224,7 @@ def requested_sweep(args: argparse.Namespace) -> Sweep:
     changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     nzs = args.nz or list(PAPER_NZ)
-    try:
-        return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
 
 
 def resume_conflicts(args: argparse.Namespace, sweep: Sweep) -> None:
@@ -431,7 +411,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - start
                 trained = {**done, **{c: c.samples for g in groups[:i] for c in g}}
                 left = time_left(seconds, done, trained, elapsed)
-                print(f"{label} ({names}): {duration(elapsed)} elapsed{left}", file=sys.stderr)
+                print(
+                    f"{label} ({names}): {format_duration(elapsed)} elapsed{left}", file=sys.stderr
+                )
             try:
                 train_together(
                     group,
@@ -459,7 +441,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(
         "ELBO in nats per datapoint (mean over seeds, sd: their standard deviation); diff = "
         "ours - paper; –: the paper's printed curve has no value there (comparison.md says "
-        f"why). Trained in {duration(total)}; run folder {out}",
+        f"why). Trained in {format_duration(total)}; run folder {out}",
         file=sys.stderr,
     )
     if not args.no_plot:
@@ -500,7 +482,7 @@ def _plan_line(
     nzs = ", ".join(map(str, dict.fromkeys(c.nz for c in pending)))
     seeds = ", ".join(map(str, dict.fromkeys(c.seed for c in pending)))
     samples = {c.samples - done[c] for c in pending}
-    each = count_text(samples.pop()) if len(samples) == 1 else "the remaining"
+    each = format_count(samples.pop()) if len(samples) == 1 else "the remaining"
     line = (
         f"plan: {len(pending)} model(s) (N_z {nzs}; seed {seeds}), {each} samples each, on {device}"
     )
@@ -508,7 +490,7 @@ def _plan_line(
         return line + " (no time estimate: --no-estimate)"
     rates = ", ".join(f"{nz}: {r / 1000:.1f}k" for nz, r in estimate.train_rate.items())
     return (
-        f"{line}; estimated {duration(seconds)} (measured just now: training samples/s by "
+        f"{line}; estimated {format_duration(seconds)} (measured just now: training samples/s by "
         f"N_z {rates}; evaluation {estimate.eval_rate / 1000:.0f}k datapoints/s)"
     )
 
@@ -525,7 +507,7 @@ def final_summary(out: Path) -> pd.DataFrame:
         "method": wide.index.get_level_values("method"),
         "N_z": wide.index.get_level_values("nz"),
         "seeds": wide["seeds"]["train"].astype(int).to_numpy(),
-        "samples": [count_text(s) for s in wide["samples"]["train"]],
+        "samples": [format_count(s) for s in wide["samples"]["train"]],
     }
     for split in ("train", "test"):
         table[f"{split} ELBO"] = wide["mean"][split].to_numpy()
@@ -679,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder written by `vaerepro reproduce`")
     p.add_argument(
         "--at",
-        type=count,
+        type=parse_count,
         nargs="+",
         metavar="SAMPLES",
         help="print only a Markdown table at these sample counts (e.g. --at 1e6 1e7): per N_z "
@@ -802,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, DataError, RunFolderError, TrainingDiverged) as err:
+    except VaereproError as err:
         print(f"vaerepro {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # one not turned into a clearer error where it happened

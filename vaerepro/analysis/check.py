@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from vaerepro.core.config import config_diff
-from vaerepro.runs.layout import RunFiles, RunFolderError
+from vaerepro.core.errors import RunFolderError, UsageError
+from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.records import load_run, read_csv, read_json
 from vaerepro.runs.trajectory import KEYS, read_trajectory
 
@@ -216,7 +217,7 @@ def check_run(
     problem with the run (missing files or rows, other config) makes the check fail.
     """
     if tolerance not in TOLERANCE_MODES:
-        raise ValueError(f"--tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
+        raise UsageError(f"--tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
     reference_dir, run_dir = Path(reference_dir), Path(run_dir)
     tolerances = read_tolerances(reference_dir)
     problems: list[str] = []

@@ -11,7 +11,7 @@ import pandas as pd
 from vaerepro.analysis.reference import SOURCE, paper_elbo, paper_gap
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.config import METHODS
-from vaerepro.runs.estimate import count as plan_count
+from vaerepro.core.numbers import format_count
 from vaerepro.runs.records import load_run
 from vaerepro.runs.writes import atomic_write_bytes, write_csv
 
@@ -113,7 +113,7 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
         row = {"method": method, "N_z": nz, "split": split}
         points = points.set_index("samples")
         for n in at:
-            label = plan_count(n)
+            label = format_count(n)
             if n not in points.index:
                 row |= {f"ours at {label}": "–", f"paper at {label}": "–", f"diff at {label}": "–"}
                 continue

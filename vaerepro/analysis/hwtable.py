@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vaerepro.runs.layout import RunFolderError
+from vaerepro.core.errors import RunFolderError
 from vaerepro.runs.writes import atomic_write_bytes
 
 INFO_FIELDS = ("machine", "device", "device_name", "torch")

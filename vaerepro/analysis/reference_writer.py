@@ -33,6 +33,7 @@ from vaerepro.analysis.check import (
     elbo_points,
 )
 from vaerepro.core.config import config_diff
+from vaerepro.core.errors import UsageError
 from vaerepro.runs.provenance import git_state
 from vaerepro.runs.records import load_run, read_json
 from vaerepro.runs.trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
@@ -65,18 +66,18 @@ def _rounding_values(
         models, points = _tier2_values(folder)
         diff = config_diff(_configs(models), _configs(ref_models))
         if diff:
-            raise ValueError(f"rounding run {folder} differs from the reference run: {diff}")
+            raise UsageError(f"rounding run {folder} differs from the reference run: {diff}")
         parts.append(points)
         threads |= {m.get("device", {}).get("threads") for m, _ in models}
     if (folder / CSV_NAME).exists():
         meta, values = read_trajectory(folder)
         diff = config_diff(meta.get("config", {}), traj_meta.get("config", {}))
         if diff:
-            raise ValueError(f"rounding run {folder}: trajectory config differs: {diff}")
+            raise UsageError(f"rounding run {folder}: trajectory config differs: {diff}")
         parts.append(values.assign(tier=1))
         threads.add(meta.get("device", {}).get("threads"))
     if not parts:
-        raise ValueError(f"rounding run {folder} holds neither a ci run nor {CSV_NAME}")
+        raise UsageError(f"rounding run {folder} holds neither a ci run nor {CSV_NAME}")
     label = f"{folder.name} (threads={','.join(map(str, sorted(threads, key=str)))})"
     return pd.concat(parts, ignore_index=True), label
 
@@ -88,7 +89,7 @@ def _drift(reference: pd.DataFrame, other: pd.DataFrame, variant: str) -> pd.Dat
     merged = reference.merge(other, on=["tier", *KEYS], how="left", suffixes=("", "_other"))
     if merged.value_other.isna().any():
         row = merged[merged.value_other.isna()].iloc[0]
-        raise ValueError(
+        raise UsageError(
             f"rounding run {variant} lacks tier {row.tier} {row.method} N_z={row.nz} {row.split} "
             f"{row.term} at {row.samples} samples"
         )
@@ -101,12 +102,12 @@ def _spread(seed_runs: list[Path]) -> tuple[list[int], pd.DataFrame]:
     models = [(meta, df) for folder in seed_runs for meta, df in load_run(folder)]
     seeds = sorted({m["config"]["seed"] for m, _ in models})
     if len(seeds) < 2:
-        raise ValueError(f"need runs under at least 2 seeds to measure spread, got {seeds}")
+        raise UsageError(f"need runs under at least 2 seeds to measure spread, got {seeds}")
     base = {m["config"]["nz"]: {**m["config"], "seed": None} for m, _ in models}
     for meta, _ in models:
         diff = config_diff({**meta["config"], "seed": None}, base[meta["config"]["nz"]])
         if diff:
-            raise ValueError(f"seed runs differ in more than the seed: {diff}")
+            raise UsageError(f"seed runs differ in more than the seed: {diff}")
     long = pd.concat([elbo_points(df, m["config"]) for m, df in models])
     spread = (
         long.groupby(["method", "nz", "split", "samples"])
@@ -189,9 +190,9 @@ def make_reference(
     again under other rounding). Nothing is written until every input is validated. Returns
     the tolerance table."""
     if not reason.strip():
-        raise ValueError("a reason for the reference update is required")
+        raise UsageError("a reason for the reference update is required")
     if not rounding_runs:
-        raise ValueError("need at least one rounding run (e.g. OMP_NUM_THREADS=1) to measure drift")
+        raise UsageError("need at least one rounding run (e.g. OMP_NUM_THREADS=1) to measure drift")
     seed_runs, rounding_runs, out = (
         [Path(p) for p in seed_runs],
         [Path(p) for p in rounding_runs],
@@ -202,7 +203,7 @@ def make_reference(
         f for f in seed_runs if any(m["config"]["seed"] == reference_seed for m, _ in load_run(f))
     ]
     if len(base) != 1:
-        raise ValueError(f"need exactly one seed run folder with seed {reference_seed}, got {base}")
+        raise UsageError(f"need exactly one seed run folder with seed {reference_seed}, got {base}")
     ref_models, ref_points = _tier2_values(base[0])
     traj_meta, traj = read_trajectory(base[0])
     reference = pd.concat([traj.assign(tier=1), ref_points], ignore_index=True)
@@ -213,7 +214,7 @@ def make_reference(
     )
     unmeasured = sorted(set(reference.tier) - set(drift.tier))
     if unmeasured:
-        raise ValueError(f"no rounding run measures tier {unmeasured}: give one that does")
+        raise UsageError(f"no rounding run measures tier {unmeasured}: give one that does")
     tol = tolerance_table(drift, spread)
 
     model_files = [

@@ -14,8 +14,9 @@ from vaerepro.analysis.plots import plot_components, plot_fig2, plot_model
 from vaerepro.analysis.reference import SOURCE, paper_elbo
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.data import load_mnist
-from vaerepro.runs.estimate import count
-from vaerepro.runs.layout import RUN_JSON, RunFiles, RunFolderError
+from vaerepro.core.errors import RunFolderError
+from vaerepro.core.numbers import format_count
+from vaerepro.runs.layout import RUN_JSON, RunFiles
 from vaerepro.runs.records import load_run, read_run_json
 from vaerepro.runs.train import load_model
 from vaerepro.runs.writes import atomic_write_bytes
@@ -99,7 +100,7 @@ def render_report(
     for (method, nz), models in groups.items():
         samples = min(df.samples.iloc[-1] for _, df in models)
         last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
-        row = {"method": method, "N_z": nz, "seeds": len(models), "samples": count(samples)}
+        row = {"method": method, "N_z": nz, "seeds": len(models), "samples": format_count(samples)}
         for split in ("train", "test"):
             row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
             row[f"paper {split}"] = float(paper_elbo(nz, split, samples, method))

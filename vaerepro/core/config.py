@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from vaerepro.core.errors import UsageError
+
 PAPER_NZ: tuple[int, ...] = (3, 5, 10, 20, 200)
 
 OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
@@ -162,7 +164,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
 
     def eval_seed(self, samples: int) -> int:
         """The seed of the evaluation noise after `samples` training samples."""
@@ -192,7 +194,7 @@ PRESETS: dict[str, TrainConfig] = {
 def preset(name: str) -> TrainConfig:
     """The named preset; ValueError listing the known names otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -219,9 +221,9 @@ class Sweep:
         methods = list(methods or [base.method])
         for name, values in (("N_z", nzs), ("seed", seeds), ("method", methods)):
             if not values:
-                raise ValueError(f"a sweep needs at least one {name}")
+                raise UsageError(f"a sweep needs at least one {name}")
             if len(set(values)) != len(values):
-                raise ValueError(f"the {name} list names a value twice: {list(values)}")
+                raise UsageError(f"the {name} list names a value twice: {list(values)}")
         first = base.replace(nz=nzs[0], seed=seeds[0], method=methods[0])
         sweep = cls(preset, first, tuple(nzs), tuple(seeds), tuple(methods))
         for cfg in sweep.configs:
@@ -245,7 +247,7 @@ class Sweep:
                     (expected[i] if i < len(expected) else sweep.base).to_dict(), c.to_dict()
                 )
             ]
-            raise ValueError(
+            raise UsageError(
                 "the configs are not one config over every (method, N_z, seed) in the sweep's "
                 f"order: {'; '.join(diff) or 'a model is missing or repeated'}"
             )

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaerepro.runs.writes import atomic_write_bytes, sha256
+from vaerepro.core.errors import DataError
+from vaerepro.core.files import sha256, write_atomically
 
 ENV_DATA_ROOT = "VAEREPRO_DATA"
 ENV_CACHE = "VAEREPRO_CACHE"
@@ -49,10 +50,6 @@ CACHE_SHAPES = ((60_000, 28, 28), (60_000,), (10_000, 28, 28), (10_000,))
 CACHE_SHA256 = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
 # The project's read-only offline copy, beside a source checkout (absent in a pip install)
 CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-class DataError(RuntimeError):
-    """The MNIST files are missing, corrupted or malformed."""
 
 
 @dataclass
@@ -223,7 +220,8 @@ def decoded_splits(root: Path) -> list[Tensor]:
             f"MNIST decoded from {root / 'MNIST' / 'raw'} differs from the genuine splits "
             "although its files passed their MD5 check (a torchvision that decodes differently?)"
         )
-    atomic_write_bytes(cache, data)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(cache, data)
     return tensors
 
 

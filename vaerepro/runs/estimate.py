@@ -12,6 +12,7 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits
 from vaerepro.core.evaluate import evaluate
 from vaerepro.core.model import VAE
+from vaerepro.core.numbers import format_duration
 from vaerepro.core.optim import make_optimizer
 from vaerepro.runs.train import make_train_step, synchronize
 
@@ -64,16 +65,6 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
     return Estimate(rates, len(x) / (time.perf_counter() - start))
 
 
-def duration(seconds: float) -> str:
-    """3 h 05 min, 12 min, 40 s."""
-    seconds = max(0, round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds} s"
-
-
 def time_left(
     expected: dict[TrainConfig, float] | None,
     before: dict[TrainConfig, int],
@@ -90,10 +81,4 @@ def time_left(
     if not done:
         return ""
     left = sum(expected[c] * (1 - share[c]) for c in expected) * elapsed / done
-    return f", about {duration(left)} left"
-
-
-def count(n: float) -> str:
-    """A sample count as people write it: 300000 -> 3e5, 1.5e6 -> 1.5e6, 2500 -> 2.5e3."""
-    mantissa, exponent = f"{n:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f", about {format_duration(left)} left"

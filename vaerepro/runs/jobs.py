@@ -24,11 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from vaerepro.core.config import TrainConfig, model_label
-from vaerepro.core.data import DataError, load_mnist
-from vaerepro.runs.estimate import duration, time_left
-from vaerepro.runs.layout import RunFiles, RunFolderError
+from vaerepro.core.data import load_mnist
+from vaerepro.core.errors import VaereproError
+from vaerepro.core.numbers import format_duration
+from vaerepro.runs.estimate import time_left
+from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.records import logged_samples
-from vaerepro.runs.train import Interrupted, TrainingDiverged, stop_signals, train_together
+from vaerepro.runs.train import Interrupted, stop_signals, train_together
 from vaerepro.runs.writes import folder_lock, share_lock
 
 ERROR_EXIT = 2
@@ -67,7 +69,7 @@ def _worker(
     except Interrupted as err:
         print(err, file=sys.stderr)
         sys.exit(128 + err.signum)
-    except (RunFolderError, TrainingDiverged, DataError, ValueError, OSError) as err:
+    except (VaereproError, OSError) as err:
         print(f"vaerepro reproduce: error: {label}: {err}", file=sys.stderr)
         sys.exit(ERROR_EXIT)
 
@@ -164,4 +166,4 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _elapsed(start: float) -> str:
-    return f"{duration(time.perf_counter() - start)} elapsed"
+    return f"{format_duration(time.perf_counter() - start)} elapsed"

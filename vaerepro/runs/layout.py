@@ -26,18 +26,6 @@ CSV_COLUMNS = [
 ]
 
 
-class RunFolderError(RuntimeError):
-    """A run folder is missing files, malformed, or holds a different run."""
-
-
-class WriteFailed(RunFolderError):
-    """A file could not be written (full disk, read-only folder, ...); nothing was replaced."""
-
-
-# Temporary files are named `.{target}.vaerepro-{random}.tmp`: cleanup removes only these.
-TMP_MARK = ".vaerepro-"
-
-
 OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")
 
 

@@ -15,8 +15,10 @@ import pandas as pd
 import torch
 
 from vaerepro.core.config import METHODS, Sweep, TrainConfig, upgrade
-from vaerepro.runs.layout import CSV_COLUMNS, RUN_JSON, RunFiles, RunFolderError
-from vaerepro.runs.writes import sha256, write_json
+from vaerepro.core.errors import RunFolderError
+from vaerepro.core.files import sha256
+from vaerepro.runs.layout import CSV_COLUMNS, RUN_JSON, RunFiles
+from vaerepro.runs.writes import write_json
 
 
 def load_torch(path: Path, expected_sha256: list[str] | None) -> dict:

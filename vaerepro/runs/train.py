@@ -26,19 +26,17 @@ from tqdm.auto import tqdm
 from vaerepro.core import wakesleep
 from vaerepro.core.config import TrainConfig, config_diff
 from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
+from vaerepro.core.errors import RunFolderError, TrainingDiverged, UsageError
 from vaerepro.core.evaluate import evaluate
+from vaerepro.core.files import sha256
 from vaerepro.core.gradients import BernoulliGradients, covers
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
 from vaerepro.core.wakesleep import WakeSleepGradients
-from vaerepro.runs.layout import CSV_COLUMNS, RunFiles, RunFolderError
+from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 from vaerepro.runs.provenance import environment_info
 from vaerepro.runs.records import load_torch, parse_config, read_csv, read_model_json
-from vaerepro.runs.writes import atomic_write_bytes, sha256, torch_bytes, write_csv, write_json
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the parameters became NaN or infinite."""
+from vaerepro.runs.writes import atomic_write_bytes, torch_bytes, write_csv, write_json
 
 
 class Interrupted(RuntimeError):
@@ -498,9 +496,9 @@ def train_together(
     for other in cfgs[1:]:
         diff = [d for d in config_diff(cfg.to_dict(), other.to_dict()) if not d.startswith("nz:")]
         if diff:
-            raise ValueError("models trained together may differ in nz only: " + "; ".join(diff))
+            raise UsageError("models trained together may differ in nz only: " + "; ".join(diff))
     if len(cfgs) > 1 and cfg.likelihood != "bernoulli":
-        raise ValueError("--stacked needs the Bernoulli decoder (its gradient is written by hand)")
+        raise UsageError("--stacked needs the Bernoulli decoder (its gradient is written by hand)")
     runs = [ModelRun(c, data, out_dir, device, preset) for c in cfgs]
     for r in runs:
         if resume:

@@ -28,7 +28,7 @@ import torch
 
 from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
-from vaerepro.runs.layout import RunFolderError
+from vaerepro.core.errors import RunFolderError
 from vaerepro.runs.provenance import environment_info
 from vaerepro.runs.records import read_json
 from vaerepro.runs.train import train

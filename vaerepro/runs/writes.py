@@ -4,30 +4,23 @@ lock, and removing only the files vaerepro wrote."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from vaerepro.core.errors import RunFolderError, WriteFailed
+from vaerepro.core.files import TMP_MARK, write_atomically
 from vaerepro.runs.layout import (
     OWN_FIGURE,
     OWN_MODEL_FILE,
     OWN_RUN_FILES,
     OWN_TEMP,
-    TMP_MARK,
-    RunFolderError,
-    WriteFailed,
 )
-
-_UMASK = os.umask(0)  # read the process's umask (for the mode of new files) ...
-os.umask(_UMASK)  # ... and set it back
-
 
 # Run folders this process holds locked -> the open descriptor of the folder it locked.
 _HELD: dict[Path, int] = {}
@@ -54,7 +47,7 @@ def _check_held(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: never a half-written file.
+    """Write atomically (`files.write_atomically`): never a half-written file.
 
     WriteFailed (naming `path`) when the disk is full or the folder not writable; the previous
     file, if any, is left as it was. Into a locked run folder that vanished: RunFolderError
@@ -64,28 +57,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         _check_held(path.parent)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give results the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomically(path, data)
+    except WriteFailed:
         _check_held(path.parent)
-        raise WriteFailed(f"cannot write {path}: {err.strerror or err}") from err
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -182,11 +157,3 @@ def torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return sha256(path.read_bytes())

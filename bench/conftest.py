@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaerepro.cli import resolve_device
 from vaerepro.core.data import load_mnist, torchvision_root
+from vaerepro.core.device import resolve_device
 from vaerepro.core.errors import DataError
 from vaerepro.runs.provenance import device_name
 

@@ -11,7 +11,7 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
-from vaerepro.runs.train import make_train_step
+from vaerepro.core.step import make_train_step
 
 
 def make_step(

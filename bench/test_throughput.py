@@ -11,10 +11,11 @@ from step_setup import make_step
 from torch.utils.data import Subset
 
 from vaerepro.core.config import PAPER_NZ, preset
+from vaerepro.core.device import synchronize
 from vaerepro.core.evaluate import evaluate
 from vaerepro.core.flops import step_matmuls, train_flops_per_sample
 from vaerepro.core.model import VAE
-from vaerepro.runs.train import synchronize, train
+from vaerepro.runs.loop import train
 
 # The speed comparison runs both sides on the same protocol: pyautoencoder's (60k images in
 # shuffled epochs, torch's Adagrad, no weight decay).

@@ -16,7 +16,7 @@ from vaerepro.core import evaluate as evaluate_mod
 from vaerepro.core import model as model_mod
 from vaerepro.core import optim
 from vaerepro.core.data import MinibatchIndices
-from vaerepro.runs import train as train_mod
+from vaerepro.runs import state as state_mod
 
 
 def _latent_grads_without_kl(d_z, mu, sigma, eps, d_mu, d_logvar):
@@ -30,7 +30,7 @@ def _no_noise(size, *, generator=None, out=None, **kw):
 
 
 def _optimizer_with(**changes):
-    """make_optimizer as train.py calls it, but for the config with `changes`."""
+    """make_optimizer as TrainingState calls it, but for the config with `changes`."""
     return lambda cfg, model, **kw: optim.make_optimizer(cfg.replace(**changes), model, **kw)
 
 
@@ -41,11 +41,11 @@ def _eps_outside_sqrt(cfg, model, **kw):
     )
 
 
-_model_run_init = train_mod.ModelRun.__init__
+_state_init = state_mod.TrainingState.__init__
 
 
 def _all_60000_images(self, cfg, data, *args, **kw):
-    _model_run_init(self, cfg, data, *args, **kw)
+    _state_init(self, cfg, data, *args, **kw)
     self.train_x = data.train_x
     self.batches = MinibatchIndices(len(data.train_x), cfg.batch_size, cfg.sampling, self.gen)
 
@@ -62,16 +62,16 @@ def _no_tanh(inputs, weight, bias, out=None):
 _kl = model_mod.gaussian_kl
 _adagrad_init = optim.Adagrad.__init__
 
-OPTIMIZER = "vaerepro.runs.train.make_optimizer"  # as train.py calls it
+OPTIMIZER = "vaerepro.runs.state.make_optimizer"  # as TrainingState calls it
 
 MUTATIONS = {
     "weight_prior_removed": (OPTIMIZER, _optimizer_with(weight_decay=False)),
     "torch_adagrad_rule": (OPTIMIZER, _optimizer_with(optimizer="torch_adagrad")),
     "adagrad_warmup_removed": (OPTIMIZER, _optimizer_with(adagrad_warmup=0)),
     "adagrad_eps_outside_sqrt": (OPTIMIZER, _eps_outside_sqrt),
-    "train_on_60000_images": ("vaerepro.runs.train.ModelRun.__init__", _all_60000_images),
+    "train_on_60000_images": ("vaerepro.runs.state.TrainingState.__init__", _all_60000_images),
     "epoch_sampling": (
-        "vaerepro.runs.train.MinibatchIndices",
+        "vaerepro.runs.state.MinibatchIndices",
         lambda n, batch, sampling, gen: MinibatchIndices(n, batch, "epoch", gen),
     ),
     "eval_kl_dropped": (
@@ -88,7 +88,7 @@ MUTATIONS = {
         lambda self, params, lr=0.02, **kw: _adagrad_init(self, params, lr=10 * lr, **kw),
     ),
     "z_is_mu": ("torch.randn", _no_noise),  # in training and evaluation
-    "eval_elbo_shifted_half_a_nat": ("vaerepro.runs.train.evaluate", _shifted_evaluation),
+    "eval_elbo_shifted_half_a_nat": ("vaerepro.runs.state.evaluate", _shifted_evaluation),
 }
 
 

@@ -14,7 +14,7 @@ from vaerepro.core.config import PRESETS, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.optim import make_optimizer
 from vaerepro.runs.layout import CSV_COLUMNS
-from vaerepro.runs.train import train
+from vaerepro.runs.loop import train
 
 
 def test_presets_state_the_two_protocols():

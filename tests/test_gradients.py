@@ -15,8 +15,10 @@ from vaerepro.core.evaluate import evaluate
 from vaerepro.core.gradients import BernoulliGradients, covers
 from vaerepro.core.model import VAE, hidden_layer
 from vaerepro.core.optim import make_optimizer
+from vaerepro.core.step import make_train_step
+from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import RunFiles
-from vaerepro.runs.train import load_model, make_train_step, train
+from vaerepro.runs.loop import train
 
 
 def _pair(nz: int, dtype=torch.float64) -> tuple[VAE, VAE]:

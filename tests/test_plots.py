@@ -15,8 +15,8 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import active_units, kl_per_dimension
 from vaerepro.core.model import VAE
+from vaerepro.runs.loop import train
 from vaerepro.runs.records import load_run
-from vaerepro.runs.train import train
 
 PER_MODEL = ("recon", "samples", "interpolation", "latent", "kl_per_dim")
 

@@ -15,7 +15,7 @@ from mutations import MUTATIONS, WAKESLEEP_MUTATIONS
 from vaerepro.analysis.check import check_run
 from vaerepro.cli import main
 from vaerepro.core.config import preset
-from vaerepro.runs.train import train
+from vaerepro.runs.loop import train
 from vaerepro.runs.trajectory import read_trajectory, run_trajectory, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"

@@ -21,7 +21,7 @@ from vaerepro.cli import main
 from vaerepro.core.errors import RunFolderError, TrainingDiverged
 from vaerepro.core.optim import Adagrad
 from vaerepro.runs.layout import CSV_COLUMNS
-from vaerepro.runs.train import train
+from vaerepro.runs.loop import train
 from vaerepro.runs.writes import folder_lock
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]

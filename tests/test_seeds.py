@@ -14,8 +14,8 @@ from vaerepro.analysis.reference import paper_elbo
 from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
-from vaerepro.runs.estimate import time_left
 from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.progress import time_left
 from vaerepro.runs.records import load_run
 
 NUMBERS = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]

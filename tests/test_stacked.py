@@ -10,8 +10,8 @@ from vaerepro.core.gradients import BernoulliGradients
 from vaerepro.core.model import VAE
 from vaerepro.runs import writes
 from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.loop import train, train_together
 from vaerepro.runs.records import read_json
-from vaerepro.runs.train import train, train_together
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 NZS = (2, 5, 3)
@@ -85,7 +85,7 @@ def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeyp
                 raise KeyboardInterrupt("simulated crash")
         real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.runs.train.atomic_write_bytes", crash_mid_checkpoints)
+    monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", crash_mid_checkpoints)
     with pytest.raises(KeyboardInterrupt):
         train_together(cfgs, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

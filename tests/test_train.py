@@ -7,8 +7,9 @@ import torch
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import TrainingDiverged
 from vaerepro.runs import writes
+from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
-from vaerepro.runs.train import load_model, train
+from vaerepro.runs.loop import train
 
 DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 
@@ -70,7 +71,7 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
                 raise KeyboardInterrupt("simulated crash")
         real_write(path, data)
 
-    monkeypatch.setattr("vaerepro.runs.train.atomic_write_bytes", crash_on_second_checkpoint)
+    monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

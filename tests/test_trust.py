@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import TINY, refused, snapshot
 
-from vaerepro.cli import build_parser, main, resolve_device
+from vaerepro.cli import build_parser, main
+from vaerepro.core.device import resolve_device, synchronize
 from vaerepro.core.evaluate import accumulator_dtype
 from vaerepro.runs.records import load_run
-from vaerepro.runs.train import synchronize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

@@ -7,8 +7,9 @@ import torch
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.gradients import covers
 from vaerepro.core.model import VAE
+from vaerepro.core.step import gradient_pair, make_train_step
 from vaerepro.core.wakesleep import WakeSleepGradients, gaussian_logpdf, objective
-from vaerepro.runs.train import gradient_pair, make_train_step, train
+from vaerepro.runs.loop import train
 
 
 def _pair(nz: int) -> tuple[VAE, VAE]:

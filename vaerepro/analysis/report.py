@@ -16,9 +16,9 @@ from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.numbers import format_count
+from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import RUN_JSON, RunFiles
 from vaerepro.runs.records import load_run, read_run_json
-from vaerepro.runs.train import load_model
 from vaerepro.runs.writes import atomic_write_bytes
 
 

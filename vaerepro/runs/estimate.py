@@ -10,11 +10,11 @@ import torch
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits
+from vaerepro.core.device import synchronize
 from vaerepro.core.evaluate import evaluate
 from vaerepro.core.model import VAE
-from vaerepro.core.numbers import format_duration
 from vaerepro.core.optim import make_optimizer
-from vaerepro.runs.train import make_train_step, synchronize
+from vaerepro.core.step import make_train_step
 
 WARMUP_STEPS = 3  # untimed: first calls allocate and pick kernels
 TIMED_STEPS = 30  # about 0.1-0.3 s per N_z on a 2-core CPU
@@ -63,22 +63,3 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
     start = time.perf_counter()
     evaluate(model, x, generator=torch.Generator(device=device).manual_seed(0), **kw)  # syncs
     return Estimate(rates, len(x) / (time.perf_counter() - start))
-
-
-def time_left(
-    expected: dict[TrainConfig, float] | None,
-    before: dict[TrainConfig, int],
-    trained: dict[TrainConfig, int],
-    elapsed: float,
-) -> str:
-    """ ", about 12 min left": the seconds `expected` for the samples still to train (per
-    model, from `before` to its budget), scaled by the wall time the trained ones took, all
-    jobs together ("" without an estimate)."""
-    if not expected:
-        return ""
-    share = {c: (trained[c] - before[c]) / max(c.samples - before[c], 1) for c in expected}
-    done = sum(expected[c] * share[c] for c in expected)
-    if not done:
-        return ""
-    left = sum(expected[c] * (1 - share[c]) for c in expected) * elapsed / done
-    return f", about {format_duration(left)} left"

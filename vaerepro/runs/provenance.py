@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +72,18 @@ def environment_info(device: torch.device) -> dict:
         "host": platform.node(),
         "command": sys.argv,
     }
+
+
+def vaerepro_command(subcommand: str) -> str:
+    """How the user can run `vaerepro SUBCOMMAND` from their shell, for advice printed as-is:
+    `nox -s reproduce --` inside nox's reproduce session (nox's environment is not on the
+    user's PATH), `vaerepro SUBCOMMAND` when that name on PATH is this very command, else
+    `python -m vaerepro SUBCOMMAND` with this Python."""
+    if os.environ.get("NOX_CURRENT_SESSION") == "reproduce" and subcommand == "reproduce":
+        return "nox -s reproduce --"
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("vaerepro")
+    if script is not None and script.name == "vaerepro" and on_path:
+        if Path(on_path).resolve() == script:
+            return f"vaerepro {subcommand}"
+    return f"{shlex.quote(sys.executable)} -m vaerepro {subcommand}"

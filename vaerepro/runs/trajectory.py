@@ -29,9 +29,9 @@ import torch
 from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import RunFolderError
+from vaerepro.runs.loop import train
 from vaerepro.runs.provenance import environment_info
 from vaerepro.runs.records import read_json
-from vaerepro.runs.train import train
 from vaerepro.runs.writes import atomic_write_bytes, write_json
 
 # 10 warm-up minibatches (lr 0), then 30 updates; evaluated after 10, 20, 30 and 40 steps.

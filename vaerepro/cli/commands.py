@@ -1,0 +1,149 @@
+"""The subcommands that read run folders, the gate's and the benchmarks' table: parse, call,
+print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from vaerepro.analysis.check import check_run
+from vaerepro.analysis.compare import fidelity_table, write_comparison
+from vaerepro.analysis.hwtable import hardware_table, save_benchmark
+from vaerepro.analysis.reference_writer import make_reference
+from vaerepro.analysis.tables import to_markdown
+from vaerepro.cli.reproduce import recorded_data_root
+from vaerepro.core.config import model_label
+from vaerepro.core.data import load_mnist
+from vaerepro.core.errors import UsageError
+from vaerepro.runs.folder import check_output_folder
+from vaerepro.runs.records import load_run
+from vaerepro.runs.trajectory import run_trajectory, write_trajectory
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    detail, summary = write_comparison(args.run_dir)
+    if args.at:
+        print(to_markdown(fidelity_table(detail, summary, args.at)), end="")
+        return 0
+    with pd.option_context("display.width", 120, "display.max_rows", 500):
+        print(detail.to_string(index=False, float_format="%.2f"))
+        print("\nsummary (|ours - paper|, nats per datapoint):")
+        print(summary.to_string(index=False, float_format="%.2f"))
+    print(f"\nwrote {Path(args.run_dir) / 'comparison.csv'} and comparison.md", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
+    from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
+
+    data_root = args.data_root or recorded_data_root(args.run_dir)
+    report = make_figures(args.run_dir, data_root, args.seed)
+    print(f"wrote {report} and {report.parent / 'figures'}/", file=sys.stderr)
+    return 0
+
+
+def cmd_fig2(args: argparse.Namespace) -> int:
+    """Fig. 2 from several run folders in one figure (e.g. an AEVB sweep and a wake-sleep
+    sweep); a model (method, N_z, seed) may come from one folder only."""
+    from vaerepro.analysis.plots import plot_fig2  # matplotlib: only for the commands that plot
+
+    runs, origin = [], {}
+    for folder in args.run_dirs:
+        for meta, df in load_run(folder):
+            cfg = meta["config"]
+            key = (cfg["method"], cfg["nz"], cfg["seed"])
+            if key in origin:
+                raise UsageError(
+                    f"{model_label(cfg['method'], cfg['nz'])} seed {cfg['seed']} is in both "
+                    f"{origin[key]} and {folder}; give folders of different models"
+                )
+            origin[key] = folder
+            runs.append((meta, df))
+    out = Path(args.out)
+    check_output_folder(out, "--out", plot=False)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_fig2(runs, out)
+    print(f"wrote {out / 'fig2.png'} and {out / 'fig2.pdf'}", file=sys.stderr)
+    return 0
+
+
+def _failure_line(p: pd.Series, mode: str) -> str:
+    """One failing point: tier, point, ours, reference, diff and tolerance (nats)."""
+    which = "rounding" if p.tier == 1 or mode == "rounding" else "seeds"
+    return (
+        f"FAIL tier {p.tier}: {model_label(p.method, p.nz)} {p.split} {p.term} at {p.samples} "
+        "samples: "
+        f"ours {p.ours:.6f}, reference {p.reference:.6f}, diff {p['diff']:+.3g} nats, "
+        f"tolerance {p.tol:.3g} ({which})"
+    )
+
+
+def _print_points(points: pd.DataFrame) -> None:
+    """Every tier-2 point, and tier 1 summarised per method and N_z (check --verbose)."""
+    tier1 = points.tier == 1
+    with pd.option_context("display.width", 160, "display.max_rows", 1000):
+        print("tier 2 (ci run, ELBO; tolerance columns: rounding and seeds):")
+        print(points[~tier1].to_string(index=False, float_format="%.4f"))
+        print("tier 1 (float64 trajectory; ELBO, loglik, KL of both splits at 4 points):")
+        t1 = points[tier1].assign(abs_diff=points["diff"].abs())
+        summary = t1.groupby(["method", "nz"]).agg(
+            points=("ok", "size"),
+            failing=("ok", lambda ok: int((~ok).sum())),
+            max_abs_diff=("abs_diff", "max"),
+            tol=("tol", "min"),
+        )
+        print(summary.to_string(float_format="%.3g"))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    result = check_run(args.run_dir, args.reference, args.nz, args.tolerance)
+    for problem in result.problems:
+        print(f"FAIL: {problem}")
+    for _, point in result.failures.iterrows():
+        print(_failure_line(point, result.mode))
+    if args.verbose:
+        _print_points(result.points)
+    counts = result.points.groupby("tier").size().to_dict()
+    summary = f"tier 1: {counts.get(1, 0)} points, tier 2: {counts.get(2, 0)} points"
+    if result.ok:
+        print(f"OK: {summary} within the {result.mode} tolerances of {args.reference}")
+        return 0
+    print(
+        f"FAILED: {len(result.failures)} points out of tolerance, {len(result.problems)} "
+        f"problems ({summary}, {result.mode} tolerances of {args.reference})"
+    )
+    return 1
+
+
+def cmd_make_reference(args: argparse.Namespace) -> int:
+    tol = make_reference(args.seed_runs, args.out, args.reason, args.rounding_runs)
+    with pd.option_context("display.width", 160, "display.max_rows", 1000):
+        print(tol[tol.tier == 2].to_string(index=False, float_format="%.4g"))
+    print(f"wrote the reference to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"OUT {out} is a file; give a folder")
+    data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
+    values = run_trajectory(data, args.nz)
+    write_trajectory(values, out)
+    print(f"wrote {out / 'trajectory.csv'} ({len(values)} values)")
+    return 0
+
+
+def cmd_hwtable(args: argparse.Namespace) -> int:
+    if args.add:
+        saved = save_benchmark(args.add, args.folder)
+        if saved is None:
+            print(f"{args.add}: a --quick smoke test; nothing saved", file=sys.stderr)
+            return 0
+        print(f"saved {saved}", file=sys.stderr)
+    print(to_markdown(hardware_table(args.folder)), end="")
+    return 0

@@ -1,0 +1,172 @@
+"""`vaerepro reproduce`: the options -> a sweep -> a plan -> a runner -> a summary and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vaerepro.analysis.compare import compare_run
+from vaerepro.cli.parser import OVERRIDES
+from vaerepro.core.config import PAPER_NZ, Sweep, preset
+from vaerepro.core.data import load_mnist, resolve_data_root
+from vaerepro.core.device import resolve_device
+from vaerepro.core.errors import UsageError
+from vaerepro.core.numbers import format_count, format_duration
+from vaerepro.core.step import stacking_problem
+from vaerepro.runs.estimate import measure
+from vaerepro.runs.folder import check_output_folder, folder_conflicts, resume_conflicts
+from vaerepro.runs.layout import RUN_JSON
+from vaerepro.runs.progress import SweepProgress
+from vaerepro.runs.provenance import vaerepro_command
+from vaerepro.runs.records import read_run_json, write_run_json
+from vaerepro.runs.runners import make_runner
+from vaerepro.runs.sweep import SweepPlan, plan_sweep
+from vaerepro.runs.writes import folder_lock, remove_own_files, remove_stale_temps
+
+
+def requested_sweep(args: argparse.Namespace) -> Sweep:
+    """The sweep the options ask for, or the one --resume's folder records."""
+    if args.resume:
+        record = Path(args.resume) / RUN_JSON
+        if not record.exists():
+            raise UsageError(f"--resume {args.resume}: no {RUN_JSON} there, so no run to resume")
+        return read_run_json(record)[0]
+    name = args.preset or "paper"
+    changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
+    nzs = args.nz or list(PAPER_NZ)
+    return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, object]:
+    """The sweep-defining options the user gave (None: not given), by option name."""
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    given = {"--out": args.out, "--preset": args.preset, "--nz": args.nz}
+    given |= {"--method": args.method, "--seed(s)": seeds}
+    return given | {"--" + k.replace("_", "-"): getattr(args, k) for k in OVERRIDES}
+
+
+def run_folder(args: argparse.Namespace, sweep: Sweep) -> Path:
+    """Every check of the options that needs no data; returns the run folder."""
+    if args.stacked:  # each stacked group: the N_z of one method and seed
+        for key in {(c.method, c.seed) for c in sweep.configs}:
+            group = [c for c in sweep.configs if (c.method, c.seed) == key]
+            if problem := stacking_problem(group, args.autograd):
+                raise UsageError(f"{problem}; train without --stacked")
+    if args.resume:
+        if args.overwrite:
+            raise UsageError(
+                f"--resume {args.resume} continues a run and --overwrite replaces it; "
+                "give one of them"
+            )
+        resume_conflicts(Path(args.resume), sweep, given_options(args))
+    out = Path(
+        args.resume or args.out or Path("results/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
+    check_output_folder(out, "--resume" if args.resume else "--out", plot=not args.no_plot)
+    return out
+
+
+def plan_from_args(args: argparse.Namespace) -> SweepPlan:
+    sweep = requested_sweep(args)
+    out = run_folder(args, sweep)
+    folder_conflicts(out, sweep, bool(args.resume), args.overwrite)
+    device = resolve_device(args.device)
+    # --resume reads the data where the run started unless told otherwise
+    data_root = args.data_root or (recorded_data_root(out) if args.resume else None)
+    return plan_sweep(
+        sweep,
+        out,
+        device,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        stacked=args.stacked,
+        jobs=args.jobs,
+        threads=args.threads,
+        data_root=data_root,
+    )
+
+
+def recorded_data_root(run_dir: str | Path) -> str | None:
+    record = Path(run_dir) / RUN_JSON
+    return read_run_json(record)[1] if record.exists() else None
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    torch.set_num_threads(plan.threads)  # for the estimate, and models trained in this process
+    data = load_mnist(plan.data_root, plan.device)  # raises DataError before any training
+    estimate = measure(plan.pending, data, plan.device) if plan.pending and args.estimate else None
+    progress = SweepProgress(
+        plan.pending, plan.done, plan.expected(estimate), enabled=not args.no_progress
+    )
+    with folder_lock(plan.out), progress:
+        start_folder(plan, args.overwrite)
+        for line in plan.skipped_lines() + ([plan.describe(estimate)] if plan.pending else []):
+            progress.say(line)
+        status = make_runner(plan, data, args.autograd).run(plan, progress)
+    if status:
+        print(f"Resume with: {vaerepro_command('reproduce')} --resume {plan.out}", file=sys.stderr)
+        return status
+    detail, _ = compare_run(plan.out)
+    print_summary(detail, plan.out, progress.seconds())
+    if not args.no_plot:
+        from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
+
+        report = make_figures(plan.out, plan.data_root or recorded_data_root(plan.out))
+        print(f"wrote {report} and {plan.out / 'figures'}/", file=sys.stderr)
+    return 0
+
+
+def start_folder(plan: SweepPlan, overwrite: bool) -> None:
+    """Clean the run folder of what a killed writer left, replace the old sweep for
+    --overwrite, record the sweep, and say what runs where."""
+    remove_stale_temps(plan.out)
+    if overwrite:  # the whole old sweep goes: no model of it may stay behind
+        remove_own_files(plan.out)
+    sweep = plan.sweep
+    write_run_json(sweep, str(resolve_data_root(plan.data_root)), plan.out)
+    print(
+        f"run folder: {plan.out}  device: {plan.device}  preset: {sweep.preset}  "
+        f"N_z: {' '.join(map(str, sweep.nzs))}  seeds: {' '.join(map(str, sweep.seeds))}  "
+        f"method: {' '.join(sweep.methods)}",
+        file=sys.stderr,
+    )
+
+
+def final_summary(detail: pd.DataFrame) -> pd.DataFrame:
+    """Per method and N_z at the last logged point of `detail` (compare_run's): seeds, our
+    mean ELBO and its sd over seeds per split, the paper's value there and mean - paper
+    (nats per datapoint; NaN where the paper's printed curve has none, or sd with one seed)."""
+    last = detail.groupby(["method", "nz", "split"]).tail(1)
+    values = ["samples", "seeds", "mean", "sd", "paper", "diff"]
+    wide = last.pivot(index=["method", "nz"], columns="split", values=values)
+    table = {
+        "method": wide.index.get_level_values("method"),
+        "N_z": wide.index.get_level_values("nz"),
+        "seeds": wide["seeds"]["train"].astype(int).to_numpy(),
+        "samples": [format_count(s) for s in wide["samples"]["train"]],
+    }
+    for split in ("train", "test"):
+        table[f"{split} ELBO"] = wide["mean"][split].to_numpy()
+        table[f"{split} sd"] = wide["sd"][split].to_numpy()
+        table[f"paper {split}"] = wide["paper"][split].to_numpy()
+        table[f"{split} diff"] = wide["diff"][split].to_numpy()
+    return pd.DataFrame(table)
+
+
+def print_summary(detail: pd.DataFrame, out: Path, seconds: float) -> None:
+    with pd.option_context("display.width", 160):
+        table = final_summary(detail).to_string(index=False, float_format="%.2f", na_rep="–")
+    print(table, file=sys.stderr)
+    print(
+        "ELBO in nats per datapoint (mean over seeds, sd: their standard deviation); diff = "
+        "ours - paper; –: the paper's printed curve has no value there (comparison.md says "
+        f"why). Trained in {format_duration(seconds)}; run folder {out}",
+        file=sys.stderr,
+    )

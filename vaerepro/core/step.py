@@ -1,0 +1,103 @@
+"""The training step: one update of K models (AEVB or wake-sleep), each on its own minibatch
+with its own noise, through the hand-written gradient where it covers the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vaerepro.core import wakesleep
+from vaerepro.core.config import TrainConfig, config_diff
+from vaerepro.core.errors import UsageError
+from vaerepro.core.gradients import BernoulliGradients, covers
+from vaerepro.core.model import VAE
+from vaerepro.core.wakesleep import WakeSleepGradients
+
+
+@dataclass
+class TrainStep:
+    """One update of every model per call: model k on the minibatch train_x[idxs[k]], idxs[k]
+    (M,), drawing its noise from gens[k]. `gradient` says how the gradient is computed."""
+
+    step: Callable[[list[torch.Tensor], list[torch.Generator]], None]
+    gradient: str  # "hand-written" or "autograd", with the reason when not the default
+
+    def __call__(self, idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        self.step(idxs, gens)
+
+
+def gradient_pair(cfg: TrainConfig) -> tuple[Callable, Callable]:
+    """(loss, hand_written) of cfg's method: the loss autograd differentiates,
+    loss(model, x (M, 784), z_draws, generator) -> scalar, and the hand-written gradient,
+    hand_written(models, batch_size, z_draws) -> a callable that writes every param.grad."""
+    if cfg.method == "wakesleep":
+        return (
+            lambda m, x, draws, gen: wakesleep.objective(m, x, draws, gen, cfg.dreams),
+            lambda ms, batch, draws: WakeSleepGradients(ms, batch, draws, cfg.dreams),
+        )
+    return (lambda m, x, draws, gen: -m(x, draws, gen).elbo.mean(), BernoulliGradients)
+
+
+def stacking_problem(cfgs: list[TrainConfig], autograd: bool = False) -> str | None:
+    """Why the models of `cfgs` cannot train in one stacked step (None: they can). The one
+    place of the `--stacked` rule: AEVB models equal but for N_z, through the hand-written
+    gradient (which needs the Bernoulli decoder and a model it covers)."""
+    first = cfgs[0]
+    if any(c.method != "aevb" for c in cfgs):
+        return "--stacked trains AEVB models only; wake-sleep trains one at a time"
+    for other in cfgs[1:]:
+        diff = [d for d in config_diff(first.to_dict(), other.to_dict()) if not d.startswith("nz:")]
+        if diff:
+            return "models trained together may differ in nz only: " + "; ".join(diff)
+    reason = "--autograd was given" if autograd else covers(VAE.from_config(first), first.z_draws)
+    if reason:
+        return f"--stacked runs the hand-written gradient for several models at once, but {reason}"
+    return None
+
+
+def make_train_step(
+    models: list[VAE],
+    opts: list[torch.optim.Optimizer],
+    cfg: TrainConfig,
+    train_x: torch.Tensor,
+    autograd: bool = False,
+) -> TrainStep:
+    """The training step of `models` (configs `cfg`, N_z aside) for cfg's method (AEVB or
+    wake-sleep).
+
+    The gradient is the hand-written one (gradients.py, wakesleep.py: autograd's numbers, far
+    less overhead) when it covers the model: `gradients.covers` checks it against autograd
+    through the model's forward, so an edited model (another activation, the Gaussian decoder)
+    trains through autograd, the same forward. `autograd=True` forces autograd (one model only;
+    several models need `stacking_problem` to be None).
+    """
+    loss, hand_written = gradient_pair(cfg)
+    reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
+    if reason is None:
+        grads = hand_written(models, cfg.batch_size, cfg.z_draws)
+        gradient = "hand-written"
+    else:
+        if len(models) > 1:
+            raise UsageError(f"--stacked needs the hand-written gradient, but {reason}")
+        grads, gradient = None, f"autograd ({reason})" if not autograd else "autograd (--autograd)"
+    xs = torch.empty((len(models), cfg.batch_size, train_x.shape[1]), device=train_x.device)
+    binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
+
+    def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        for k, (idx, gen) in enumerate(zip(idxs, gens, strict=True)):
+            torch.index_select(train_x, 0, idx, out=xs[k])
+            if binary is not None:
+                torch.bernoulli(xs[k], generator=gen, out=binary[k])
+        batch = xs if binary is None else binary
+        if grads is not None:
+            grads(batch, gens)
+        else:
+            model, opt = models[0], opts[0]
+            opt.zero_grad(set_to_none=True)
+            loss(model, batch[0], cfg.z_draws, gens[0]).backward()
+        for opt in opts:
+            opt.step()
+
+    return TrainStep(step, gradient)

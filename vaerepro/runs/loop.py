@@ -1,0 +1,155 @@
+"""The training loop, top to bottom: set up each model (its `TrainingState` and `ModelRecord`,
+maybe resumed from its checkpoint) -> draw minibatches by index and step -> every `eval_every`
+samples evaluate both splits, append a CSV row, checkpoint -> write the final weights. Usually
+one model trains at a time; `--stacked` trains several (differing only in N_z) in lockstep,
+one step for all of them, with the same numbers as separate runs."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import MnistSplits
+from vaerepro.core.device import synchronize
+from vaerepro.core.errors import RunFolderError, UsageError
+from vaerepro.core.step import TrainStep, make_train_step, stacking_problem
+from vaerepro.runs.folder import ModelRecord
+from vaerepro.runs.progress import SweepProgress
+from vaerepro.runs.signals import Interrupted, stop_signals
+from vaerepro.runs.state import TrainingState
+
+
+def train(
+    cfg: TrainConfig,
+    data: MnistSplits,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool | SweepProgress = True,
+    preset: str | None = None,
+) -> pd.DataFrame:
+    """Train one VAE per `cfg`, writing its files into `out_dir`; returns the CSV rows.
+
+    ELBO columns are nats per datapoint; `wall_s` counts from the run's start (across
+    resumes), `train_samples_per_s` is the training rate over the last interval.
+    """
+    return train_together([cfg], data, out_dir, device, resume, progress, preset)[0]
+
+
+def train_together(
+    cfgs: list[TrainConfig],
+    data: MnistSplits,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool | SweepProgress = True,
+    preset: str | None = None,
+    label: str = "",
+    autograd: bool = False,
+) -> list[pd.DataFrame]:
+    """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one stacked step for
+    all; each model gets the files, and the numbers, of a separate `train` run. `progress`:
+    the sweep's reporter, or whether to show a bar of these models' own. `label` prefixes the
+    log (e.g. "model 2/5 "); `autograd` forces the autograd gradient."""
+    device = torch.device(device)
+    if len(cfgs) > 1 and (problem := stacking_problem(cfgs, autograd)):
+        raise UsageError(problem)
+    cfg = cfgs[0]
+    states = [TrainingState(c, data, device) for c in cfgs]
+    records = [ModelRecord(c, out_dir, device, preset) for c in cfgs]
+    for state, record in zip(states, records, strict=True):
+        record.resume_into(state) if resume else record.discard_old()
+    samples = _common_samples(states)
+    step = make_train_step(
+        [s.model for s in states], [s.opt for s in states], cfg, states[0].train_x, autograd
+    )
+    print(f"{label}gradient: {step.gradient}", file=sys.stderr)
+    for state, record in zip(states, records, strict=True):
+        record.record_start(step.gradient, state.rows)
+    own_bar = not isinstance(progress, SweepProgress)
+    report = progress
+    if own_bar:
+        report = SweepProgress(cfgs, {c: samples for c in cfgs}, None, bool(progress))
+
+    try:
+        samples = _loop(states, records, step, samples, report)
+    finally:
+        if own_bar:
+            report.close()
+    return [
+        r.finish(s, samples, [c.nz for c in cfgs]) for s, r in zip(states, records, strict=True)
+    ]
+
+
+def _loop(
+    states: list[TrainingState],
+    records: list[ModelRecord],
+    step: TrainStep,
+    samples: int,
+    report: SweepProgress,
+) -> int:
+    """Step from `samples` to the models' budget, evaluating and checkpointing every
+    `eval_every` samples; returns the samples trained. A stop signal ends it at a step
+    boundary with a checkpoint (Interrupted)."""
+    cfg, device = states[0].cfg, states[0].device
+    start = interval_start = time.perf_counter()
+    interval_samples = samples
+    with stop_signals() as interrupted:
+        while samples < cfg.samples:
+            step([s.batches.next() for s in states], [s.gen for s in states])
+            samples += cfg.batch_size
+            if samples % cfg.eval_every == 0:
+                for s in states:
+                    s.check_finite(samples - cfg.eval_every, samples)
+                synchronize(device)  # the clock must see the queued steps
+                rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
+                for state, record in zip(states, records, strict=True):
+                    row = state.log_evaluation(samples, time.perf_counter() - start, rate)
+                    record.checkpoint(state, samples, time.perf_counter() - start, "running")
+                    report.advance(state.cfg, samples, row)
+                interval_start, interval_samples = time.perf_counter(), samples
+            else:
+                for s in states:
+                    report.advance(s.cfg, samples)
+            if signum := interrupted():
+                _stop(states, records, samples, time.perf_counter() - start, signum)
+    return samples
+
+
+def _common_samples(states: list[TrainingState]) -> int:
+    """The samples the models (resumed or new) start at; RunFolderError when they differ."""
+    samples = states[0].samples
+    if any(s.samples != samples for s in states):
+        raise RunFolderError(
+            "the checkpoints are at different sample counts ("
+            + ", ".join(f"N_z={s.cfg.nz} seed {s.cfg.seed}: {s.samples}" for s in states)
+            + "); resume them one at a time (without --stacked)"
+        )
+    return samples
+
+
+def _stop(
+    states: list[TrainingState],
+    records: list[ModelRecord],
+    samples: int,
+    wall_s: float,
+    signum: int,
+) -> None:
+    """Checkpoint every model at this step boundary and raise Interrupted."""
+    for state, record in zip(states, records, strict=True):
+        state.check_finite(state.rows[-1]["samples"] if state.rows else 0, samples)
+        record.checkpoint(state, samples, wall_s, "interrupted")
+    cfg = states[0].cfg
+    nzs = ",".join(str(s.cfg.nz) for s in states)
+    raise Interrupted(
+        f"N_z={nzs} seed {cfg.seed}: {signal.Signals(signum).name} interrupted the run at "
+        f"samples={samples}; checkpoint written to "
+        + ", ".join(str(r.files.ckpt) for r in records),
+        signum,
+    )

@@ -1,0 +1,101 @@
+"""One model's training state: model, optimizer, the minibatch sampler and its generator, the
+samples trained and the CSV rows so far. Its `state_dict` is what a checkpoint holds."""
+
+from __future__ import annotations
+
+import torch
+
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
+from vaerepro.core.device import get_rng_state, set_rng_state
+from vaerepro.core.errors import TrainingDiverged
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.model import VAE
+from vaerepro.core.optim import make_optimizer
+
+
+class TrainingState:
+    """A model of `cfg` at its start (samples 0), on `device`; `load_state_dict` continues a
+    checkpoint. train_x (train_size, 784) and test_x (10000, 784) are the splits it trains and
+    is evaluated on (binarized once for `binarize="fixed"`)."""
+
+    def __init__(self, cfg: TrainConfig, data: MnistSplits, device: torch.device):
+        cfg.validate()
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)
+        self.model = VAE.from_config(cfg).to(device)
+        self.opt = make_optimizer(cfg, self.model)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.train_x, self.test_x = data.train_x[: cfg.train_size], data.test_x
+        if cfg.binarize == "fixed":
+            self.train_x = binarize_fixed(self.train_x, cfg.seed)
+            self.test_x = binarize_fixed(self.test_x, cfg.seed + 1)
+        self.batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, self.gen)
+        self.rows: list[dict] = []  # one per evaluation: the CSV's rows
+        self.samples, self.wall_before = 0, 0.0  # wall_before: seconds of earlier sessions
+
+    def weights(self) -> dict:
+        # clones: with --stacked the parameters are views into stacks shared by all models
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self, samples: int, wall_s: float) -> dict:
+        """The checkpoint's contents at `samples`, `wall_s` seconds into this session."""
+        return {
+            "model": self.weights(),
+            "optimizer": self.opt.state_dict(),
+            "batches": self.batches.state_dict(),
+            "rng": get_rng_state(),
+            "samples": samples,
+            "rows": self.rows,
+            "config": self.cfg.to_dict(),
+            "wall_s": self.wall_before + wall_s,
+            "device": self.device.type,
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        """Continue from a verified checkpoint (loaded on the CPU); raises what torch raises
+        when it does not fit the model."""
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        batches = dict(ckpt["batches"])
+        if batches.get("perm") is not None:
+            batches["perm"] = batches["perm"].to(self.device)
+        self.batches.load_state_dict(batches)
+        set_rng_state(ckpt["rng"])
+        self.samples, self.wall_before, self.rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
+
+    def check_finite(self, since: int, samples: int) -> None:
+        # A NaN/inf loss or gradient reaches the parameters within one step; checking them at
+        # evaluations only keeps host syncs out of the loop.
+        if not all(p.isfinite().all() for p in self.model.parameters()):
+            last = self.rows[-1]["samples"] if self.rows else 0
+            raise TrainingDiverged(
+                f"N_z={self.cfg.nz} seed {self.cfg.seed}: the loss or the parameters became "
+                f"NaN/inf between samples {since} and {samples}. The CSV and checkpoint hold "
+                f"the last good state (samples={last})."
+            )
+
+    def log_evaluation(self, samples: int, wall_s: float, train_rate: float) -> dict:
+        """Evaluate both splits (ELBO, loglik, KL in nats per datapoint) and append the row."""
+        cfg = self.cfg
+        kw = dict(
+            batch_size=cfg.eval_batch_size,
+            chunk=cfg.eval_chunk,
+            z_draws=cfg.z_draws,
+            generator=torch.Generator(device=self.device).manual_seed(cfg.eval_seed(samples)),
+            binarize=cfg.binarize == "dynamic",
+        )
+        tr, te = evaluate(self.model, self.train_x, **kw), evaluate(self.model, self.test_x, **kw)
+        row = {
+            "samples": samples,
+            "train_elbo": tr.elbo,
+            "test_elbo": te.elbo,
+            "train_loglik": tr.loglik,
+            "train_kl": tr.kl,
+            "test_loglik": te.loglik,
+            "test_kl": te.kl,
+            "wall_s": self.wall_before + wall_s,
+            "train_samples_per_s": train_rate,
+        }
+        self.rows.append(row)
+        return row

@@ -290,7 +290,7 @@ def test_named_tests_and_source_paths_exist(path):
 
 def test_a_stale_test_name_or_path_is_found():
     text = """`tests/test_docs.py::test_readme_is_short` exists, `tests/test_docs.py::test_gone` and
-`tests/test_nowhere.py::test_x` do not; `vaerepro/cli.py` and `bench/` exist, and in a block:
+`tests/test_nowhere.py::test_x` do not; `vaerepro/cli/parser.py` and `bench/` exist, and in a block:
 
 ```bash
 python bench/not_there.py && pytest tests/test_docs.py

@@ -25,10 +25,10 @@ import pandas as pd
 from vaerepro.core.config import config_diff
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.runs.layout import RunFiles
+from vaerepro.runs.longform import KEYS, long_form
 from vaerepro.runs.records import load_run, read_csv, read_json
-from vaerepro.runs.trajectory import KEYS, read_trajectory
+from vaerepro.runs.trajectory import read_trajectory
 
-SPLITS = ("train", "test")
 TOLERANCE_MODES = ("rounding", "seeds")
 SAFETY = 3.0  # rounding tolerance >= SAFETY * the largest drift measured at the point
 TIER1_FLOOR = 1e-6  # nats; measured float64 drift <= 6.3e-9 (README)
@@ -68,21 +68,7 @@ class CheckResult:
 def elbo_points(df: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """A run CSV of the model with config `cfg` as tier-2 rows (method, nz, split, samples,
     term="elbo", value)."""
-    method, nz = cfg.get("method", "aevb"), cfg["nz"]  # configs before wake-sleep: AEVB
-    parts = [
-        pd.DataFrame(
-            {
-                "method": method,
-                "nz": nz,
-                "split": s,
-                "samples": df.samples,
-                "term": "elbo",
-                "value": df[f"{s}_elbo"],
-            }
-        )
-        for s in SPLITS
-    ]
-    return pd.concat(parts, ignore_index=True)
+    return long_form(df, cfg, ["elbo"])[[*KEYS, "value"]]
 
 
 def read_tolerances(reference_dir: Path) -> pd.DataFrame:

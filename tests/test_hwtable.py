@@ -47,7 +47,7 @@ def test_hardware_table_from_a_benchmark_file(tmp_path, capsys):
     assert row["fraction of matmul limit"] == pytest.approx(0.5)
     assert row["eval samples/s"] == pytest.approx(100_000)
     assert main(["hwtable", str(tmp_path)]) == 0
-    assert "| cpu-x-2c | cpu (CPU X) | 2.14.1 | 20 |" in capsys.readouterr().out
+    assert "| cpu-x-2c | cpu (CPU X) | 2.14.1 | – | – | 20 |" in capsys.readouterr().out
 
 
 def test_hardware_table_needs_files(tmp_path):
@@ -119,9 +119,26 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 3  # header, rule, one row
     assert "CPU \\| evil row" in table[2]
-    assert {line.count("|") - line.count("\\|") for line in table} == {14}
+    assert {line.count("|") - line.count("\\|") for line in table} == {16}
 
 
 def test_the_committed_benchmarks_are_full_runs():
     results = Path(__file__).resolve().parents[1] / "results" / "bench"
     assert len(hardware_table(results)) >= 5
+
+
+def test_two_sessions_of_one_machine_are_told_apart_by_date_and_commit():
+    """The committed files: one machine benchmarked twice; each row names its session."""
+    results = Path(__file__).resolve().parents[1] / "results" / "bench"
+    table = hardware_table(results)
+    sessions = table[["machine", "device", "torch", "date", "commit"]].drop_duplicates()
+    assert sessions.values.tolist() == [
+        ["amd-epyc-2c", "cpu (AMD EPYC)", "2.14.1+cu130", "2026-12-01", "9ac2033411"],
+        ["amd-epyc-2c", "cpu (AMD EPYC)", "2.14.1+cu130", "2026-11-23", "58116eaa0b (dirty)"],
+    ]
+    keys = table[["date", "commit", "N_z"]].astype(str).agg(" ".join, axis=1).tolist()
+    assert keys == [f"2026-12-01 9ac2033411 {n}" for n in (3, 5, 10, 20, 200)] + [
+        f"2026-11-23 58116eaa0b (dirty) {n}" for n in (3, 5, 10, 20, 200)
+    ]
+    rates = table.set_index(["date", "N_z"])["train samples/s"].round(2)
+    assert rates[("2026-12-01", 20)] == 29024.18 and rates[("2026-11-23", 20)] == 26322.50

@@ -142,3 +142,24 @@ def test_two_sessions_of_one_machine_are_told_apart_by_date_and_commit():
     ]
     rates = table.set_index(["date", "N_z"])["train samples/s"].round(2)
     assert rates[("2026-12-01", 20)] == 29024.18 and rates[("2026-11-23", 20)] == 26322.50
+
+
+def test_benchmarks_on_a_device_the_machine_lacks_stop_with_one_line():
+    """`nox -s bench -- --device cuda` without a GPU: one usage error before any benchmark
+    (it was an error and a traceback per benchmark: 31 errors, 1,130 lines)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{n}" if n else "cuda"  # a device this machine lacks
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "pytest", "bench", "-q", "--device", device]
+    done = subprocess.run(
+        [*argv, "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 4 and len(lines) == 1, lines
+    why = f"sees {n} CUDA device(s); choose cuda:0 to cuda:{n - 1}" if n else "sees no CUDA device"
+    assert lines[0] == f"ERROR: --device {device} requested, but torch {why}"

@@ -15,7 +15,7 @@ import torch
 
 from vaerepro.core.data import load_mnist, torchvision_root
 from vaerepro.core.device import resolve_device
-from vaerepro.core.errors import DataError
+from vaerepro.core.errors import DataError, UsageError
 from vaerepro.runs.provenance import device_name
 
 
@@ -24,9 +24,23 @@ def pytest_addoption(parser):
     parser.addoption("--quick", action="store_true", help="tiny sizes: checks that all run")
 
 
+DEVICE = pytest.StashKey[torch.device]()
+
+
+def pytest_configure(config):
+    """Resolve --device once, before collection: a device this machine lacks stops the
+    session with one line (a usage error, exit status 4) instead of an error per benchmark."""
+    if config.getoption("help"):
+        return
+    try:
+        config.stash[DEVICE] = resolve_device(config.getoption("--device"))
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from err
+
+
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
-    return resolve_device(request.config.getoption("--device"))
+    return request.config.stash[DEVICE]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +84,7 @@ def host_id() -> str:
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    dev = resolve_device(config.getoption("--device"))
+    dev = config.stash[DEVICE]
     machine_info["vaerepro"] = {
         "device": dev.type,
         "device_name": device_name(dev),

@@ -128,3 +128,28 @@ def test_paper_weight_decay_scales_with_train_size():
     model = torch.nn.Linear(2, 2)
     groups = make_optimizer(TrainConfig(train_size=50_000), model).param_groups
     assert groups[0]["weight_decay"] == pytest.approx(1 / 50_000) and groups[1]["weight_decay"] == 0
+
+
+def test_long_form_is_one_row_per_logged_value():
+    """The one reshaper of the model CSVs (compare, check, the reference writer and the
+    tier-1 trajectory read them through it): per split, then term, the values in order."""
+    from vaerepro.runs.longform import COLUMNS, long_form
+
+    rows = pd.DataFrame({c: [0.0, 0.0] for c in CSV_COLUMNS}).assign(samples=[100, 200])
+    rows = rows.assign(train_elbo=[-3.0, -2.0], test_elbo=[-4.0, -3.5], test_kl=[1.0, 1.5])
+    cfg = TrainConfig(nz=5, seed=7, method="wakesleep").to_dict()
+    long = long_form(rows, cfg, ["elbo", "kl"])
+    assert list(long.columns) == COLUMNS
+    assert long[["split", "term", "samples", "value"]].values.tolist() == [
+        ["train", "elbo", 100, -3.0],
+        ["train", "elbo", 200, -2.0],
+        ["train", "kl", 100, 0.0],
+        ["train", "kl", 200, 0.0],
+        ["test", "elbo", 100, -4.0],
+        ["test", "elbo", 200, -3.5],
+        ["test", "kl", 100, 1.0],
+        ["test", "kl", 200, 1.5],
+    ]
+    assert set(zip(long.method, long.nz, long.seed, strict=True)) == {("wakesleep", 5, 7)}
+    legacy = {k: v for k, v in cfg.items() if k != "method"}  # written before wake-sleep
+    assert set(long_form(rows, legacy).method) == {"aevb"}

@@ -47,7 +47,7 @@ def test_hardware_table_from_a_benchmark_file(tmp_path, capsys):
     assert row["fraction of matmul limit"] == pytest.approx(0.5)
     assert row["eval samples/s"] == pytest.approx(100_000)
     assert main(["hwtable", str(tmp_path)]) == 0
-    assert "| cpu-x-2c | cpu (CPU X) | 2.14.1 | 20 |" in capsys.readouterr().out
+    assert "| cpu-x-2c | cpu (CPU X) | 2.14.1 | – | – | 20 |" in capsys.readouterr().out
 
 
 def test_hardware_table_needs_files(tmp_path):
@@ -119,9 +119,47 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 3  # header, rule, one row
     assert "CPU \\| evil row" in table[2]
-    assert {line.count("|") - line.count("\\|") for line in table} == {14}
+    assert {line.count("|") - line.count("\\|") for line in table} == {16}
 
 
 def test_the_committed_benchmarks_are_full_runs():
     results = Path(__file__).resolve().parents[1] / "results" / "bench"
     assert len(hardware_table(results)) >= 5
+
+
+def test_two_sessions_of_one_machine_are_told_apart_by_date_and_commit():
+    """The committed files: one machine benchmarked twice; each row names its session."""
+    results = Path(__file__).resolve().parents[1] / "results" / "bench"
+    table = hardware_table(results)
+    sessions = table[["machine", "device", "torch", "date", "commit"]].drop_duplicates()
+    assert sessions.values.tolist() == [
+        ["amd-epyc-2c", "cpu (AMD EPYC)", "2.14.1+cu130", "2026-12-01", "9ac2033411"],
+        ["amd-epyc-2c", "cpu (AMD EPYC)", "2.14.1+cu130", "2026-11-23", "58116eaa0b (dirty)"],
+    ]
+    keys = table[["date", "commit", "N_z"]].astype(str).agg(" ".join, axis=1).tolist()
+    assert keys == [f"2026-12-01 9ac2033411 {n}" for n in (3, 5, 10, 20, 200)] + [
+        f"2026-11-23 58116eaa0b (dirty) {n}" for n in (3, 5, 10, 20, 200)
+    ]
+    rates = table.set_index(["date", "N_z"])["train samples/s"].round(2)
+    assert rates[("2026-12-01", 20)] == 29024.18 and rates[("2026-11-23", 20)] == 26322.50
+
+
+def test_benchmarks_on_a_device_the_machine_lacks_stop_with_one_line():
+    """`nox -s bench -- --device cuda` without a GPU: one usage error before any benchmark
+    (it was an error and a traceback per benchmark: 31 errors, 1,130 lines)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{n}" if n else "cuda"  # a device this machine lacks
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "pytest", "bench", "-q", "--device", device]
+    done = subprocess.run(
+        [*argv, "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 4 and len(lines) == 1, lines
+    why = f"sees {n} CUDA device(s); choose cuda:0 to cuda:{n - 1}" if n else "sees no CUDA device"
+    assert lines[0] == f"ERROR: --device {device} requested, but torch {why}"

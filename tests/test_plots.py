@@ -2,6 +2,7 @@ import shutil
 from pathlib import Path
 
 import matplotlib.axes
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -185,3 +186,38 @@ def test_fig2_of_two_folders_draws_both_methods(tmp_path, monkeypatch, capsys):
         f"N_z=20 seed 0 is in both {aevb} and {aevb}",
     )
     assert not (tmp_path / "twice").exists()
+
+
+def _overlapping(boxes: list) -> list[tuple[int, int]]:
+    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[:i]) if a.overlaps(b)]
+
+
+@pytest.mark.parametrize(
+    "folders, nzs",
+    [(["paper-1e7"], [3, 20]), (["paper-1e7"], [200]), (["paper-1e7"], [3, 5, 10, 20, 200])]
+    + [(["paper-1e7", "wakesleep-1e7"], [3, 20])],
+)
+def test_fig2_labels_do_not_overlap(folders, nzs):
+    """With any number of N_z (the committed runs; with wake-sleep's longer legend too): no
+    panel's x tick labels and axis label run into another panel's, nor into each other, and
+    the legend beside the panels covers none of them."""
+    from vaerepro.analysis.plots import fig2_figure
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    runs = [r for f in folders for r in load_run(results / f) if r[0]["config"]["nz"] in nzs]
+    fig = fig2_figure(runs)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    axes = fig.axes
+    assert len(axes) == len(nzs)
+    xaxes = [ax.xaxis.get_tightbbox(renderer) for ax in axes]  # tick labels and axis label
+    assert _overlapping(xaxes) == []
+    for ax in axes:
+        (x0, x1), ticks = ax.get_xlim(), ax.xaxis.get_major_ticks()
+        shown = [t.label1 for t in ticks if x0 <= t.get_loc() <= x1 and t.label1.get_text()]
+        boxes = [label.get_window_extent(renderer) for label in shown]
+        assert len(boxes) >= 4 and _overlapping(boxes) == []  # 1e5 to 1e8: a label each
+    legend = axes[-1].get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(box) for box in xaxes)
+    assert not any(legend.overlaps(ax.get_window_extent(renderer)) for ax in axes)
+    plt.close(fig)

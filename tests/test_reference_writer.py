@@ -174,3 +174,15 @@ def test_check_names_a_missing_or_malformed_tolerances_file(tmp_path, capsys, da
     err = capsys.readouterr().err
     assert str(path) in err and "nox -s update_reference" in err and "Traceback" not in err
     assert _checksums(ref) == before
+
+
+def test_spread_is_the_seed_bands_of_compare_in_its_file_form(tmp_path, inputs):
+    """spread.csv: compare's aggregation over seeds (one for both), written as always (std,
+    test before train), so that a new reference's diff shows only changed numbers."""
+    seeds, rounding = inputs
+    make_reference(seeds, tmp_path / "ref", "test", rounding)
+    assert (tmp_path / "ref" / "spread.csv").read_text() == (
+        "method,nz,split,samples,seeds,mean,std,min,max\n"
+        "aevb,3,test,100000,3,-74.500000,0.500000,-75.000000,-74.000000\n"
+        "aevb,3,train,100000,3,-149.000000,1.000000,-150.000000,-148.000000\n"
+    )

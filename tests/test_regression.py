@@ -2,8 +2,10 @@
 unbroken code under 1 and 2 threads. Tier 1 (the float64 trajectory) runs here for one N_z;
 tier 2 (the ci run) for N_z = 200, and through copies of the committed reference."""
 
+import itertools
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -223,3 +225,34 @@ def test_other_thread_count_fails_rounding_mode_with_advice(tmp_path, capsys):
     assert "tier 2, N_z=20: float32 rounding differs from the reference's (threads 1 != 2)" in out
     assert "OMP_NUM_THREADS=2" in out and "--tolerance seeds" in out
     assert main(["check", str(run), "--reference", str(REFERENCE), "--tolerance", "seeds"]) == 0
+
+
+def test_the_advice_for_other_threads_is_a_command_that_matches_the_reference(
+    tmp_path, capsys, threads
+):
+    """check's advice, followed literally (parsed as the shell and the CLI parse it), trains
+    every reference model in 1 job of the reference's 2 threads, under the reference's
+    configs, into a new folder, then writes its trajectory and checks it."""
+    from vaerepro.cli import build_parser, parallelism, requested_sweep, resolve_device
+    from vaerepro.runs.records import load_run
+
+    run = _copy_reference_run(tmp_path)
+    meta = json.loads((run / "nz3-seed0.json").read_text())
+    meta["device"]["threads"] = 1
+    (run / "nz3-seed0.json").write_text(json.dumps(meta))
+    assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
+    line = next(s for s in capsys.readouterr().out.splitlines() if "rounding differs" in s)
+    words = shlex.split(re.search("`(.*)`", line)[1])
+    commands = [list(c) for sep, c in itertools.groupby(words, lambda w: w == "&&") if not sep]
+    (env, vaerepro, *train), trajectory, check = commands
+    assert env == "OMP_NUM_THREADS=2" and vaerepro == "vaerepro"
+    args = build_parser().parse_args(train)
+    threads(2)  # what OMP_NUM_THREADS=2 gives torch in the new process
+    reference = [m["config"] for m, _ in load_run(REFERENCE)]
+    assert parallelism(args, resolve_device(args.device), len(reference)) == (1, 2)
+    assert [c.to_dict() for c in requested_sweep(args).configs] == reference
+    out = tmp_path / "run-as-reference"
+    assert args.out == str(out) and not out.exists()
+    assert trajectory == ["vaerepro", "trajectory", str(out)]
+    assert check == ["vaerepro", "check", str(out), "--reference", str(REFERENCE)]
+    assert build_parser().parse_args(check[1:]).run_dir == str(out)

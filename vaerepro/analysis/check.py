@@ -17,18 +17,19 @@ and the files it owns) and `HISTORY.md` (one line per update, with its reason).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from vaerepro.core.config import config_diff
+from vaerepro.core.config import PRESETS, config_diff, preset
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.runs.layout import RunFiles
+from vaerepro.runs.longform import KEYS, long_form
 from vaerepro.runs.records import load_run, read_csv, read_json
-from vaerepro.runs.trajectory import KEYS, read_trajectory
+from vaerepro.runs.trajectory import read_trajectory
 
-SPLITS = ("train", "test")
 TOLERANCE_MODES = ("rounding", "seeds")
 SAFETY = 3.0  # rounding tolerance >= SAFETY * the largest drift measured at the point
 TIER1_FLOOR = 1e-6  # nats; measured float64 drift <= 6.3e-9 (README)
@@ -68,21 +69,7 @@ class CheckResult:
 def elbo_points(df: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """A run CSV of the model with config `cfg` as tier-2 rows (method, nz, split, samples,
     term="elbo", value)."""
-    method, nz = cfg.get("method", "aevb"), cfg["nz"]  # configs before wake-sleep: AEVB
-    parts = [
-        pd.DataFrame(
-            {
-                "method": method,
-                "nz": nz,
-                "split": s,
-                "samples": df.samples,
-                "term": "elbo",
-                "value": df[f"{s}_elbo"],
-            }
-        )
-        for s in SPLITS
-    ]
-    return pd.concat(parts, ignore_index=True)
+    return long_form(df, cfg, ["elbo"])[[*KEYS, "value"]]
 
 
 def read_tolerances(reference_dir: Path) -> pd.DataFrame:
@@ -170,14 +157,55 @@ def _environment_diff(meta: dict, ref_meta: dict) -> list[str]:
     return [f"{k} {a} != {b}" for k, a, b in pairs if a != b]
 
 
+def rerun_advice(run_dir: Path, reference_dir: Path, models: list[dict], nz) -> str:
+    """Commands that, run as printed, train the reference's models (`models`: their
+    metadata) again as the reference's were made (its thread count, one model at a time, its
+    device, preset, config, N_z and seeds), into a new folder beside `run_dir`, and check
+    that folder; `nz`: the N_z the check was asked for (None: all)."""
+    ref, configs = models[0], [m["config"] for m in models]
+    name = ref.get("preset") if ref.get("preset") in PRESETS else "paper"
+    seeds = sorted({c["seed"] for c in configs})
+    nzs = [str(n) for n in dict.fromkeys(c["nz"] for c in configs)]
+    methods = list(dict.fromkeys(c["method"] for c in configs))
+    base = run_dir.resolve() if run_dir.name in ("", ".", "..") else run_dir
+    out = str(base.with_name(base.name + "-as-reference"))
+    train = ["vaerepro", "reproduce", "--preset", name, "--device", ref["device"]["type"]]
+    train += ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", *map(str, seeds)]
+    train += ["--nz", *nzs] + (["--method", *methods] if methods != ["aevb"] else [])
+    train += _config_options(configs[0], preset(name).to_dict())
+    train += ["--jobs", "1", "--no-plot", "--out", out]
+    threads = ref["device"].get("threads")
+    only = ["--nz", *nzs] if nz is not None else []
+    commands = [
+        (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(train),
+        shlex.join(["vaerepro", "trajectory", out, *only]),
+        shlex.join(["vaerepro", "check", out, "--reference", str(reference_dir), *only]),
+    ]
+    return " && ".join(commands)
+
+
+def _config_options(cfg: dict, preset_cfg: dict) -> list[str]:
+    """`reproduce` options for the fields (but nz, seed, method) where `cfg` differs from
+    its preset's config."""
+    options = []
+    for key, value in cfg.items():
+        if key in ("nz", "seed", "method") or value == preset_cfg.get(key) or value is None:
+            continue
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            options += [f"--{flag}", str(value)]
+    return options
+
+
 def _tier2(
     run_dir: Path, reference_dir: Path, nz, mode: str, problems: list[str]
 ) -> list[pd.DataFrame]:
-    parts = []
-    for ref_meta, ref_df in load_run(reference_dir):
+    parts, other_rounding = [], {}  # other_rounding: environment difference -> N_z
+    models = [(m, df) for m, df in load_run(reference_dir) if nz is None or m["config"]["nz"] in nz]
+    for ref_meta, ref_df in models:
         cfg = ref_meta["config"]
-        if nz is not None and cfg["nz"] not in nz:
-            continue
         files = RunFiles.of_config(run_dir, cfg)
         if not files.json.exists() or not files.csv.exists():
             problems.append(f"tier 2, N_z={cfg['nz']}: {files.stem}.csv/.json missing in {run_dir}")
@@ -191,16 +219,20 @@ def _tier2(
             continue
         env = _environment_diff(meta, ref_meta) if mode == "rounding" else []
         if env:
-            problems.append(
-                f"tier 2, N_z={cfg['nz']}: float32 rounding differs from the reference's "
-                f"({'; '.join(env)}); rerun with OMP_NUM_THREADS="
-                f"{ref_meta['device'].get('threads')} and the reference's torch, or compare "
-                "with --tolerance seeds"
-            )
+            other_rounding.setdefault("; ".join(env), []).append(cfg["nz"])
             continue
         ours = elbo_points(read_csv(files.csv), cfg)
         label = f"N_z={cfg['nz']} ({files.stem}.csv)"
         parts.append(_merge(elbo_points(ref_df, cfg), ours, 2, label, problems))
+    for env, nzs in other_rounding.items():
+        torch = models[0][0].get("versions", {}).get("torch")
+        problems.append(
+            f"tier 2, N_z={', '.join(map(str, nzs))}: float32 rounding differs from the "
+            f"reference's ({env}); to check at the reference's rounding, train its models "
+            f"again as it was made{f' (with torch {torch})' if 'torch' in env else ''} and "
+            f"check them: `{rerun_advice(run_dir, reference_dir, [m for m, _ in models], nz)}`; "
+            "or compare this run with --tolerance seeds"
+        )
     return parts
 
 

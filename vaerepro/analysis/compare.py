@@ -12,33 +12,22 @@ from vaerepro.analysis.reference import SOURCE, paper_elbo, paper_gap
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.config import METHODS
 from vaerepro.core.numbers import format_count
+from vaerepro.runs.longform import long_form
 from vaerepro.runs.records import load_run
 from vaerepro.runs.writes import atomic_write_bytes, write_csv
 
 
 def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:
-    """Every logged value of `term` (elbo, loglik or kl; nats per datapoint) in long form:
-    columns method, nz, seed, split, samples, value."""
-    parts = [
-        pd.DataFrame(
-            {
-                "method": meta["config"]["method"],
-                "nz": meta["config"]["nz"],
-                "seed": meta["config"]["seed"],
-                "split": split,
-                "samples": df.samples.to_numpy(),
-                "value": df[f"{split}_{term}"].to_numpy(),
-            }
-        )
-        for meta, df in runs
-        for split in ("train", "test")
-    ]
+    """Every logged value of `term` (elbo, loglik or kl; nats per datapoint) of every model in
+    `runs` (load_run's), in long form (longform.COLUMNS)."""
+    parts = [long_form(df, meta["config"], [term]) for meta, df in runs]
     return pd.concat(parts, ignore_index=True)
 
 
 def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
-    """Per method, nz, split and samples: seeds, mean, sd (over seeds, ddof 1; NaN for one
-    seed), min and max of the values in `values` (from `seed_values`)."""
+    """Per method, nz, split and samples, over the seeds: seeds (how many logged the point),
+    mean, sd (ddof 1; NaN for one seed), min and max of `values` (long form, one term: from
+    `seed_values`; NaN values are skipped). AEVB before wake-sleep, train before test."""
     return (
         values.groupby(["method", "nz", "split", "samples"], sort=True)
         .value.agg(seeds="size", mean="mean", sd="std", min="min", max="max")

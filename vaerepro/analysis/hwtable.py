@@ -22,8 +22,9 @@ EXTRA_FIELDS = ("impl", "kind", "nz", "samples_per_round")
 
 
 def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
-    """(machine info, one row per benchmark with its median) of a saved benchmark file;
-    RunFolderError naming the file when it is malformed or a --quick smoke test."""
+    """(machine info, one row per benchmark with its median) of a saved benchmark file; the
+    info has the session's `date` and `commit` too (`when_and_what`). RunFolderError naming
+    the file when it is malformed or a --quick smoke test."""
 
     def bad(why: str) -> RunFolderError:
         return RunFolderError(
@@ -55,7 +56,20 @@ def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
     if not (medians > 0).all() or not medians.map(math.isfinite).all():
         raise bad("a median time is not a positive number")
     df["samples_per_s"] = df.samples_per_round / medians
-    return info, df
+    return {**info, **when_and_what(data)}, df
+
+
+def when_and_what(data: dict) -> dict:
+    """The date (UTC) and the code's commit of a pytest-benchmark session, from its JSON's
+    `datetime` and `commit_info`: what tells apart two sessions of one machine. The commit
+    is shortened to 10 digits, with "(dirty)" when it had uncommitted changes; NaN where the
+    file does not say."""
+    when, commit = data.get("datetime"), data.get("commit_info")
+    date = when[:10] if isinstance(when, str) and len(when) >= 10 else float("nan")
+    code = float("nan")
+    if isinstance(commit, dict) and isinstance(commit.get("id"), str) and commit["id"]:
+        code = commit["id"][:10] + (" (dirty)" if commit.get("dirty") else "")
+    return {"date": date, "commit": code}
 
 
 # What each speedup over the pyautoencoder baseline includes, in its column's name
@@ -68,7 +82,8 @@ SWEEP_SPEEDUP = "sweep speedup vs baseline (in-process, 5 N_z to 2e5: train, eva
 
 
 def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
-    """Per machine, device and N_z: train and eval samples/s, speedup over the pyautoencoder
+    """Per benchmark session (machine, device, torch, date and commit) and N_z: train and
+    eval samples/s, speedup over the pyautoencoder
     baseline (the train step; the command lines end to end, bench/end_to_end.py; the short
     sweep in-process) and over our own step with autograd's gradient instead of the
     hand-written one, the wake-sleep step's speed over AEVB's, and the fraction of the matmul
@@ -95,6 +110,8 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
                     "machine": info["machine"],
                     "device": f"{info['device']} ({info['device_name']})",
                     "torch": info["torch"],
+                    "date": info["date"],
+                    "commit": info["commit"],
                     "N_z": int(nz),
                     "train samples/s": ours,
                     "eval samples/s": rate("vaerepro", "eval"),

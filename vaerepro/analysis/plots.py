@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from vaerepro.analysis.compare import seed_bands, seed_values  # noqa: E402
 from vaerepro.analysis.reference import fig2 as paper_fig2  # noqa: E402
@@ -29,6 +30,8 @@ OUR_COLOURS = {"aevb": OURS_COLOUR, "wakesleep": WAKESLEEP_COLOUR}
 NAMES = {"aevb": "AEVB", "wakesleep": "wake-sleep"}
 PAPER_XLIM = (1e5, 10**8.39794)  # the paper's MNIST panels
 PAPER_YLIM = (-150, -95)
+PANEL_WIDTH = 2.9  # inches per N_z panel (fig2 and components)
+LEGEND_WIDTH = 2.3  # inches beside fig2's panels for its legend (its longest label: 2.1)
 
 
 def _save_figure(fig, path: Path, **kw) -> None:
@@ -58,11 +61,6 @@ def fig2_limits(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[tuple, tuple, bo
     return xlim, ylim, (xlim, ylim) != (PAPER_XLIM, PAPER_YLIM)
 
 
-def _row_of_panels(n: int, height: float = 3.2):
-    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, height), sharey=True, squeeze=False)
-    return fig, axes[0]
-
-
 def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str, method: str = "aevb") -> None:
     """Our curve of one split in one panel: the mean over seeds, and with two or more seeds
     a shaded band from their min to their max. `bands` is one method's and N_z's
@@ -86,46 +84,73 @@ def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str, method: str = "a
         )
 
 
-def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
+def fig2_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
     """Fig. 2 redrawn: one panel per N_z, ELBO against log-scaled training samples, on the
     paper's axes unless ours leave them (then widened, and the title says so). Ours: the mean
     over seeds, with the min-to-max band when there are several. The paper's curves are drawn
-    where the printed figure shows them."""
-    ref = paper_fig2()
-    ref = ref[ref.visible]
+    where the printed figure shows them. Each panel keeps its width whatever the number of
+    N_z; the legend gets room of its own beside them."""
     bands = seed_bands(seed_values(runs))
     xlim, ylim, widened = fig2_limits(runs)
     nzs = sorted(bands.nz.unique())
-    fig, axes = _row_of_panels(len(nzs))
     methods = list(dict.fromkeys(bands.method))
+    size = (PANEL_WIDTH * len(nzs) + LEGEND_WIDTH, 3.2)
+    fig, axes = plt.subplots(1, len(nzs), figsize=size, sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, nz in zip(axes, nzs, strict=True):
         for method in methods:
-            for split, style in (("train", "-"), ("test", "--")):
-                curve = ref[(ref.n_z == nz) & (ref.split == split) & (ref.method == method)]
-                ax.plot(
-                    curve.samples,
-                    curve.elbo,
-                    style,
-                    color=PAPER_COLOURS[method],
-                    lw=1.5,
-                    label=f"paper {NAMES[method]} ({split})",
-                )
-                ours = bands[(bands.nz == nz) & (bands.method == method)]
-                if len(ours):
-                    _draw_ours(ax, ours, split, style, method)
-        ax.set(
-            xscale="log",
-            xlim=xlim,
-            ylim=ylim,
-            title=f"MNIST, $N_z = {nz}$",
-            xlabel="# Training samples evaluated",
-        )
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-        if widened:  # the paper's axes, for orientation
-            ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
+            _draw_fig2_curves(ax, nz, method, bands[(bands.nz == nz) & (bands.method == method)])
+        _fig2_axes(ax, nz, xlim, ylim, widened)
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
-    # every panel's labels (a method may lack some N_z), once each, beside the panels: a
-    # panel's curves may fill any of its corners
+    _legend_beside(axes)
+    if widened:
+        fig.suptitle(
+            "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    return fig
+
+
+def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
+    """`fig2_figure` into out/fig2.png and out/fig2.pdf."""
+    fig = fig2_figure(runs)
+    _save_figure(fig, out / "fig2.png", dpi=150, bbox_inches="tight")
+    _save_figure(fig, out / "fig2.pdf", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _draw_fig2_curves(ax, nz: int, method: str, ours: pd.DataFrame) -> None:
+    """The paper's curves of one method and N_z (train solid, test dashed) where its printed
+    figure shows them, and ours (`ours`: that method's and N_z's seed bands; may be empty)."""
+    ref = paper_fig2()
+    ref = ref[ref.visible & (ref.n_z == nz) & (ref.method == method)]
+    for split, style in (("train", "-"), ("test", "--")):
+        curve = ref[ref.split == split]
+        label = f"paper {NAMES[method]} ({split})"
+        ax.plot(curve.samples, curve.elbo, style, color=PAPER_COLOURS[method], lw=1.5, label=label)
+        if len(ours):
+            _draw_ours(ax, ours, split, style, method)
+
+
+def _fig2_axes(ax, nz: int, xlim: tuple, ylim: tuple, widened: bool) -> None:
+    """One panel's axes: log samples, the limits, a grid, and the paper's bottom edge (dotted)
+    when ours widened the axes."""
+    ax.set(
+        xscale="log",
+        xlim=xlim,
+        ylim=ylim,
+        title=f"MNIST, $N_z = {nz}$",
+        xlabel="# Training samples evaluated",
+    )
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+    if widened:  # the paper's axes, for orientation
+        ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
+
+
+def _legend_beside(axes) -> None:
+    """Every panel's labels (a method may lack some N_z), once each, beside the last panel: a
+    panel's curves may fill any of its corners."""
     labelled = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -133,15 +158,6 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     axes[-1].legend(
         labelled.values(), labelled.keys(), loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=6
     )
-    if widened:
-        fig.suptitle(
-            "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",
-            fontsize=8,
-        )
-    fig.tight_layout()
-    _save_figure(fig, out / "fig2.png", dpi=150, bbox_inches="tight")
-    _save_figure(fig, out / "fig2.pdf", bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
@@ -150,7 +166,8 @@ def plot_components(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     terms = {term: seed_bands(seed_values(runs, term)) for term in ("loglik", "kl")}
     nzs = sorted(terms["kl"].nz.unique())
     methods = list(dict.fromkeys(terms["kl"].method))
-    fig, axes = plt.subplots(2, len(nzs), figsize=(2.9 * len(nzs), 5.6), squeeze=False, sharex=True)
+    size = (PANEL_WIDTH * len(nzs), 5.6)
+    fig, axes = plt.subplots(2, len(nzs), figsize=size, squeeze=False, sharex=True)
     for col, nz in enumerate(nzs):
         for row, bands in enumerate(terms.values()):
             ax = axes[row, col]
@@ -180,40 +197,48 @@ def _as_images(x: torch.Tensor) -> torch.Tensor:
 def plot_model(
     model: VAE, nz: int, test_x: torch.Tensor, test_y: torch.Tensor, out: Path, seed: int = 0
 ) -> dict:
-    """Per-model figures from the final weights; returns {"active_units", "kl_per_dim"}."""
+    """Per-model figures from the final weights into `out` (reconstructions, samples,
+    interpolations, the test set in latent space, KL per dimension); returns
+    {"active_units", "kl_per_dim"}. `seed` draws the samples and the interpolated pairs."""
     gen = torch.Generator().manual_seed(seed)
-    x = test_x[:32]
-    mu, _ = model.encode(x)
-    _save_grid(
-        _as_images(
-            torch.cat([x[:16], model.mean_image(mu[:16]), x[16:], model.mean_image(mu[16:])])
-        ),
-        out / f"recon_nz{nz}.png",
-        nrow=16,
-        padding=2,
-        pad_value=1.0,
-    )
-
+    _plot_reconstructions(model, test_x[:32], out / f"recon_nz{nz}.png")
     z = torch.randn(64, nz, generator=gen)
     _save_grid(_as_images(model.mean_image(z)), out / f"samples_nz{nz}.png", nrow=8, pad_value=1.0)
+    _plot_interpolations(model, test_x, gen, out / f"interpolation_nz{nz}.png")
+    _plot_latent(model, nz, test_x, test_y, out / f"latent_nz{nz}.png")
+    kl = kl_per_dimension(model, test_x)
+    n_active = active_units(kl)
+    _plot_kl_per_dimension(kl, n_active, out / f"kl_per_dim_nz{nz}.png")
+    return {"active_units": n_active, "kl_per_dim": kl.tolist()}
 
+
+def _plot_reconstructions(model: VAE, x: torch.Tensor, path: Path) -> None:
+    """32 test images, each row of 16 above its reconstructions (the decoder's mean at the
+    posterior mean)."""
+    mu, _ = model.encode(x)
+    images = torch.cat([x[:16], model.mean_image(mu[:16]), x[16:], model.mean_image(mu[16:])])
+    _save_grid(_as_images(images), path, nrow=16, padding=2, pad_value=1.0)
+
+
+def _plot_interpolations(model: VAE, test_x: torch.Tensor, gen: torch.Generator, path) -> None:
+    """8 random pairs of test images, 10 steps each on the straight line between their
+    posterior means."""
     pairs = torch.randint(len(test_x), (8, 2), generator=gen)
     mu_pairs, _ = model.encode(test_x[pairs.flatten()])
     a, b = mu_pairs[0::2], mu_pairs[1::2]  # (8, N_z) each
     t = torch.linspace(0, 1, 10).reshape(1, 10, 1)
-    path = a[:, None] + t * (b - a)[:, None]  # (8, 10, N_z), straight lines in latent space
-    _save_grid(
-        _as_images(model.mean_image(path).reshape(-1, 784)),
-        out / f"interpolation_nz{nz}.png",
-        nrow=10,
-        pad_value=1.0,
-    )
+    line = a[:, None] + t * (b - a)[:, None]  # (8, 10, N_z)
+    _save_grid(_as_images(model.mean_image(line).reshape(-1, 784)), path, nrow=10, pad_value=1.0)
 
-    mu_all, _ = model.encode(test_x)
+
+def _plot_latent(model: VAE, nz: int, test_x: torch.Tensor, test_y: torch.Tensor, path) -> None:
+    """The test set's posterior means coloured by digit: the first two dimensions for
+    N_z <= 3, else the first two principal components."""
+    mu, _ = model.encode(test_x)
     if nz <= 3:
-        coords, labels = mu_all[:, :2], ("$z_1$ (posterior mean)", "$z_2$ (posterior mean)")
+        coords, labels = mu[:, :2], ("$z_1$ (posterior mean)", "$z_2$ (posterior mean)")
     else:
-        centred = mu_all - mu_all.mean(0)
+        centred = mu - mu.mean(0)
         _, _, v = torch.pca_lowrank(centred, q=2, center=False)
         coords, labels = centred @ v, ("PC 1 of posterior means", "PC 2")
     if nz == 1:
@@ -223,11 +248,14 @@ def plot_model(
     fig.colorbar(sc, ax=ax, ticks=range(10), boundaries=np.arange(-0.5, 10), label="digit")
     ax.set(xlabel=labels[0], ylabel=labels[1], title=f"Test set in latent space, $N_z = {nz}$")
     fig.tight_layout()
-    _save_figure(fig, out / f"latent_nz{nz}.png", dpi=150)
+    _save_figure(fig, path, dpi=150)
     plt.close(fig)
 
-    kl = kl_per_dimension(model, test_x)
-    n_active = active_units(kl)
+
+def _plot_kl_per_dimension(kl: torch.Tensor, n_active: int, path: Path) -> None:
+    """The average KL of each latent dimension over the test set, sorted, against the
+    active-unit threshold."""
+    nz = len(kl)
     sorted_kl = kl.sort(descending=True).values.numpy()
     fig, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.25 * nz + 2)), 3.4))
     ax.bar(np.arange(1, nz + 1), sorted_kl, color=OURS_COLOUR, width=0.8)
@@ -241,6 +269,5 @@ def plot_model(
     ax.set_ylim(bottom=max(1e-5, min(sorted_kl.min(), ACTIVE_UNIT_NATS) / 2))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, out / f"kl_per_dim_nz{nz}.png", dpi=150)
+    _save_figure(fig, path, dpi=150)
     plt.close(fig)
-    return {"active_units": n_active, "kl_per_dim": kl.tolist()}

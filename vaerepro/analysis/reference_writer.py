@@ -32,11 +32,13 @@ from vaerepro.analysis.check import (
     ReferenceFolderError,
     elbo_points,
 )
+from vaerepro.analysis.compare import seed_bands, seed_values
 from vaerepro.core.config import config_diff
 from vaerepro.core.errors import UsageError
+from vaerepro.runs.longform import KEYS
 from vaerepro.runs.provenance import git_state
 from vaerepro.runs.records import load_run, read_json
-from vaerepro.runs.trajectory import CSV_NAME, JSON_NAME, KEYS, read_trajectory
+from vaerepro.runs.trajectory import CSV_NAME, JSON_NAME, read_trajectory
 from vaerepro.runs.writes import atomic_write_bytes, write_csv, write_json
 
 FIXED_FILES = ("spread.csv", "drift.csv", TOLERANCES_CSV, CSV_NAME, JSON_NAME, "reference.json")
@@ -98,7 +100,8 @@ def _drift(reference: pd.DataFrame, other: pd.DataFrame, variant: str) -> pd.Dat
 
 
 def _spread(seed_runs: list[Path]) -> tuple[list[int], pd.DataFrame]:
-    """Seeds and the spread per tier-2 point (seeds, mean, std, min, max) over the seed runs."""
+    """Seeds and the spread per tier-2 point over the seed runs (compare.seed_bands: seeds,
+    mean, sd, min, max)."""
     models = [(meta, df) for folder in seed_runs for meta, df in load_run(folder)]
     seeds = sorted({m["config"]["seed"] for m, _ in models})
     if len(seeds) < 2:
@@ -108,13 +111,14 @@ def _spread(seed_runs: list[Path]) -> tuple[list[int], pd.DataFrame]:
         diff = config_diff({**meta["config"], "seed": None}, base[meta["config"]["nz"]])
         if diff:
             raise UsageError(f"seed runs differ in more than the seed: {diff}")
-    long = pd.concat([elbo_points(df, m["config"]) for m, df in models])
-    spread = (
-        long.groupby(["method", "nz", "split", "samples"])
-        .value.agg(seeds="count", mean="mean", std="std", min="min", max="max")
-        .reset_index()
-    )
-    return seeds, spread
+    return seeds, seed_bands(seed_values(models))
+
+
+def spread_file(spread: pd.DataFrame) -> pd.DataFrame:
+    """`spread.csv` as it has always been written: the sd column named std, the rows sorted
+    by method, nz, split (test before train) and samples."""
+    keys = ["method", "nz", "split", "samples"]
+    return spread.rename(columns={"sd": "std"}).sort_values(keys, ignore_index=True)
 
 
 def tolerance_table(drift: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +130,7 @@ def tolerance_table(drift: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
         tier1, (SAFETY * worst.drift).clip(TIER2_FLOOR, TIER2_CAP)
     )
     worst["rounding"] = rounding.where(~tier1, rounding.clip(lower=TIER1_FLOOR))
-    seeds = spread.assign(tier=2, term="elbo", seeds=(SEED_SIGMAS * spread["std"]).clip(SEED_FLOOR))
+    seeds = spread.assign(tier=2, term="elbo", seeds=(SEED_SIGMAS * spread.sd).clip(SEED_FLOOR))
     out = worst.merge(seeds[[*POINT_COLUMNS, "seeds"]], on=POINT_COLUMNS, how="left")
     return out.sort_values(POINT_COLUMNS, ignore_index=True)
 
@@ -244,7 +248,7 @@ def _write_tables(
     """The reference run's files, its trajectory, and the spread, drift and tolerances."""
     for path in [*model_files, base / CSV_NAME, base / JSON_NAME]:
         atomic_write_bytes(out / path.name, path.read_bytes())
-    write_csv(spread, out / "spread.csv")
+    write_csv(spread_file(spread), out / "spread.csv")
     for table, name in ((drift, "drift.csv"), (tol, TOLERANCES_CSV)):  # 1e-9 nats must show
         atomic_write_bytes(out / name, table.to_csv(index=False, float_format="%.6g").encode())
 

@@ -37,27 +37,19 @@ def make_figures(
     """
     run_dir = Path(run_dir)
     runs = load_run(run_dir)
-    record = run_dir / RUN_JSON
-    seeds = list(read_run_json(record)[0].seeds) if record.exists() else []
-    seeds += [s for s in dict.fromkeys(m["config"]["seed"] for m, _ in runs) if s not in seeds]
-    if seed is None:
-        seed = seeds[0]
-    elif seed not in seeds:
-        raise RunFolderError(f"{run_dir} has no model of seed {seed}; its seeds: {seeds}")
+    seed = _chosen_seed(run_dir, runs, seed)
     first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
     chosen = [
-        (m, df)
-        for m, df in runs
-        if m["config"]["seed"] == seed and m["config"]["method"] == first_method
+        m for m, _ in runs if m["config"]["seed"] == seed and m["config"]["method"] == first_method
     ]
-    files = [RunFiles.of_config(run_dir, m["config"]) for m, _ in chosen]
+    files = [RunFiles.of_config(run_dir, m["config"]) for m in chosen]
     models = [load_model(f) if f.weights.exists() else None for f in files]
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     plot_fig2(runs, out)
     plot_components(runs, out)
     _, summary = write_comparison(run_dir)
-    skipped = [m["config"]["nz"] for model, (m, _) in zip(models, chosen, strict=True) if not model]
+    skipped = [m["config"]["nz"] for model, m in zip(models, chosen, strict=True) if not model]
     if skipped:
         print(
             f"per-model figures skipped for N_z={','.join(map(str, skipped))}: no final weights "
@@ -67,7 +59,7 @@ def make_figures(
     data = load_mnist(data_root, "cpu") if len(skipped) < len(chosen) else None
     diagnostics = {
         meta["config"]["nz"]: plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out)
-        for model, (meta, _) in zip(models, chosen, strict=True)
+        for model, meta in zip(models, chosen, strict=True)
         if model
     }
     report = run_dir / "REPORT.md"
@@ -76,11 +68,53 @@ def make_figures(
     return report
 
 
+def _chosen_seed(run_dir: Path, runs: list[tuple[dict, pd.DataFrame]], seed: int | None) -> int:
+    """`seed`, or by default the run's first (run.json's order, then the models'); a
+    RunFolderError listing the run's seeds when `seed` is not among them."""
+    record = run_dir / RUN_JSON
+    seeds = list(read_run_json(record)[0].seeds) if record.exists() else []
+    seeds += [s for s in dict.fromkeys(m["config"]["seed"] for m, _ in runs) if s not in seeds]
+    if seed is None:
+        return seeds[0]
+    if seed not in seeds:
+        raise RunFolderError(f"{run_dir} has no model of seed {seed}; its seeds: {seeds}")
+    return seed
+
+
 def _mean_sd(values: pd.Series) -> str:
     """-98.21 ± 0.35 (mean ± sd over seeds), or the value alone for one seed."""
     if len(values) == 1:
         return f"{values.iloc[0]:.2f}"
     return f"{values.mean():.2f} ± {values.std():.2f}"
+
+
+def _result_row(
+    method: str, nz: int, models: list[tuple[dict, pd.DataFrame]], inside: pd.Series
+) -> dict:
+    """One method's and N_z's ELBO at the last evaluation every seed reached (mean ± sd over
+    seeds), the paper's value there and the fraction of points with the paper in our band
+    (`inside`: compare_run's summary, by method, nz and split)."""
+    samples = min(df.samples.iloc[-1] for _, df in models)
+    last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
+    row = {"method": method, "N_z": nz, "seeds": len(models), "samples": format_count(samples)}
+    for split in ("train", "test"):
+        row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
+        row[f"paper {split}"] = float(paper_elbo(nz, split, samples, method))
+        row[f"paper in band ({split})"] = inside.get((method, nz, split), float("nan"))
+    return row
+
+
+def _speed_row(method: str, nz: int, models: list[tuple[dict, pd.DataFrame]]) -> dict:
+    """One method's and N_z's device, median training samples/s and wall time over seeds."""
+    device = models[0][0]["device"]
+    rates = pd.concat([df.train_samples_per_s for _, df in models])
+    return {
+        "method": method,
+        "N_z": nz,
+        "device": f"{device['type']} ({device['name']})",
+        "train samples/s (median)": rates.median(),
+        "wall s (all seeds)": sum(df.wall_s.iloc[-1] for _, df in models),
+    }
 
 
 def render_report(
@@ -98,28 +132,11 @@ def render_report(
     inside = summary.set_index(["method", "nz", "split"]).inside
     rows, speed = [], []
     for (method, nz), models in groups.items():
-        samples = min(df.samples.iloc[-1] for _, df in models)
-        last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
-        row = {"method": method, "N_z": nz, "seeds": len(models), "samples": format_count(samples)}
-        for split in ("train", "test"):
-            row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
-            row[f"paper {split}"] = float(paper_elbo(nz, split, samples, method))
-            row[f"paper in band ({split})"] = inside.get((method, nz, split), float("nan"))
+        row = _result_row(method, nz, models, inside)
         diag = diagnostics.get(nz) if method == runs[0][0]["config"]["method"] else None
         row[f"active units (seed {seed})"] = f"{diag['active_units']} / {nz}" if diag else "–"
         rows.append(row)
-        device = models[0][0]["device"]
-        speed.append(
-            {
-                "method": method,
-                "N_z": nz,
-                "device": f"{device['type']} ({device['name']})",
-                "train samples/s (median)": pd.concat(
-                    [df.train_samples_per_s for _, df in models]
-                ).median(),
-                "wall s (all seeds)": sum(df.wall_s.iloc[-1] for _, df in models),
-            }
-        )
+        speed.append(_speed_row(method, nz, models))
     meta = runs[0][0]
     config = {k: v for k, v in meta["config"].items() if k not in ("nz", "seed", "method")}
     seeds = sorted({m["config"]["seed"] for m, _ in runs})

@@ -29,6 +29,7 @@ import torch
 from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import RunFolderError
+from vaerepro.runs.longform import KEYS, long_form
 from vaerepro.runs.loop import train
 from vaerepro.runs.provenance import environment_info
 from vaerepro.runs.records import read_json
@@ -40,10 +41,7 @@ TRAJECTORY: TrainConfig = preset("ci").replace(
     train_size=1_000, adagrad_warmup=10, samples=4_000, eval_every=1_000
 )
 TEST_ROWS = 1_000  # the first test images
-TERMS = ("elbo", "loglik", "kl")
-SPLITS = ("train", "test")
 CSV_NAME, JSON_NAME = "trajectory.csv", "trajectory.json"
-KEYS = ["method", "nz", "split", "samples", "term"]
 
 
 @contextmanager
@@ -69,26 +67,6 @@ def as_float64(data: MnistSplits, test_rows: int = TEST_ROWS) -> MnistSplits:
     )
 
 
-def _long(rows: pd.DataFrame, method: str, nz: int) -> pd.DataFrame:
-    """A run's CSV rows as (method, nz, split, samples, term, value), value in nats per
-    datapoint."""
-    parts = [
-        pd.DataFrame(
-            {
-                "method": method,
-                "nz": nz,
-                "split": split,
-                "samples": rows.samples,
-                "term": term,
-                "value": rows[f"{split}_{term}"],
-            }
-        )
-        for split in SPLITS
-        for term in TERMS
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
 def run_trajectory(
     data: MnistSplits,
     nz: Iterable[int] = PAPER_NZ,
@@ -104,8 +82,8 @@ def run_trajectory(
             for n in nz:
                 run_cfg = cfg.replace(method=method, nz=n)
                 rows = train(run_cfg, data64, tmp, device="cpu", progress=False)
-                parts.append(_long(rows, method, n))
-    return pd.concat(parts, ignore_index=True)
+                parts.append(long_form(rows, run_cfg.to_dict()))
+    return pd.concat(parts, ignore_index=True)[[*KEYS, "value"]]
 
 
 def write_trajectory(

@@ -233,8 +233,12 @@ def test_the_advice_for_other_threads_is_a_command_that_matches_the_reference(
     """check's advice, followed literally (parsed as the shell and the CLI parse it), trains
     every reference model in 1 job of the reference's 2 threads, under the reference's
     configs, into a new folder, then writes its trajectory and checks it."""
-    from vaerepro.cli import build_parser, parallelism, requested_sweep, resolve_device
+    from vaerepro.cli import build_parser
+    from vaerepro.cli.reproduce import requested_sweep
+    from vaerepro.core.device import resolve_device
+    from vaerepro.runs.provenance import vaerepro_command
     from vaerepro.runs.records import load_run
+    from vaerepro.runs.sweep import parallelism
 
     run = _copy_reference_run(tmp_path)
     meta = json.loads((run / "nz3-seed0.json").read_text())
@@ -244,15 +248,17 @@ def test_the_advice_for_other_threads_is_a_command_that_matches_the_reference(
     line = next(s for s in capsys.readouterr().out.splitlines() if "rounding differs" in s)
     words = shlex.split(re.search("`(.*)`", line)[1])
     commands = [list(c) for sep, c in itertools.groupby(words, lambda w: w == "&&") if not sep]
-    (env, vaerepro, *train), trajectory, check = commands
-    assert env == "OMP_NUM_THREADS=2" and vaerepro == "vaerepro"
-    args = build_parser().parse_args(train)
+    (env, *train), trajectory, check = commands
+    prefix = shlex.split(vaerepro_command(""))  # the command the user can run: here python -m
+    assert env == "OMP_NUM_THREADS=2" and train[: len(prefix)] == prefix
+    args = build_parser().parse_args(train[len(prefix) :])
     threads(2)  # what OMP_NUM_THREADS=2 gives torch in the new process
     reference = [m["config"] for m, _ in load_run(REFERENCE)]
-    assert parallelism(args, resolve_device(args.device), len(reference)) == (1, 2)
+    device = resolve_device(args.device)
+    assert parallelism(device, args.stacked, len(reference), args.jobs, args.threads) == (1, 2)
     assert [c.to_dict() for c in requested_sweep(args).configs] == reference
     out = tmp_path / "run-as-reference"
     assert args.out == str(out) and not out.exists()
-    assert trajectory == ["vaerepro", "trajectory", str(out)]
-    assert check == ["vaerepro", "check", str(out), "--reference", str(REFERENCE)]
-    assert build_parser().parse_args(check[1:]).run_dir == str(out)
+    assert trajectory == [*prefix, "trajectory", str(out)]
+    assert check == [*prefix, "check", str(out), "--reference", str(REFERENCE)]
+    assert build_parser().parse_args(check[len(prefix) :]).run_dir == str(out)

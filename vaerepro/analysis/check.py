@@ -27,6 +27,7 @@ from vaerepro.core.config import PRESETS, config_diff, preset
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.longform import KEYS, long_form
+from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.records import load_run, read_csv, read_json
 from vaerepro.runs.trajectory import read_trajectory
 
@@ -169,7 +170,8 @@ def rerun_advice(run_dir: Path, reference_dir: Path, models: list[dict], nz) -> 
     methods = list(dict.fromkeys(c["method"] for c in configs))
     base = run_dir.resolve() if run_dir.name in ("", ".", "..") else run_dir
     out = str(base.with_name(base.name + "-as-reference"))
-    train = ["vaerepro", "reproduce", "--preset", name, "--device", ref["device"]["type"]]
+    train = [*shlex.split(vaerepro_command("reproduce"))]
+    train += ["--preset", name, "--device", ref["device"]["type"]]
     train += ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", *map(str, seeds)]
     train += ["--nz", *nzs] + (["--method", *methods] if methods != ["aevb"] else [])
     train += _config_options(configs[0], preset(name).to_dict())
@@ -178,8 +180,10 @@ def rerun_advice(run_dir: Path, reference_dir: Path, models: list[dict], nz) -> 
     only = ["--nz", *nzs] if nz is not None else []
     commands = [
         (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(train),
-        shlex.join(["vaerepro", "trajectory", out, *only]),
-        shlex.join(["vaerepro", "check", out, "--reference", str(reference_dir), *only]),
+        shlex.join([*shlex.split(vaerepro_command("trajectory")), out, *only]),
+        shlex.join(
+            [*shlex.split(vaerepro_command("check")), out, "--reference", str(reference_dir)] + only
+        ),
     ]
     return " && ".join(commands)
 

@@ -120,10 +120,13 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
     return pd.DataFrame(rows)
 
 
-def write_comparison(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write comparison.csv (detail) and comparison.md (summary and detail) into the folder."""
+def write_comparison(
+    folder: str | Path, comparison: tuple[pd.DataFrame, pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write comparison.csv (detail) and comparison.md (summary and detail) into the folder;
+    `comparison`: compare_run's (detail, summary) of it, when already computed."""
     folder = Path(folder)
-    detail, summary = compare_run(folder)
+    detail, summary = comparison if comparison is not None else compare_run(folder)
     write_csv(detail, folder / "comparison.csv")
     text = (
         f"# Distance to the paper\n\nPaper: {SOURCE}. Ours over seeds: mean, sd (standard "

@@ -23,10 +23,13 @@ from vaerepro.runs.writes import atomic_write_bytes
 
 
 def make_figures(
-    run_dir: str | Path, data_root: str | Path | None = None, seed: int | None = None
+    run_dir: str | Path,
+    data_root: str | Path | None = None,
+    seed: int | None = None,
+    comparison: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> Path:
     """Write RUN_DIR/figures/*, the comparison with the paper and RUN_DIR/REPORT.md; returns
-    the report's path.
+    the report's path. `comparison`: compare_run's of the run, when already computed.
 
     Fig. 2, components.png, the comparison and the report need only the CSVs and JSONs; with
     several seeds they show the mean and the band over seeds. The per-model figures are drawn
@@ -48,7 +51,7 @@ def make_figures(
     out.mkdir(exist_ok=True)
     plot_fig2(runs, out)
     plot_components(runs, out)
-    _, summary = write_comparison(run_dir)
+    _, summary = write_comparison(run_dir, comparison)
     skipped = [m["config"]["nz"] for model, m in zip(models, chosen, strict=True) if not model]
     if skipped:
         print(

@@ -113,12 +113,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if status:
         print(f"Resume with: {vaerepro_command('reproduce')} --resume {plan.out}", file=sys.stderr)
         return status
-    detail, _ = compare_run(plan.out)
-    print_summary(detail, plan.out, progress.seconds())
+    comparison = compare_run(plan.out)
+    print_summary(comparison[0], plan.out, progress.seconds())
     if not args.no_plot:
         from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
 
-        report = make_figures(plan.out, plan.data_root or recorded_data_root(plan.out))
+        data_root = plan.data_root or recorded_data_root(plan.out)
+        report = make_figures(plan.out, data_root, comparison=comparison)
         print(f"wrote {report} and {plan.out / 'figures'}/", file=sys.stderr)
     return 0
 

@@ -6,6 +6,7 @@ files inside it; hwtable names its files from sanitised data and validates bench
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -417,3 +418,95 @@ def test_without_an_exchange_a_kill_between_the_renames_is_undone(tmp_path, monk
     make_reference(seeds[:2], ref, "second", seeds[2:])
     assert _whole(ref, old, seeds) == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "s0", "s1", "threads1"]
+
+
+# Item 4, item 13 (hwtable's part) and the low items: benchmark files
+
+
+def _bench_json(path: Path, info_changes=None, extra_changes=None, median=0.5) -> Path:
+    """A full-run benchmark file of one vaerepro train step; `extra_changes`: its extra_info
+    fields to set ("DELETE": remove)."""
+    info = {"machine": "cpu-x-2c", "device": "cpu", "device_name": "CPU X", "torch": "2.14.1"}
+    info.update({"quick": False, "host": "h-1", **(info_changes or {})})
+    extra = {"impl": "vaerepro", "kind": "train_step", "nz": 20, "samples_per_round": 5000}
+    extra["flop_per_sample"] = 4e6
+    for key, value in (extra_changes or {}).items():
+        extra.pop(key) if value == "DELETE" else extra.__setitem__(key, value)
+    bench = {"extra_info": extra, "stats": {"median": median}}
+    path.write_text(json.dumps({"machine_info": {"vaerepro": info}, "benchmarks": [bench]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("host", "c/../../../victim/settings"),
+        ("machine", "ABSOLUTE"),
+        ("device", "../.."),
+        ("host", ".hidden" + "x" * 300),
+        ("machine", "\n\x00 \u00e9"),
+    ],
+)
+def test_hwtable_add_saves_inside_its_folder_under_a_safe_name(tmp_path, capsys, field, value):
+    """`host: "c/../../../victim/settings"` overwrote a file outside results/bench, and an
+    absolute `machine` created a file elsewhere: each part is one safe name component."""
+    value = str(tmp_path / "elsewhere" / "abs") if value == "ABSOLUTE" else value
+    raw = _bench_json(tmp_path / "raw.json", {field: value})
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "settings-keep.json").write_text("keep")
+    bench = tmp_path / "a" / "b" / "results" / "bench"
+    before = _snapshot(tmp_path)
+    assert main(["hwtable", str(bench), "--add", str(raw)]) == 0
+    capsys.readouterr()
+    saved = [p.relative_to(tmp_path) for p in tmp_path.rglob("*.json")]
+    new = sorted(set(map(str, saved)) - set(before))
+    assert len(new) == 1 and Path(new[0]).parent == bench.relative_to(tmp_path), new
+    name = Path(new[0]).name
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.json", name) and len(name) <= 3 * 64 + 7
+    assert not (tmp_path / "elsewhere").exists()
+    assert (victim / "settings-keep.json").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    "changes, median, field",
+    [
+        ({"samples_per_round": "5000"}, 0.5, "samples_per_round"),
+        ({"samples_per_round": "ten**400"}, 0.5, "samples_per_round"),
+        ({"samples_per_round": -5000}, 0.5, "samples_per_round"),
+        ({"nz": "20"}, 0.5, "nz"),
+        ({"nz": {"a": 1}}, 0.5, "nz"),
+        ({"nz": None}, 0.5, "nz"),
+        ({"nz": -3}, 0.5, "nz"),
+        ({"flop_per_sample": "DELETE"}, 0.5, "flop_per_sample"),
+        ({"flop_per_sample": "inf"}, 0.5, "flop_per_sample"),
+        ({}, "ten**400", "median"),
+        ({}, -0.5, "median"),
+    ],
+)
+def test_benchmark_files_are_validated_field_by_field(tmp_path, capsys, changes, median, field):
+    """Non-numeric samples_per_round, nz as a string, a dict or null, a missing
+    flop_per_sample and 10**400 gave tracebacks; a negative speed was tabled."""
+    big = "1" + "0" * 400
+    path = _bench_json(tmp_path / "odd.json", extra_changes=changes, median=median)
+    path.write_text(path.read_text().replace('"ten**400"', big).replace('"inf"', "Infinity"))
+    _refused(["hwtable", str(tmp_path)], capsys, str(path), repr(field))
+    _refused(["hwtable", str(tmp_path / "saved"), "--add", str(path)], capsys, str(path), field)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_benchmark_text_cannot_inject_html_or_links(tmp_path, capsys):
+    """Raw HTML and `javascript:` links went into the Markdown table as they were."""
+    _bench_json(
+        tmp_path / "a.json",
+        {
+            "device_name": "<img src=x onerror=alert(1)>",
+            "machine": "[click](javascript:alert(1))",
+            "torch": "<script>x</script>",
+        },
+    )
+    assert main(["hwtable", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "<" not in table and ">" not in table and "](" not in table.replace("\\](", "")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in table
+    assert "\\[click\\](javascript:alert(1))" in table

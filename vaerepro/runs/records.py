@@ -314,6 +314,6 @@ def check_schema(obj, schema: dict[str, str], where: str, required=(), fix: str 
         raise RunFolderError(f"{where} lacks the field {missing[0]!r}{tail}")
     for key, kinds in schema.items():
         if key in obj and not any(FIELD_KINDS[k](obj[key]) for k in kinds.split("|")):
-            shown = kinds.replace("|", " or ").replace("positive", "a positive finite number")
+            shown = kinds.replace("|", " or ").replace("positive", "a finite, positive number")
             raise RunFolderError(f"{where}: field {key!r} is {_shown(obj[key])}, not {shown}{tail}")
     return obj

@@ -12,7 +12,8 @@ A reference folder holds the reference seed's `ci` run (`nz*-seed*.csv/.json`), 
 values (`trajectory.csv/.json`), `spread.csv` (per point: mean and standard deviation over
 seeds), `drift.csv` (per point and rounding variant: |run - reference|), `tolerances.csv`
 (per point: drift, rounding and seeds tolerances), `reference.json` (how and why it was made,
-and the files it owns) and `HISTORY.md` (one line per update, with its reason).
+the files it owns and their SHA-256) and `HISTORY.md` (one line per update, with its reason).
+`reference_folder.open_reference` verifies all of it before the check believes a number.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ A reference folder holds the reference seed's `ci` run (`nz*-seed*.csv/.json`), 
 values (`trajectory.csv/.json`), `spread.csv` (per point: mean and standard deviation over
 seeds), `drift.csv` (per point and rounding variant: |run - reference|), `tolerances.csv`
 (per point: drift, rounding and seeds tolerances), `reference.json` (how and why it was made,
-and the files it owns) and `HISTORY.md` (one line per update, with its reason).
+the files it owns and their SHA-256) and `HISTORY.md` (one line per update, with its reason).
+`reference_folder.open_reference` verifies all of it before the check believes a number.
 """
 
 from __future__ import annotations
@@ -23,29 +24,49 @@ from pathlib import Path
 
 import pandas as pd
 
+from vaerepro.analysis.reference_folder import (
+    FIX,
+    POINT_COLUMNS,
+    SAFETY,
+    SEED_FLOOR,
+    SEED_SIGMAS,
+    TIER1_FLOOR,
+    TIER2_CAP,
+    TIER2_FLOOR,
+    TOLERANCE_LIMITS,
+    TOLERANCE_MODES,
+    TOLERANCES_CSV,
+    ReferenceFolderError,
+    open_reference,
+    read_tolerances,
+    reference_models,
+)
 from vaerepro.core.config import PRESETS, config_diff, preset
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.longform import KEYS, long_form
 from vaerepro.runs.provenance import vaerepro_command
-from vaerepro.runs.records import load_run, read_csv, read_json
+from vaerepro.runs.records import read_csv, read_model_json
 from vaerepro.runs.trajectory import read_trajectory
 
-TOLERANCE_MODES = ("rounding", "seeds")
-SAFETY = 3.0  # rounding tolerance >= SAFETY * the largest drift measured at the point
-TIER1_FLOOR = 1e-6  # nats; measured float64 drift <= 6.3e-9 (README)
-TIER2_FLOOR = 0.1  # nats; README: covers rounding this machine cannot vary
-TIER2_CAP = 0.45  # nats; a half-nat shift must fail at every point
-SEED_SIGMAS = 4.0
-SEED_FLOOR = 0.25  # nats
-# tolerances outside (0, limit) are refused as corrupt: tier -> mode -> limit in nats
-TOLERANCE_LIMITS = {1: {"rounding": 1e-3}, 2: {"rounding": 0.5, "seeds": 50.0}}
-TOLERANCES_CSV = "tolerances.csv"
-POINT_COLUMNS = ["tier", *KEYS]  # tier, method, nz, split, samples, term
-
-
-class ReferenceFolderError(RunFolderError):
-    """A reference folder is missing files or holds malformed or absurd tolerances."""
+__all__ = [  # the constants and reader of a reference folder, as before they moved
+    "POINT_COLUMNS",
+    "SAFETY",
+    "SEED_FLOOR",
+    "SEED_SIGMAS",
+    "TIER1_FLOOR",
+    "TIER2_CAP",
+    "TIER2_FLOOR",
+    "TOLERANCES_CSV",
+    "TOLERANCE_LIMITS",
+    "TOLERANCE_MODES",
+    "ReferenceFolderError",
+    "read_tolerances",
+    "CheckResult",
+    "check_run",
+    "elbo_points",
+    "rerun_advice",
+]
 
 
 @dataclass
@@ -57,10 +78,13 @@ class CheckResult:
     points: pd.DataFrame
     mode: str = "rounding"
     problems: list[str] = field(default_factory=list)
+    source: str = ""  # which tolerances were used and where they came from
 
     @property
     def ok(self) -> bool:
-        return not self.problems and bool(self.points.ok.all())
+        """No problem, at least one point, every point within its tolerance: a check that
+        compared nothing fails."""
+        return not self.problems and len(self.points) > 0 and bool(self.points.ok.all())
 
     @property
     def failures(self) -> pd.DataFrame:
@@ -71,43 +95,6 @@ def elbo_points(df: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """A run CSV of the model with config `cfg` as tier-2 rows (method, nz, split, samples,
     term="elbo", value)."""
     return long_form(df, cfg, ["elbo"])[[*KEYS, "value"]]
-
-
-def read_tolerances(reference_dir: Path) -> pd.DataFrame:
-    """The reference's tolerances.csv, validated: ReferenceFolderError naming the file when it
-    is missing, malformed, or holds a tolerance that is not a finite number within limits."""
-    path = reference_dir / TOLERANCES_CSV
-    fix = "regenerate the reference with `nox -s update_reference -- REASON`"
-    if not path.is_file():
-        raise ReferenceFolderError(f"reference file {path} is missing; {fix}")
-    try:
-        tol = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ReferenceFolderError(f"cannot read {path}: {err}; {fix}") from err
-    if "method" not in tol.columns:  # written before wake-sleep: every point is AEVB's
-        tol.insert(1, "method", "aevb")
-    need = [*POINT_COLUMNS, "rounding", "seeds"]
-    missing = [c for c in need if c not in tol.columns]
-    if missing or tol.empty:
-        raise ReferenceFolderError(f"{path} lacks columns {missing} or rows; {fix}")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # for messages: as written
-    for mode in TOLERANCE_MODES:
-        tol[mode] = pd.to_numeric(tol[mode], errors="coerce")
-    for tier, limits in TOLERANCE_LIMITS.items():
-        for mode, limit in limits.items():
-            rows = tol[tol.tier == tier]
-            bad = rows[~((rows[mode] > 0) & (rows[mode] < limit))]  # NaN and inf are bad
-            if len(bad):
-                row, text = bad.iloc[0], raw.loc[bad.index[0], mode]
-                raise ReferenceFolderError(
-                    f"{path}: the {mode} tolerance {text!r} of tier {tier}, N_z={row.nz}, "
-                    f"{row.split} {row.term} at {row.samples} samples is not a number in "
-                    f"(0, {limit:g}) nats; {fix}"
-                )
-    unknown = sorted(set(tol.tier) - set(TOLERANCE_LIMITS))
-    if unknown:
-        raise ReferenceFolderError(f"{path}: unknown tiers {unknown}; {fix}")
-    return tol
 
 
 def _merge(
@@ -127,10 +114,7 @@ def _tier1(run_dir: Path, reference_dir: Path, nz, problems: list[str]) -> list[
     try:
         ref_meta, ref = read_trajectory(reference_dir)
     except RunFolderError as err:
-        raise ReferenceFolderError(
-            f"the reference lacks tier 1 ({err}); regenerate it with "
-            "`nox -s update_reference -- REASON`"
-        ) from err
+        raise ReferenceFolderError(f"the reference lacks tier 1 ({err}); {FIX}") from err
     if nz is not None:
         ref = ref[ref.nz.isin(nz)]
     try:
@@ -171,7 +155,7 @@ def rerun_advice(run_dir: Path, reference_dir: Path, models: list[dict], nz) -> 
     base = run_dir.resolve() if run_dir.name in ("", ".", "..") else run_dir
     out = str(base.with_name(base.name + "-as-reference"))
     train = [*shlex.split(vaerepro_command("reproduce"))]
-    train += ["--preset", name, "--device", ref["device"]["type"]]
+    train += ["--preset", name, "--device", ref["device"].get("type", "cpu")]
     train += ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", *map(str, seeds)]
     train += ["--nz", *nzs] + (["--method", *methods] if methods != ["aevb"] else [])
     train += _config_options(configs[0], preset(name).to_dict())
@@ -207,14 +191,15 @@ def _tier2(
     run_dir: Path, reference_dir: Path, nz, mode: str, problems: list[str]
 ) -> list[pd.DataFrame]:
     parts, other_rounding = [], {}  # other_rounding: environment difference -> N_z
-    models = [(m, df) for m, df in load_run(reference_dir) if nz is None or m["config"]["nz"] in nz]
+    models = reference_models(reference_dir)
+    models = [(m, df) for m, df in models if nz is None or m["config"]["nz"] in nz]
     for ref_meta, ref_df in models:
         cfg = ref_meta["config"]
         files = RunFiles.of_config(run_dir, cfg)
         if not files.json.exists() or not files.csv.exists():
             problems.append(f"tier 2, N_z={cfg['nz']}: {files.stem}.csv/.json missing in {run_dir}")
             continue
-        meta = read_json(files.json)
+        meta = read_model_json(files.json)
         diff = config_diff(meta.get("config", {}), cfg)
         if diff:
             problems.append(
@@ -240,6 +225,29 @@ def _tier2(
     return parts
 
 
+def _missing_nz(reference_dir: Path, nz, problems: list[str]) -> None:
+    """A problem for each requested N_z the reference has no model of."""
+    have = sorted({m["config"]["nz"] for m, _ in reference_models(reference_dir)})
+    missing = [n for n in nz or [] if n not in have]
+    if missing:
+        problems.append(
+            f"the reference {reference_dir} has no model with N_z = "
+            f"{', '.join(map(str, missing))} (it has N_z = {', '.join(map(str, have))}): "
+            "nothing to compare for it"
+        )
+
+
+def _tolerance_source(reference_dir: Path, mode: str, points: pd.DataFrame) -> str:
+    """Which tolerances were used, their range per tier and the files they came from."""
+    ranges = [
+        f"tier {t}: {g.tol.min():.3g} to {g.tol.max():.3g} nats" for t, g in points.groupby("tier")
+    ]
+    return (
+        f"tolerances: {mode} (tier 1 always rounding) from {reference_dir / TOLERANCES_CSV}, "
+        f"within the bounds of its drift.csv and spread.csv; {'; '.join(ranges) or 'no points'}"
+    )
+
+
 def check_run(
     run_dir: str | Path,
     reference_dir: str | Path,
@@ -249,34 +257,39 @@ def check_run(
     """Compare a run folder's tier-1 values and `ci` run (every reference N_z, or only those
     in `nz`) with the reference's, within the `tolerance` mode's tolerances.
 
-    ReferenceFolderError (exit 2) when the reference itself is missing or malformed; every
-    problem with the run (missing files or rows, other config) makes the check fail.
+    ReferenceFolderError (exit 2) when the reference itself is missing, malformed, modified
+    (`reference_folder.open_reference`); every problem with the run (missing files or rows,
+    other config), a requested N_z the reference lacks and a tier that compares no point
+    make the check fail.
     """
     if tolerance not in TOLERANCE_MODES:
         raise UsageError(f"--tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
     reference_dir, run_dir = Path(reference_dir), Path(run_dir)
-    tolerances = read_tolerances(reference_dir)
+    _, tolerances = open_reference(reference_dir)
     problems: list[str] = []
+    _missing_nz(reference_dir, nz, problems)
     parts = _tier1(run_dir, reference_dir, nz, problems)
     parts += _tier2(run_dir, reference_dir, nz, tolerance, problems)
-    if nz is not None and not parts and not problems:
-        problems.append(f"no reference model has N_z in {nz}")
     cols = [*POINT_COLUMNS, "value_ours", "value_ref"]
     points = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+    for tier in (1, 2):
+        if not (points.tier == tier).any():
+            problems.append(f"tier {tier} compared no points: a gate that compares nothing fails")
     points = points.merge(tolerances[[*POINT_COLUMNS, "rounding", "seeds"]], how="left")
     unknown = points[points.rounding.isna()]
     if len(unknown):
         row = unknown.iloc[0]
         raise ReferenceFolderError(
             f"{reference_dir / TOLERANCES_CSV} has no tolerance for tier {row.tier}, "
-            f"N_z={row.nz}, {row.split} {row.term} at {row.samples} samples; regenerate it "
-            "with `nox -s update_reference -- REASON`"
+            f"N_z={row.nz}, {row.split} {row.term} at {row.samples} samples; {FIX}"
         )
     points = points.rename(columns={"value_ours": "ours", "value_ref": "reference"})
     points["diff"] = points.ours - points.reference
     # tier 1 has no seed tolerance: its float64 trajectory is portable across CPUs
-    points["tol"] = points.rounding if tolerance == "rounding" else points.seeds
-    points["tol"] = points.tol.fillna(points.rounding)
+    seeds = points.seeds.where(points.tier == 2)
+    points["tol"] = points.rounding if tolerance == "rounding" else seeds.fillna(points.rounding)
     points["ok"] = points["diff"].abs() <= points.tol  # NaN (missing) compares False
     cols = [*POINT_COLUMNS, "ours", "reference", "diff", "tol", "rounding", "seeds", "ok"]
-    return CheckResult(points[cols].reset_index(drop=True), tolerance, problems)
+    points = points[cols].reset_index(drop=True)
+    source = _tolerance_source(reference_dir, tolerance, points)
+    return CheckResult(points, tolerance, problems, source)

@@ -4,21 +4,34 @@ Each `results/bench/<machine>-<device>-<host>.json` is pytest-benchmark's JSON (
 `nox -s bench`) with `machine_info["vaerepro"]` (device, CPU/GPU model, torch, and
 `"quick": false`: smoke-test timings from `--quick` are refused). Speeds are medians; every
 ratio is taken between benchmarks of the same file, i.e. of one session on one machine.
+Every file is validated (`_check_benchmark`) before a number of it is used; its text enters
+the table as text only (`as_text`: no HTML, no links), and `save_benchmark` names the saved
+file from sanitised fields (`path_component`), inside the folder.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from vaerepro.core.errors import RunFolderError
+from vaerepro.runs.records import check_schema
 from vaerepro.runs.writes import atomic_write_bytes
 
 INFO_FIELDS = ("machine", "device", "device_name", "torch")
 EXTRA_FIELDS = ("impl", "kind", "nz", "samples_per_round")
+# one benchmark of pytest-benchmark's JSON: extra_info (ours) and stats (the median)
+EXTRA_SCHEMA = {
+    "impl": "str",
+    "kind": "str",
+    "nz": "int",
+    "samples_per_round": "positive",
+    "flop_per_sample": "positive",
+}
+STATS_SCHEMA = {"median": "positive"}
 
 
 def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
@@ -35,7 +48,8 @@ def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
     try:
         data = json.loads(path.read_text())
         info = data["machine_info"]["vaerepro"]
-        rows = [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in data["benchmarks"]]
+        benches = data["benchmarks"]
+        rows = [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in benches]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise bad(f"unreadable: {err}") from err
     except (KeyError, TypeError, AttributeError) as err:
@@ -48,15 +62,27 @@ def _medians(path: Path) -> tuple[dict, pd.DataFrame]:
     missing = [k for k in INFO_FIELDS if not isinstance(info.get(k), str)]
     if missing or not rows:
         raise bad(f"machine info lacks {missing}" if missing else "no benchmarks")
+    for i, bench in enumerate(benches, 1):
+        _check_benchmark(bench, f"benchmark {i}", bad)
     df = pd.DataFrame(rows)
-    for col in EXTRA_FIELDS:
-        if col not in df:
-            raise bad(f"benchmarks lack {col!r}")
-    medians = pd.to_numeric(df.median_s, errors="coerce")
-    if not (medians > 0).all() or not medians.map(math.isfinite).all():
-        raise bad("a median time is not a positive number")
-    df["samples_per_s"] = df.samples_per_round / medians
+    df["samples_per_s"] = df.samples_per_round / df.median_s
     return {**info, **when_and_what(data)}, df
+
+
+def _check_benchmark(bench: dict, where: str, bad) -> None:
+    """One benchmark against EXTRA_SCHEMA and STATS_SCHEMA: names as text, N_z an integer
+    >= 0, sample counts, FLOPs and the median finite and positive (no negative speed); the
+    train step of vaerepro with its FLOPs per sample. `bad(why)`: the error to raise."""
+    extra = bench["extra_info"]
+    step = extra.get("impl") == "vaerepro" and extra.get("kind") == "train_step"
+    required = (*EXTRA_FIELDS, "flop_per_sample") if step else EXTRA_FIELDS
+    try:
+        check_schema(extra, EXTRA_SCHEMA, f"{where}, extra_info", required)
+        check_schema(bench["stats"], STATS_SCHEMA, f"{where}, stats", ("median",))
+    except RunFolderError as err:
+        raise bad(str(err)) from err
+    if extra["nz"] < 0:
+        raise bad(f"{where}, extra_info: field 'nz' is {extra['nz']}, a negative N_z")
 
 
 def when_and_what(data: dict) -> dict:
@@ -104,14 +130,15 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
         end_to_end = rate("vaerepro", "end_to_end") / rate("pyautoencoder", "end_to_end")
         for nz in sorted(df[df.kind == "train_step"].nz.unique()):
             ours = rate("vaerepro", "train_step", nz)
-            flop = df[(df.kind == "train_step") & (df.nz == nz)].flop_per_sample.iloc[0]
+            step = (df.impl == "vaerepro") & (df.kind == "train_step") & (df.nz == nz)
+            flop = df[step].flop_per_sample.iloc[0]
             out.append(
                 {
-                    "machine": info["machine"],
-                    "device": f"{info['device']} ({info['device_name']})",
-                    "torch": info["torch"],
-                    "date": info["date"],
-                    "commit": info["commit"],
+                    "machine": as_text(info["machine"]),
+                    "device": as_text(f"{info['device']} ({info['device_name']})"),
+                    "torch": as_text(info["torch"]),
+                    "date": as_text(info["date"]),
+                    "commit": as_text(info["commit"]),
                     "N_z": int(nz),
                     "train samples/s": ours,
                     "eval samples/s": rate("vaerepro", "eval"),
@@ -129,11 +156,28 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def as_text(value):
+    """A field of a benchmark file as Markdown text: no HTML (`&`, `<`, `>` as entities) and
+    no link (brackets escaped); NaN stays NaN (a dash in the table)."""
+    if not isinstance(value, str):
+        return value
+    for raw, safe in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("[", "\\["), ("]", "\\]")):
+        value = value.replace(raw, safe)
+    return value
+
+
+def path_component(value: str) -> str:
+    """`value` as one safe file-name component: [A-Za-z0-9._-] (any other run as "_"), no
+    leading dot, dash or underscore, at most 64 characters ("unknown" if nothing is left)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).lstrip("._-")[:64] or "unknown"
+
+
 def save_benchmark(raw: str | Path, folder: str | Path = "results/bench") -> Path | None:
     """Copy pytest-benchmark's JSON of a full run into `folder` as
-    `<machine>-<device>-<host>.json`; returns None, saving nothing, for a --quick run.
-    RunFolderError naming the file when it is not a vaerepro benchmark file."""
-    raw = Path(raw)
+    `<machine>-<device>-<host>.json`, each part made one safe name component
+    (`path_component`), the file inside `folder`; returns None, saving nothing, for a --quick
+    run. RunFolderError naming the file when it is not a vaerepro benchmark file."""
+    raw, folder = Path(raw), Path(folder)
     try:
         info = json.loads(raw.read_text())["machine_info"]["vaerepro"]
         quick = info["quick"]
@@ -142,6 +186,10 @@ def save_benchmark(raw: str | Path, folder: str | Path = "results/bench") -> Pat
     if quick:
         return None
     _medians(raw)  # the table must be able to read what is saved
-    target = Path(folder) / f"{info['machine']}-{info['device']}-{info['host']}.json"
+    check_schema(info, {"host": "str"}, f"{raw}, machine_info.vaerepro", ("host",))
+    parts = [path_component(info[k]) for k in ("machine", "device", "host")]
+    target = folder / f"{'-'.join(parts)}.json"
+    if target.is_symlink() or target.resolve().parent != folder.resolve():
+        raise RunFolderError(f"{target} is a symlink or outside {folder}; remove it first")
     atomic_write_bytes(target, raw.read_bytes())
     return target

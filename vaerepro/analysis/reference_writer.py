@@ -8,41 +8,59 @@ other rounding (another thread count). Tolerances per point, nats per datapoint:
   seeds,    tier 2: max(SEED_SIGMAS * std over seeds, SEED_FLOOR)
 where drift is the largest |rounding run - reference| at that point.
 
-The writer deletes only files it wrote before (listed in reference.json's "files"), and
-refuses an --out that is one of its inputs or holds files it does not own.
+A reference is written as a whole: built in a new folder beside --out (`.OUT.vaerepro-new-*`,
+in the same parent), then put in its place in one step (the two folders exchanged), so that a
+kill at any moment leaves the previous reference or the new one, whole; the next run removes
+what a killed one left. `reference.json` records the SHA-256 of every other file, which check
+verifies. Other files found in --out are carried over (hard links). The writer deletes only
+plain files of its own names (`reference_folder.is_own_name`) or temporary files, and those
+only in the folder it built or the previous reference it replaced; it refuses an --out that is
+a symlink, one of its inputs, or holds files it does not own under its names, links or folders,
+and input files that are symlinks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from vaerepro.analysis.check import (
+from vaerepro.analysis.check import elbo_points
+from vaerepro.analysis.compare import seed_bands, seed_values
+from vaerepro.analysis.reference_folder import (
+    DRIFT_CSV,
+    FIXED_FILES,
+    HISTORY,
     POINT_COLUMNS,
+    REFERENCE_JSON,
     SAFETY,
     SEED_FLOOR,
     SEED_SIGMAS,
+    SPREAD_CSV,
     TIER1_FLOOR,
     TIER2_CAP,
     TIER2_FLOOR,
     TOLERANCES_CSV,
     ReferenceFolderError,
-    elbo_points,
+    is_own_name,
+    plain_file,
+    read_reference_json,
+    rounding_tolerance,
+    seeds_tolerance,
 )
-from vaerepro.analysis.compare import seed_bands, seed_values
 from vaerepro.core.config import config_diff
 from vaerepro.core.errors import UsageError
+from vaerepro.core.files import sha256
+from vaerepro.runs.layout import OWN_TEMP
 from vaerepro.runs.longform import KEYS
 from vaerepro.runs.provenance import git_state
-from vaerepro.runs.records import load_run, read_json
+from vaerepro.runs.records import load_run
+from vaerepro.runs.swap import carry, clean_leftovers, discard, new_build, swap
 from vaerepro.runs.trajectory import CSV_NAME, JSON_NAME, read_trajectory
-from vaerepro.runs.writes import atomic_write_bytes, write_csv, write_json
-
-FIXED_FILES = ("spread.csv", "drift.csv", TOLERANCES_CSV, CSV_NAME, JSON_NAME, "reference.json")
-HISTORY = "HISTORY.md"
+from vaerepro.runs.writes import atomic_write_bytes
 
 
 def _tier2_values(folder: Path) -> tuple[list[tuple[dict, pd.DataFrame]], pd.DataFrame]:
@@ -125,61 +143,65 @@ def tolerance_table(drift: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
     """Per point: tier, nz, split, samples, term, drift (largest over variants), rounding
     and seeds tolerances (tier 1 has none from seeds), nats per datapoint."""
     worst = drift.groupby(POINT_COLUMNS, as_index=False).drift.max()
-    tier1 = worst.tier == 1
-    rounding = (SAFETY * worst.drift).where(
-        tier1, (SAFETY * worst.drift).clip(TIER2_FLOOR, TIER2_CAP)
-    )
-    worst["rounding"] = rounding.where(~tier1, rounding.clip(lower=TIER1_FLOOR))
-    seeds = spread.assign(tier=2, term="elbo", seeds=(SEED_SIGMAS * spread.sd).clip(SEED_FLOOR))
+    worst["rounding"] = rounding_tolerance(worst.drift, worst.tier == 1)
+    seeds = spread.assign(tier=2, term="elbo", seeds=seeds_tolerance(spread.sd))
     out = worst.merge(seeds[[*POINT_COLUMNS, "seeds"]], on=POINT_COLUMNS, how="left")
     return out.sort_values(POINT_COLUMNS, ignore_index=True)
 
 
-def _owned_files(out: Path) -> set[str]:
-    """Names of the files in `out` that an earlier make-reference wrote (it never deletes or
-    replaces others). ReferenceFolderError if `out` holds files and no reference.json."""
+def _old_reference(out: Path) -> tuple[set[str], dict[str, Path]]:
+    """(names an earlier make-reference wrote in `out`, the other entries of `out`: carried
+    over into the new reference). ReferenceFolderError if `out` holds a symlink or anything
+    but plain files, or holds files and no reference.json."""
     if not out.exists():
-        return set()
-    if not out.is_dir():
-        raise ReferenceFolderError(f"--out {out} is a file; give a folder")
-    present = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    meta_path = out / "reference.json"
-    if not present:
-        return set()
-    if not meta_path.exists():
+        return set(), {}
+    entries = {p.name: p for p in out.iterdir() if not OWN_TEMP.match(p.name)}
+    odd = sorted(n for n, p in entries.items() if p.is_symlink() or not p.is_file())
+    if odd:
+        raise ReferenceFolderError(
+            f"--out {out} holds {odd[0]}, a symlink or not a plain file: a reference holds plain "
+            "files only and a link is never followed; move it away or give another folder"
+        )
+    if not [n for n in entries if not n.startswith(".")]:
+        return set(), entries
+    if REFERENCE_JSON not in entries:
         raise ReferenceFolderError(
             f"--out {out} holds files but no reference.json: not a reference folder this "
             "command wrote; give a new or empty folder"
         )
-    meta = read_json(meta_path)
+    meta = read_reference_json(out, checksums=False)
     if "files" in meta:
-        return set(meta["files"]) | {HISTORY}
-    # written before reference.json listed its files: the old writer's fixed set
-    seed = meta.get("reference_seed", 0)
-    legacy = {
-        n
-        for n in present
-        if n.startswith("nz") and n.endswith((f"-seed{seed}.csv", f"-seed{seed}.json"))
-    }
-    return legacy | {"spread.csv", TOLERANCES_CSV, "reference.json", HISTORY}
+        owned = set(meta["files"]) | {HISTORY}
+    else:  # written before reference.json listed its files: the old writer's fixed set
+        seed = meta.get("reference_seed", 0)
+        ends = (f"-seed{seed}.csv", f"-seed{seed}.json")
+        owned = {n for n in entries if n.startswith("nz") and n.endswith(ends)}
+        owned |= {SPREAD_CSV, TOLERANCES_CSV, REFERENCE_JSON, HISTORY}
+    return owned & set(entries), {n: p for n, p in entries.items() if n not in owned}
 
 
-def _check_out(out: Path, inputs: list[Path], names: set[str]) -> set[str]:
-    """Refuse an --out that is an input or would overwrite files not ours; returns the files
-    an earlier reference wrote there."""
+def _check_out(out: Path, inputs: list[Path], names: set[str]) -> dict[str, Path]:
+    """Refuse an --out that is a symlink, an input, or would overwrite files not ours; put
+    back or remove what a killed make-reference left beside it. Returns the files of `out`
+    to carry over (not written by make-reference)."""
+    if out.is_symlink():
+        raise ReferenceFolderError(f"--out {out} is a symlink; give the folder itself")
+    if out.exists() and not out.is_dir():
+        raise ReferenceFolderError(f"--out {out} is a file; give a folder")
     for folder in inputs:
         if is_same_folder(out, folder):
             raise ReferenceFolderError(
                 f"--out {out} is one of the input runs; write the reference to another folder"
             )
-    owned = _owned_files(out)
-    foreign = sorted(n for n in names if (out / n).exists() and n not in owned)
-    if foreign:
+    clean_leftovers(out, is_own_name)
+    _, foreign = _old_reference(out)
+    clash = sorted(set(foreign) & names)
+    if clash:
         raise ReferenceFolderError(
-            f"--out {out} holds {', '.join(foreign)}, not written by make-reference; "
+            f"--out {out} holds {', '.join(clash)}, not written by make-reference; "
             "give a new or empty folder"
         )
-    return owned
+    return foreign
 
 
 def make_reference(
@@ -226,35 +248,47 @@ def make_reference(
         for p in sorted(base[0].glob(f"nz*-seed{reference_seed}.*"))
         if p.suffix in (".csv", ".json")
     ]
+    copied = [*model_files, base[0] / CSV_NAME, base[0] / JSON_NAME]
+    for path in copied:  # a link is refused, not followed
+        plain_file(path, "give the run's files themselves, not links, to make-reference")
     names = {p.name for p in model_files} | set(FIXED_FILES)
-    owned = _check_out(out, [*seed_runs, *rounding_runs], names | {HISTORY})
+    foreign = _check_out(out, [*seed_runs, *rounding_runs], names | {HISTORY})
+    history = _history(out, reason, seeds)
 
-    _write_tables(out, model_files, base[0], spread, drift, tol)
-    _write_metadata(out, reason, seeds, reference_seed, ref_models[0][0], drift, names)
-    for stale in sorted(owned - names - {HISTORY}):  # e.g. a model of an N_z no longer run
-        (out / stale).unlink(missing_ok=True)
-    _append_history(out, reason, seeds)
+    build = new_build(out)
+    try:
+        for path in copied:
+            _write(build / path.name, path.read_bytes())
+        _write_tables(build, spread, drift, tol)
+        _write(build / HISTORY, history)
+        carry(foreign, build)
+        _write_metadata(build, reason, seeds, reference_seed, ref_models[0][0], drift, names)
+        old = swap(build, out)
+    except Exception:
+        discard(build, out, is_own_name)
+        raise
+    if old is not None:
+        discard(
+            old, out, is_own_name
+        )  # the previous reference, with the files it had and no longer has
     return tol
 
 
-def _write_tables(
-    out: Path,
-    model_files: list[Path],
-    base: Path,
-    spread: pd.DataFrame,
-    drift: pd.DataFrame,
-    tol: pd.DataFrame,
-) -> None:
-    """The reference run's files, its trajectory, and the spread, drift and tolerances."""
-    for path in [*model_files, base / CSV_NAME, base / JSON_NAME]:
-        atomic_write_bytes(out / path.name, path.read_bytes())
-    write_csv(spread_file(spread), out / "spread.csv")
-    for table, name in ((drift, "drift.csv"), (tol, TOLERANCES_CSV)):  # 1e-9 nats must show
-        atomic_write_bytes(out / name, table.to_csv(index=False, float_format="%.6g").encode())
+def _write(path: Path, data: bytes) -> None:
+    """Every file of a new reference is written here (tests count the writes)."""
+    atomic_write_bytes(path, data)
+
+
+def _write_tables(build: Path, spread: pd.DataFrame, drift: pd.DataFrame, tol: pd.DataFrame):
+    """The spread, drift and tolerances."""
+    spread_csv = spread_file(spread).to_csv(index=False, float_format="%.6f")
+    _write(build / SPREAD_CSV, spread_csv.encode())
+    for table, name in ((drift, DRIFT_CSV), (tol, TOLERANCES_CSV)):  # 1e-9 nats must show
+        _write(build / name, table.to_csv(index=False, float_format="%.6g").encode())
 
 
 def _write_metadata(
-    out: Path,
+    build: Path,
     reason: str,
     seeds: list[int],
     reference_seed: int,
@@ -262,35 +296,39 @@ def _write_metadata(
     drift: pd.DataFrame,
     names: set[str],
 ) -> None:
-    """reference.json: why and how the reference was made, and the files it owns."""
-    write_json(
-        {
-            "reason": reason,
-            "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seeds": seeds,
-            "reference_seed": reference_seed,
-            "threads": ref_meta["device"].get("threads"),
-            "torch": ref_meta.get("versions", {}).get("torch"),
-            "rounding_runs": sorted(set(drift.variant)),
-            "tolerance": {
-                "rounding tier 1": f"max({SAFETY} * drift, {TIER1_FLOOR} nats)",
-                "rounding tier 2": f"min(max({SAFETY} * drift, {TIER2_FLOOR}), {TIER2_CAP} nats)",
-                "seeds tier 2": f"max({SEED_SIGMAS} * std over seeds, {SEED_FLOOR} nats)",
-            },
-            "files": sorted(names),
-            "git": git_state(),
+    """reference.json: why and how the reference was made, the files it owns and the SHA-256
+    of each (HISTORY.md too), which check verifies."""
+    checked = sorted((names | {HISTORY}) - {REFERENCE_JSON})
+    meta = {
+        "reason": reason,
+        "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": seeds,
+        "reference_seed": reference_seed,
+        "threads": ref_meta.get("device", {}).get("threads"),
+        "torch": ref_meta.get("versions", {}).get("torch"),
+        "rounding_runs": sorted(set(drift.variant)),
+        "tolerance": {
+            "rounding tier 1": f"max({SAFETY} * drift, {TIER1_FLOOR} nats)",
+            "rounding tier 2": f"min(max({SAFETY} * drift, {TIER2_FLOOR}), {TIER2_CAP} nats)",
+            "seeds tier 2": f"max({SEED_SIGMAS} * std over seeds, {SEED_FLOOR} nats)",
         },
-        out / "reference.json",
-    )
+        "files": sorted(names),
+        "sha256": {n: sha256((build / n).read_bytes()) for n in checked},
+        "git": git_state(),
+    }
+    _write(build / REFERENCE_JSON, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _append_history(out: Path, reason: str, seeds: list[int]) -> None:
+def _history(out: Path, reason: str, seeds: list[int]) -> bytes:
+    """HISTORY.md of the previous reference (a plain file, never a link), with a new line."""
     history = out / HISTORY
-    old = history.read_text() if history.exists() else "# Reference updates\n\n"
+    if history.exists() or history.is_symlink():
+        old = plain_file(history, "replace it with the file itself").read_text()
+    else:
+        old = "# Reference updates\n\n"
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     commit = (git_state().get("commit") or "unknown")[:10]
-    line = f"- {when} (code {commit}, seeds {seeds}): {reason}\n"
-    atomic_write_bytes(history, (old + line).encode())
+    return (old + f"- {when} (code {commit}, seeds {seeds}): {reason}\n").encode()
 
 
 def is_same_folder(a: Path, b: Path) -> bool:

@@ -107,6 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(_failure_line(point, result.mode))
     if args.verbose:
         _print_points(result.points)
+    print(result.source)
     counts = result.points.groupby("tier").size().to_dict()
     summary = f"tier 1: {counts.get(1, 0)} points, tier 2: {counts.get(2, 0)} points"
     if result.ok:

@@ -269,3 +269,51 @@ def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
             r[0]["config"]["seed"],
         ),
     )
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer such as 10**400
+        return False
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+
+
+FIELD_KINDS = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and _finite(v),
+    "number": _number,  # finite
+    "positive": lambda v: _number(v) and v > 0,
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+
+def _shown(value) -> str:
+    try:
+        return f"{value!r:.60}"
+    except ValueError:  # an integer too long to print
+        return "a huge number"
+
+
+def check_schema(obj, schema: dict[str, str], where: str, required=(), fix: str = "") -> dict:
+    """`obj`, a JSON object, against `schema` (field -> kinds such as "int", "str|null",
+    "positive": a finite number > 0): every field of `required` present, every present
+    field of its kind (other fields are left alone). RunFolderError "WHERE: ..." naming the
+    field otherwise, ending with `fix`."""
+    tail = f"; {fix}" if fix else ""
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{where} is {_shown(obj)}, not a JSON object{tail}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise RunFolderError(f"{where} lacks the field {missing[0]!r}{tail}")
+    for key, kinds in schema.items():
+        if key in obj and not any(FIELD_KINDS[k](obj[key]) for k in kinds.split("|")):
+            shown = kinds.replace("|", " or ").replace("positive", "a finite, positive number")
+            raise RunFolderError(f"{where}: field {key!r} is {_shown(obj[key])}, not {shown}{tail}")
+    return obj

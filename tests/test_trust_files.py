@@ -280,7 +280,8 @@ def test_special_and_huge_files_are_refused(run, kind, name, data_root):
 
 
 def _active_units_cell(folder: Path) -> str:
-    lines = [x for x in (folder / "REPORT.md").read_text().splitlines() if x.startswith("| aevb | 3 |")]
+    text = (folder / "REPORT.md").read_text()
+    lines = [x for x in text.splitlines() if x.startswith("| aevb | 3 |")]
     return lines[0].rstrip(" |").rsplit("|", 1)[1].strip()
 
 
@@ -319,3 +320,91 @@ def test_malformed_recorded_latent_usage_is_refused(run, capsys, edit):
     edit(meta)
     write_meta(run, meta)
     refused(["compare", str(run)], capsys, f"{STEM}.json: kl_per_dim must be 3 finite numbers")
+
+
+# --- Item 13: sizes the machine cannot allocate, out of memory, a symlink loop -----------
+
+
+@pytest.mark.parametrize(
+    "args", [["--hidden", "1e8"], ["--nz", "1000000000"], ["--z-draws", "1e7"]]
+)
+def test_sizes_the_machine_cannot_allocate_are_refused_before_any_work(
+    tmp_path, data_root, capsys, args
+):
+    """Before: a traceback, a folder holding only run.json, and --resume repeating it."""
+    out = tmp_path / "out"
+    argv = ["reproduce", *TINY, *(["--nz", "3"] if "--nz" not in args else []), *args]
+    refused(
+        [*argv, "--out", str(out), "--data-root", str(data_root)],
+        capsys,
+        "GB of memory",
+        "GB available",
+        "Choose smaller sizes",
+    )
+    assert not out.exists()
+
+
+def test_resuming_a_folder_of_an_unallocatable_sweep_is_refused(finished, tmp_path, capsys):
+    """The folder the bug left (run.json only): --resume gives the estimate, no traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = json.loads((finished / "run.json").read_text())
+    record["configs"] = [{**c, "hidden": 10**8} for c in record["configs"]]
+    (out / "run.json").write_text(json.dumps(record))
+    before = snapshot(out)
+    refused(resume_argv(out), capsys, "GB of memory", "--hidden 100000000")
+    assert snapshot(out) == before
+
+
+def test_a_symlink_loop_as_data_root_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    argv = ["reproduce", *TINY, "--nz", "3", "--out", str(tmp_path / "out")]
+    refused([*argv, "--data-root", str(tmp_path / "a")], capsys, "a symlink loop?")
+
+
+def _allocator_fails(*args, **kwargs):
+    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
+
+
+def test_out_of_memory_loading_mnist_is_a_clear_error(tmp_path, data_root, capsys, monkeypatch):
+    monkeypatch.setattr("vaerepro.core.data.decoded_splits", _allocator_fails)
+    argv = ["reproduce", *TINY, "--nz", "3", "--out", str(tmp_path / "out")]
+    refused([*argv, "--data-root", str(data_root)], capsys, "loading MNIST from", "out of memory")
+
+
+def test_out_of_memory_in_the_final_plot_is_a_clear_error(run, capsys, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("vaerepro.analysis.report.plot_fig2", no_memory)
+    refused(["plot", str(run)], capsys, f"drawing the figures of {run}: out of memory")
+
+
+# --- Low items ----------------------------------------------------------------------------
+
+
+def test_a_home_that_does_not_exist_is_not_created(tmp_path, data_root, capsys, monkeypatch):
+    """Before: the missing HOME was created, with a 105 MB cache under it."""
+    home = tmp_path / "no-such-home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("VAEREPRO_CACHE", raising=False)
+    argv = ["reproduce", *TINY, "--nz", "3", "--out", str(tmp_path / "out")]
+    refused([*argv, "--data-root", str(data_root)], capsys, f"{home} (HOME) does not exist")
+    assert not home.exists()
+
+
+def test_a_full_tmpdir_is_named(mnist, tiny_cfg, monkeypatch):
+    """Before: the message named a file in a temporary folder, not TMPDIR."""
+    import tempfile
+
+    from vaerepro.core.errors import WriteFailed
+    from vaerepro.runs.trajectory import run_trajectory
+
+    def full(path, data):
+        raise WriteFailed(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr("vaerepro.runs.writes.write_atomically", full)
+    with pytest.raises(WriteFailed, match="TMPDIR") as err:
+        run_trajectory(mnist, nz=[3], cfg=tiny_cfg, methods=["aevb"])
+    assert tempfile.gettempdir() in str(err.value)

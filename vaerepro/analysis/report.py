@@ -15,6 +15,7 @@ from vaerepro.analysis.reference import SOURCE, paper_elbo
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import RunFolderError
+from vaerepro.core.memory import out_of_memory_as_error
 from vaerepro.core.numbers import format_count
 from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import RUN_JSON, RunFiles
@@ -36,9 +37,21 @@ def make_figures(
     for one seed (`seed`; default the first of the run's) and need a model's final weights
     (`.pt`, not committed under results/): models without them are skipped, with one line on
     stderr. RunFolderError (naming the file) when a CSV or JSON is missing or malformed, or
-    `seed` is not in the run; DataError when MNIST cannot be loaded for the per-model figures.
+    `seed` is not in the run; DataError when MNIST cannot be loaded for the per-model figures;
+    OutOfMemory when the machine runs out of memory while drawing.
     """
     run_dir = Path(run_dir)
+    advice = f"The run's files are complete: free some memory and run `vaerepro plot {run_dir}`."
+    with out_of_memory_as_error(f"drawing the figures of {run_dir}", advice):
+        return _make_figures(run_dir, data_root, seed, comparison)
+
+
+def _make_figures(
+    run_dir: Path,
+    data_root: str | Path | None,
+    seed: int | None,
+    comparison: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> Path:
     runs = load_run(run_dir)
     seed = _chosen_seed(run_dir, runs, seed)
     first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed

@@ -212,6 +212,15 @@ def plot_model(
     return {"active_units": n_active, "kl_per_dim": kl.tolist()}
 
 
+def plot_recorded_kl(kl_per_dim: list[float], nz: int, out: Path) -> dict:
+    """The KL-per-dimension figure from the values a model's JSON records (its weights
+    absent); returns {"active_units", "kl_per_dim"} as `plot_model` does."""
+    kl = torch.tensor(kl_per_dim, dtype=torch.float64)
+    n_active = active_units(kl)
+    _plot_kl_per_dimension(kl, n_active, out / f"kl_per_dim_nz{nz}.png")
+    return {"active_units": n_active, "kl_per_dim": kl_per_dim}
+
+
 def _plot_reconstructions(model: VAE, x: torch.Tensor, path: Path) -> None:
     """32 test images, each row of 16 above its reconstructions (the decoder's mean at the
     posterior mean)."""

@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from vaerepro.analysis.compare import write_comparison
-from vaerepro.analysis.plots import plot_components, plot_fig2, plot_model
+from vaerepro.analysis.plots import plot_components, plot_fig2, plot_model, plot_recorded_kl
 from vaerepro.analysis.reference import SOURCE, paper_elbo
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import RunFolderError
+from vaerepro.core.memory import out_of_memory_as_error
 from vaerepro.core.numbers import format_count
 from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import RUN_JSON, RunFiles
@@ -36,9 +37,21 @@ def make_figures(
     for one seed (`seed`; default the first of the run's) and need a model's final weights
     (`.pt`, not committed under results/): models without them are skipped, with one line on
     stderr. RunFolderError (naming the file) when a CSV or JSON is missing or malformed, or
-    `seed` is not in the run; DataError when MNIST cannot be loaded for the per-model figures.
+    `seed` is not in the run; DataError when MNIST cannot be loaded for the per-model figures;
+    OutOfMemory when the machine runs out of memory while drawing.
     """
     run_dir = Path(run_dir)
+    advice = f"The run's files are complete: free some memory and run `vaerepro plot {run_dir}`."
+    with out_of_memory_as_error(f"drawing the figures of {run_dir}", advice):
+        return _make_figures(run_dir, data_root, seed, comparison)
+
+
+def _make_figures(
+    run_dir: Path,
+    data_root: str | Path | None,
+    seed: int | None,
+    comparison: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> Path:
     runs = load_run(run_dir)
     seed = _chosen_seed(run_dir, runs, seed)
     first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
@@ -52,23 +65,37 @@ def make_figures(
     plot_fig2(runs, out)
     plot_components(runs, out)
     _, summary = write_comparison(run_dir, comparison)
-    skipped = [m["config"]["nz"] for model, m in zip(models, chosen, strict=True) if not model]
-    if skipped:
-        print(
-            f"per-model figures skipped for N_z={','.join(map(str, skipped))}: no final weights "
-            f"(.pt) in {run_dir}",
-            file=sys.stderr,
-        )
+    skipped = [m for model, m in zip(models, chosen, strict=True) if not model]
+    diagnostics = _recorded_diagnostics(skipped, run_dir, out)
     data = load_mnist(data_root, "cpu") if len(skipped) < len(chosen) else None
-    diagnostics = {
-        meta["config"]["nz"]: plot_model(model, meta["config"]["nz"], data.test_x, data.test_y, out)
-        for model, meta in zip(models, chosen, strict=True)
-        if model
-    }
+    for model, meta in zip(models, chosen, strict=True):
+        if model:
+            nz = meta["config"]["nz"]
+            diagnostics[nz] = plot_model(model, nz, data.test_x, data.test_y, out)
     report = run_dir / "REPORT.md"
     text = render_report(run_dir, runs, summary, diagnostics, seed)
     atomic_write_bytes(report, text.encode())
     return report
+
+
+def _recorded_diagnostics(skipped: list[dict], run_dir: Path, out: Path) -> dict[int, dict]:
+    """For the models without final weights (their JSONs `skipped`): the KL per dimension
+    and active units their JSONs record (from the final model, by this version), with the
+    KL figure drawn from them; one line on stderr names what cannot be drawn."""
+    recorded = {m["config"]["nz"]: m["kl_per_dim"] for m in skipped if "kl_per_dim" in m}
+    if skipped:
+        nzs = ",".join(str(m["config"]["nz"]) for m in skipped)
+        print(
+            f"per-model figures skipped for N_z={nzs}: no final weights (.pt) in {run_dir}"
+            + (
+                f"; KL per dimension and active units of N_z={','.join(map(str, recorded))} "
+                "from their JSONs"
+                if recorded
+                else ""
+            ),
+            file=sys.stderr,
+        )
+    return {nz: plot_recorded_kl(kl, nz, out) for nz, kl in recorded.items()}
 
 
 def _chosen_seed(run_dir: Path, runs: list[tuple[dict, pd.DataFrame]], seed: int | None) -> int:
@@ -157,8 +184,9 @@ def render_report(
             "log10(samples) (– where the printed curve shows no value; see comparison.md). "
             "Paper in band: the fraction of the logged points with a paper value where it lies "
             "between our min and max over seeds (– with one seed). Active units: latent "
-            "dimensions whose average KL over the test set exceeds 0.01 nats (– without the "
-            "final weights, which are not committed).",
+            "dimensions whose average KL over the test set exceeds 0.01 nats, from the final "
+            "weights or, without them, from the model's JSON (– for models whose JSON, "
+            "written by an older version, does not record them and whose weights are absent).",
             "",
             to_markdown(pd.DataFrame(rows)),
             "## Throughput",

@@ -16,6 +16,7 @@ from vaerepro.core.config import PAPER_NZ, Sweep, preset
 from vaerepro.core.data import load_mnist, resolve_data_root
 from vaerepro.core.device import resolve_device
 from vaerepro.core.errors import UsageError
+from vaerepro.core.memory import check_memory
 from vaerepro.core.numbers import format_count, format_duration
 from vaerepro.core.step import stacking_problem
 from vaerepro.runs.estimate import measure
@@ -99,6 +100,9 @@ def recorded_data_root(run_dir: str | Path) -> str | None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
+    if plan.pending:  # sizes this machine cannot allocate: refused before any work
+        at_once = plan.jobs * max(len(g) for g in plan.groups)
+        check_memory(plan.pending, at_once, plan.jobs, plan.device)
     torch.set_num_threads(plan.threads)  # for the estimate, and models trained in this process
     data = load_mnist(plan.data_root, plan.device)  # raises DataError before any training
     estimate = measure(plan.pending, data, plan.device) if plan.pending and args.estimate else None

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from vaerepro.core.errors import DataError
 from vaerepro.core.files import sha256, write_atomically
+from vaerepro.core.memory import out_of_memory_as_error
 
 ENV_DATA_ROOT = "VAEREPRO_DATA"
 ENV_CACHE = "VAEREPRO_CACHE"
@@ -67,7 +68,18 @@ class MnistSplits:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "vaerepro")
+    """$VAEREPRO_CACHE, else ~/.cache/vaerepro; DataError when neither is set to something
+    usable: a HOME that does not exist is not created (with a 105 MB cache under it)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    home = Path.home()
+    if not home.is_dir():
+        raise DataError(
+            f"the home folder {home} (HOME) does not exist, and vaerepro would create its MNIST "
+            f"cache (about 105 MB) under it. Set ${ENV_CACHE} to a folder for the cache, or "
+            "HOME to an existing folder."
+        )
+    return home / ".cache" / "vaerepro"
 
 
 def default_data_roots() -> list[Path]:
@@ -84,8 +96,14 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """
     named = data_root if data_root is not None else os.environ.get(ENV_DATA_ROOT)
     if named:
-        root = Path(named).expanduser().resolve()
         source = "--data-root" if data_root is not None else f"${ENV_DATA_ROOT}"
+        try:
+            root = Path(named).expanduser().resolve()
+        except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError before 3.13)
+            raise DataError(
+                f"data root {named} (from {source}) cannot be resolved ({err}): a symlink "
+                "loop? Give a folder whose MNIST/raw holds the MNIST files."
+            ) from err
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
             raise DataError(
@@ -231,14 +249,17 @@ def load_mnist(
     download: bool = True,
 ) -> MnistSplits:
     """Load both splits as float tensors on `device`, verifying the files first (DataError)."""
-    tensors = decoded_splits(verified_root(data_root, download))
-    x_train, y_train, x_test, y_test = (t.to(device) for t in tensors)
-    return MnistSplits(
-        train_x=x_train.reshape(-1, 784).float().div_(255),
-        train_y=y_train.long(),
-        test_x=x_test.reshape(-1, 784).float().div_(255),
-        test_y=y_test.long(),
-    )
+    root = verified_root(data_root, download)
+    advice = "MNIST needs about 0.4 GB of memory (on the device too); free some and run again."
+    with out_of_memory_as_error(f"loading MNIST from {root}", advice):
+        tensors = decoded_splits(root)
+        x_train, y_train, x_test, y_test = (t.to(device) for t in tensors)
+        return MnistSplits(
+            train_x=x_train.reshape(-1, 784).float().div_(255),
+            train_y=y_train.long(),
+            test_x=x_test.reshape(-1, 784).float().div_(255),
+            test_y=y_test.long(),
+        )
 
 
 def _missing_message(root: Path, missing: list[str]) -> str:

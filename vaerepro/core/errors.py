@@ -24,5 +24,9 @@ class WriteFailed(RunFolderError):
     """A file could not be written (full disk, read-only folder, ...); nothing was replaced."""
 
 
+class OutOfMemory(VaereproError):
+    """The machine ran out of memory for a step vaerepro names (loading MNIST, plotting)."""
+
+
 class TrainingDiverged(VaereproError):
     """The loss or the parameters became NaN or infinite."""

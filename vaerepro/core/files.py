@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from vaerepro.core.errors import WriteFailed
+from vaerepro.core.errors import RunFolderError, VaereproError, WriteFailed
 
 # Temporary files are named `.{target}.vaerepro-{random}.tmp`: cleanup removes only these.
 TMP_MARK = ".vaerepro-"
@@ -46,3 +47,42 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+MB = 1 << 20
+
+
+def read_regular(
+    path: Path, cap: int, what: str, error: type[VaereproError] = RunFolderError
+) -> bytes:
+    """The bytes of `path`, which must be a regular file (a symlink to one is followed) of at
+    most `cap` bytes; `error` naming the file (`what`: "run CSV", ...) otherwise. A FIFO,
+    device (/dev/zero), socket or folder is refused before a byte is read: the file is
+    stat'ed first and opened non-blocking (a FIFO cannot hang the open), then checked again
+    on the open descriptor (it cannot be swapped in between)."""
+
+    def refuse(reason: str) -> VaereproError:
+        return error(f"{what} {path} {reason}; vaerepro reads only regular files")
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise refuse("is not a regular file (a FIFO, device, socket or folder?)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from err
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("is not a regular file (a FIFO, device, socket or folder?)")
+        if st.st_size > cap:
+            raise error(
+                f"{what} {path} is {st.st_size / MB:.1f} MB, more than a {what} of its kind can "
+                f"be ({cap / MB:.1f} MB); it is not a file vaerepro wrote"
+            )
+        try:
+            data = f.read(cap + 1)
+        except OSError as err:
+            raise error(f"cannot read {what} {path}: {err.strerror or err}") from err
+    if len(data) > cap:  # grew while read
+        raise error(f"{what} {path} grew past {cap / MB:.1f} MB while read; it is not ours")
+    return data

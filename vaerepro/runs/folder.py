@@ -5,6 +5,7 @@ consistent."""
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from vaerepro.core.config import Sweep, TrainConfig, config_diff
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.core.files import sha256
 from vaerepro.core.model import VAE
+from vaerepro.runs.contents import checkpoint_problem
 from vaerepro.runs.layout import CSV_COLUMNS, OWN_MODEL_FILE, RUN_JSON, RunFiles
 from vaerepro.runs.provenance import environment_info, vaerepro_command
 from vaerepro.runs.records import load_torch, parse_config, read_csv, read_model_json, read_run_json
@@ -76,20 +78,26 @@ def load_checkpoint(
             f"(written by an older vaerepro). {hint}"
         )
     try:
-        ckpt = load_torch(files.ckpt, [c["sha256"] for c in meta["checkpoints"]])
+        ckpt = load_torch(files.ckpt, [c["sha256"] for c in meta["checkpoints"]], cfg)
     except RunFolderError as err:
         raise RunFolderError(f"{err}. {_trusted_rows(files, meta)} {hint}") from err
-    missing = sorted(CHECKPOINT_KEYS - set(ckpt))
-    if missing:
-        raise RunFolderError(f"{files.ckpt} lacks {missing}. {hint}")
+    if set(ckpt) != CHECKPOINT_KEYS:
+        missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+        unknown = ", ".join(sorted(map(repr, set(ckpt) - CHECKPOINT_KEYS)))[:200]
+        raise RunFolderError(f"{files.ckpt} lacks {missing} or has unknown keys {unknown}. {hint}")
     parse_config(ckpt["config"], files.ckpt)
     if diff := config_diff(ckpt["config"], cfg.to_dict()):
         raise RunFolderError(f"{files.ckpt} was written by a different config: " + "; ".join(diff))
-    if device is not None and ckpt["device"] != device.type:
+    csv = pd.DataFrame(columns=CSV_COLUMNS)
+    if files.csv.exists():
+        csv = read_csv(files.csv, cfg, meta)
+    if problem := checkpoint_problem(ckpt, cfg, meta, csv):
+        raise RunFolderError(f"{files.ckpt} does not hold what its run wrote: {problem}. {hint}")
+    if device is not None and ckpt["device"] != device.type:  # one of DEVICE_TYPES, checked
         raise RunFolderError(
             f"{files.ckpt} was written on a {ckpt['device']} device; resuming it on "
             f"{device.type} would not continue the same run. Resume with --device "
-            f"{ckpt['device']}. {hint}"
+            f"{shlex.quote(ckpt['device'])}. {hint}"
         )
     return ckpt
 
@@ -264,7 +272,7 @@ class ModelRecord:
         ckpt = load_checkpoint(self.files, old, self.cfg, self.device)
         try:
             state.load_state_dict(ckpt)
-        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
             raise RunFolderError(
                 f"{self.files.ckpt} does not fit this model: {err}. "
                 + restart_hint(self.files, self.cfg)
@@ -306,6 +314,7 @@ class ModelRecord:
             wall_s=last["wall_s"],
             finished=now(),
             final={k: last[k] for k in ("train_elbo", "test_elbo")},
+            **state.latent_usage(),
         )
         if len(trained_with) > 1:
             self.meta["stacked_with_nz"] = trained_with
@@ -322,11 +331,15 @@ def load_model(files: RunFiles, device: torch.device | str = "cpu") -> VAE:
     if not files.weights.exists():
         raise RunFolderError(f"final weights {files.weights} are missing (unfinished run?)")
     meta = read_model_json(files.json)
-    recorded = meta.get("weights_sha256")
-    state = load_torch(files.weights, None if recorded is None else [recorded])
+    recorded, cfg = meta.get("weights_sha256"), parse_config(meta["config"], files.json)
+    state = load_torch(files.weights, None if recorded is None else [recorded], cfg)
     if set(state) != {"model", "config"}:
-        raise RunFolderError(f"{files.weights} holds {sorted(state)}, not model and config")
-    model = VAE.from_config(parse_config(state["config"], files.weights))
+        held = sorted(map(repr, state))
+        raise RunFolderError(f"{files.weights} holds {held!s:.200}, not model and config")
+    parse_config(state["config"], files.weights)
+    if diff := config_diff(state["config"], meta["config"]):
+        raise RunFolderError(f"{files.weights} is of another config than its JSON: {diff[0]}")
+    model = VAE.from_config(cfg)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as err:

@@ -14,22 +14,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import METHODS, Sweep, TrainConfig, upgrade
+from vaerepro.core.config import METHODS, Sweep, TrainConfig, config_diff, upgrade
 from vaerepro.core.errors import RunFolderError
-from vaerepro.core.files import sha256
-from vaerepro.runs.layout import CSV_COLUMNS, RUN_JSON, RunFiles
+from vaerepro.core.evaluate import ACTIVE_UNIT_NATS
+from vaerepro.core.files import read_regular, sha256
+from vaerepro.runs.contents import JSON_CAP, csv_cap, csv_problem, rows_problem, torch_cap
+from vaerepro.runs.layout import RUN_JSON, RunFiles
 from vaerepro.runs.writes import write_json
 
 
-def load_torch(path: Path, expected_sha256: list[str] | None) -> dict:
-    """A `.ckpt` or `.pt` file, verified and loaded on the CPU with weights_only=True (no
-    code from the file runs). expected_sha256: the checksums recorded for it (any may match);
-    None: none recorded (a legacy file, integrity unverified). RunFolderError naming the file
-    when it is missing, differs from its checksum, or is not a plain-data torch file."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RunFolderError(f"cannot read {path}: {err.strerror}") from err
+def load_torch(path: Path, expected_sha256: list[str] | None, cfg: TrainConfig) -> dict:
+    """A `.ckpt` or `.pt` file of a model of `cfg`, verified and loaded on the CPU with
+    weights_only=True (no code from the file runs). expected_sha256: the checksums recorded
+    for it (any may match); None: none recorded (a legacy file, integrity unverified).
+    RunFolderError naming the file when it is missing, not a regular file, larger than such
+    a model's file can be, differs from its checksum, or is not a plain-data torch file."""
+    data = read_regular(path, torch_cap(cfg), "torch file")
     if expected_sha256 is not None and sha256(data) not in expected_sha256:
         raise RunFolderError(
             f"{path} does not match the SHA-256 recorded for it: the file was modified, "
@@ -49,9 +49,10 @@ def load_torch(path: Path, expected_sha256: list[str] | None) -> dict:
 
 def read_json(path: Path) -> dict:
     """A JSON object; RunFolderError naming the file when unreadable or not an object."""
+    data = read_regular(path, JSON_CAP, "JSON file")
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise RunFolderError(f"cannot read run metadata {path}: {err}") from err
     if not isinstance(obj, dict):
         raise RunFolderError(f"run metadata {path} is a JSON {type(obj).__name__}, not an object")
@@ -124,6 +125,8 @@ MODEL_FIELDS: dict[str, tuple[type, ...]] = {
     "fused_with_nz": (list,),  # the older name of stacked_with_nz
     "checkpoints": (list,),  # the last two: [{"samples": int, "sha256": hex}, ...]
     "weights_sha256": (str,),
+    "kl_per_dim": (list,),  # of the final model, over the test set (nats, one per N_z)
+    "active_units": (int,),  # its dimensions with kl_per_dim over ACTIVE_UNIT_NATS
 }
 
 
@@ -155,12 +158,18 @@ def _check_fields(obj: dict, known: dict, required: tuple[str, ...], path: Path)
 
 
 def read_model_json(path: Path) -> dict:
-    """A model's metadata, validated: known fields of the right types, a valid config, a
-    known status (none: a plain result) and well-formed checksums; RunFolderError naming the
-    file otherwise."""
+    """A model's metadata, validated: known fields of the right types, a valid config of the
+    model its file name says, a known status (none: a plain result), well-formed checksums
+    and latent usage; RunFolderError naming the file otherwise."""
     meta = read_json(path)
     _check_fields(meta, MODEL_FIELDS, ("config",), path)
-    meta["config"] = parse_config(meta["config"], path).to_dict()  # in today's field names
+    cfg = parse_config(meta["config"], path)
+    meta["config"] = cfg.to_dict()  # in today's field names
+    if (own := RunFiles.of_config(path.parent, cfg).json.name) != path.name:
+        raise RunFolderError(
+            f"{path} holds the config of {own} (N_z={cfg.nz}, seed {cfg.seed}, {cfg.method}), "
+            "not of its own name"
+        )
     if meta.get("status", "finished") not in STATUSES:
         raise RunFolderError(f"{path}: status {meta['status']!r} is not one of {STATUSES}")
     for entry in meta.get("checkpoints", []):
@@ -174,7 +183,25 @@ def read_model_json(path: Path) -> dict:
             raise RunFolderError(f"{path}: malformed checkpoints entry {entry!r:.80}")
     if "weights_sha256" in meta and not _SHA256.match(meta["weights_sha256"]):
         raise RunFolderError(f"{path}: weights_sha256 is not a SHA-256")
+    _check_latent_usage(meta, path)
     return meta
+
+
+def _check_latent_usage(meta: dict, path: Path) -> None:
+    """kl_per_dim: N_z finite numbers >= 0; active_units: those above ACTIVE_UNIT_NATS."""
+    if "kl_per_dim" not in meta and "active_units" not in meta:
+        return
+    kl, nz = meta.get("kl_per_dim"), meta["config"]["nz"]
+    if not (
+        isinstance(kl, list)
+        and len(kl) == nz
+        and all(_field_ok(v, "float") and v >= 0 for v in kl)
+        and meta.get("active_units") == sum(v > ACTIVE_UNIT_NATS for v in kl)
+    ):
+        raise RunFolderError(
+            f"{path}: kl_per_dim must be {nz} finite numbers >= 0 and active_units the count "
+            f"of those above {ACTIVE_UNIT_NATS}"
+        )
 
 
 def read_run_json(path: Path) -> tuple[Sweep, str | None]:
@@ -208,19 +235,21 @@ def write_run_json(sweep: Sweep, data_root: str | None, folder: Path) -> None:
     write_json(record, folder / RUN_JSON)
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """A run CSV with every contract column; RunFolderError naming the file otherwise."""
+def read_csv(path: Path, cfg: TrainConfig | None = None, meta: dict | None = None) -> pd.DataFrame:
+    """A run CSV, validated: every contract column, finite numbers, positive and strictly
+    increasing samples; with the model's config `cfg` and JSON `meta`, one row per evaluation
+    on its grid, as many as its status and checkpoints vouch for (header only: no row yet).
+    RunFolderError naming the file and the row otherwise."""
+    data = read_regular(path, csv_cap(cfg), "run CSV")
     try:
-        df = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        df = pd.read_csv(io.BytesIO(data))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise RunFolderError(f"cannot read run CSV {path}: {err}") from err
-    missing = [c for c in CSV_COLUMNS if c not in df.columns]
-    if missing:
-        raise RunFolderError(f"run CSV {path} lacks columns {missing}")
-    if df.empty:
+    if df.empty and not (cfg and meta):
         raise RunFolderError(f"run CSV {path} has no rows")
-    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in CSV_COLUMNS):
-        raise RunFolderError(f"run CSV {path} has non-numeric values")
+    problem = csv_problem(df) or (rows_problem(df, cfg, meta) if cfg and meta else None)
+    if problem:
+        raise RunFolderError(f"run CSV {path} {problem}")
     return df
 
 
@@ -232,35 +261,55 @@ def logged_samples(csv: Path) -> int:
         return 0
 
 
-def _has_rows(csv: Path) -> bool:
-    return csv.exists() and csv.read_text().strip().count("\n") > 0
+def _load_model(path: Path, recorded: TrainConfig | None) -> tuple[dict, pd.DataFrame] | None:
+    """A model's (metadata, CSV rows), both validated against each other, its file name and
+    `recorded` (its config in run.json); None when it has logged no evaluation yet."""
+    meta = read_model_json(path)
+    cfg = parse_config(meta["config"], path)
+    if recorded is not None and (diff := config_diff(recorded.to_dict(), meta["config"])):
+        raise RunFolderError(
+            f"{path}'s config differs from the one run.json records for it: " + "; ".join(diff)
+        )
+    csv = path.with_suffix(".csv")
+    finished = meta.get("status", "finished") == "finished"
+    if not csv.exists():
+        if not (finished or meta.get("checkpoints")):
+            return None
+        raise RunFolderError(
+            f"run CSV {csv} is missing, but its metadata {path.name} records "
+            + ("a finished model" if finished else "checkpoints")
+        )
+    df = read_csv(csv, cfg, meta)
+    return (meta, df) if len(df) else None
 
 
 def load_run(folder: str | os.PathLike) -> list[tuple[dict, pd.DataFrame]]:
-    """Every model of a run folder as (metadata, CSV rows), sorted by method, N_z, seed.
+    """Every model of a run folder that has logged an evaluation, as (metadata, CSV rows),
+    sorted by method, N_z, seed; each JSON and CSV validated against the other.
 
-    With a run.json, exactly the models it lists that have logged an evaluation (other files
-    in the folder are not read); without one (older folders), every nz*-seed*.json. RunFolderError
-    naming the file when the folder has no models or a file is missing/malformed.
+    With a run.json, exactly the models it lists (other files in the folder are not read);
+    without one (older folders), every nz*-seed*.json. RunFolderError naming the file when
+    the folder has no models, or a file is missing or malformed (a finished model's CSV
+    missing or short among them).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise RunFolderError(f"run folder {folder} does not exist")
+    recorded: dict[Path, TrainConfig | None]
     if (folder / RUN_JSON).exists():
         sweep, _ = read_run_json(folder / RUN_JSON)
-        metas = [RunFiles.of_config(folder, c).json for c in sweep.configs]
-        metas = [p for p in metas if p.exists() and _has_rows(p.with_suffix(".csv"))]
+        recorded = {RunFiles.of_config(folder, c).json: c for c in sweep.configs}
+        recorded = {p: c for p, c in recorded.items() if p.exists()}
     else:
-        metas = sorted(folder.glob("nz*-seed*.json"))
-    if not metas:
-        raise RunFolderError(f"run folder {folder} holds no model yet (no nz*-seed*.json)")
-    runs = []
-    for path in metas:
-        meta = read_model_json(path)
-        csv = path.with_suffix(".csv")
-        if not csv.exists():
-            raise RunFolderError(f"run CSV {csv} is missing (its metadata {path.name} exists)")
-        runs.append((meta, read_csv(csv)))
+        recorded = dict.fromkeys(sorted(folder.glob("nz*-seed*.json")))
+    runs = [r for p, c in recorded.items() if (r := _load_model(p, c))]
+    if not runs and recorded:
+        raise RunFolderError(
+            f"run folder {folder} holds no model with a logged evaluation yet (its models "
+            f"{', '.join(p.stem for p in recorded)} have no CSV rows: still running?)"
+        )
+    if not runs:
+        raise RunFolderError(f"run folder {folder} holds no model yet (no model JSON)")
     return sorted(
         runs,
         key=lambda r: (

@@ -9,7 +9,7 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
 from vaerepro.core.device import get_rng_state, set_rng_state
 from vaerepro.core.errors import TrainingDiverged
-from vaerepro.core.evaluate import evaluate
+from vaerepro.core.evaluate import active_units, evaluate, kl_per_dimension
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
 
@@ -27,6 +27,7 @@ class TrainingState:
         self.opt = make_optimizer(cfg, self.model)
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.train_x, self.test_x = data.train_x[: cfg.train_size], data.test_x
+        self.report_x = data.test_x  # grey levels, as the report's per-model figures use
         if cfg.binarize == "fixed":
             self.train_x = binarize_fixed(self.train_x, cfg.seed)
             self.test_x = binarize_fixed(self.test_x, cfg.seed + 1)
@@ -53,16 +54,36 @@ class TrainingState:
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Continue from a verified checkpoint (loaded on the CPU); raises what torch raises
-        when it does not fit the model."""
+        """Continue from a verified checkpoint (loaded on the CPU, its contents checked by
+        `contents.checkpoint_problem`); raises what torch raises, or ValueError, when it does
+        not fit the model: optimizer hyperparameters other than the config's, or optimizer
+        state of other shapes than the parameters."""
+        fresh = self.opt.state_dict()["param_groups"]
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
+        steps = ckpt["samples"] // self.cfg.batch_size
+        for ours, theirs in zip(fresh, self.opt.state_dict()["param_groups"], strict=True):
+            ours = {**ours, "steps_taken": steps} if "steps_taken" in ours else ours
+            if differ := [k for k in set(ours) & set(theirs) - {"params"} if ours[k] != theirs[k]]:
+                raise ValueError(f"its optimizer's {sorted(differ)} differ from the config's")
+        for p in self.model.parameters():
+            for key, value in self.opt.state.get(p, {}).items():
+                fits = isinstance(value, torch.Tensor) and value.shape in (p.shape, ())
+                if not fits:
+                    raise ValueError(f"its optimizer state {key!r} does not fit the parameters")
         batches = dict(ckpt["batches"])
         if batches.get("perm") is not None:
             batches["perm"] = batches["perm"].to(self.device)
         self.batches.load_state_dict(batches)
         set_rng_state(ckpt["rng"])
         self.samples, self.wall_before, self.rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
+
+    def latent_usage(self) -> dict:
+        """What the report shows of the final model beyond the CSV, recorded in its JSON so
+        that a report redrawn without the weights keeps it: the average KL of each latent
+        dimension over the test set (nats) and the active units."""
+        kl = kl_per_dimension(self.model, self.report_x)
+        return {"kl_per_dim": [float(v) for v in kl.cpu()], "active_units": active_units(kl)}
 
     def check_finite(self, since: int, samples: int) -> None:
         # A NaN/inf loss or gradient reaches the parameters within one step; checking them at

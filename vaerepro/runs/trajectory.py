@@ -28,7 +28,7 @@ import torch
 
 from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
-from vaerepro.core.errors import RunFolderError
+from vaerepro.core.errors import RunFolderError, WriteFailed
 from vaerepro.runs.longform import KEYS, long_form
 from vaerepro.runs.loop import train
 from vaerepro.runs.provenance import environment_info
@@ -77,12 +77,18 @@ def run_trajectory(
     folder) and return its evaluations as (method, nz, split, samples, term, value) rows."""
     data64 = as_float64(data)
     parts = []
-    with float64_defaults(), tempfile.TemporaryDirectory(prefix="vaerepro-trajectory-") as tmp:
-        for method in methods:
-            for n in nz:
-                run_cfg = cfg.replace(method=method, nz=n)
-                rows = train(run_cfg, data64, tmp, device="cpu", progress=False)
-                parts.append(long_form(rows, run_cfg.to_dict()))
+    try:
+        with float64_defaults(), tempfile.TemporaryDirectory(prefix="vaerepro-trajectory-") as tmp:
+            for method in methods:
+                for n in nz:
+                    run_cfg = cfg.replace(method=method, nz=n)
+                    rows = train(run_cfg, data64, tmp, device="cpu", progress=False)
+                    parts.append(long_form(rows, run_cfg.to_dict()))
+    except (WriteFailed, OSError) as err:  # the temporary folder, not the user's: say where
+        raise WriteFailed(
+            f"cannot write the trajectory's temporary files in {tempfile.gettempdir()} "
+            f"(TMPDIR; {err}): free space there or set TMPDIR to a folder with space"
+        ) from err
     return pd.concat(parts, ignore_index=True)[[*KEYS, "value"]]
 
 

@@ -17,6 +17,7 @@ from vaerepro.cli.commands import (
 from vaerepro.cli.parser import build_parser
 from vaerepro.cli.reproduce import cmd_reproduce
 from vaerepro.core.errors import VaereproError
+from vaerepro.runs.signals import Stopped, stops_raise
 
 COMMANDS = {
     "reproduce": cmd_reproduce,
@@ -36,7 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; vaerepro's own errors become one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with stops_raise():
+            return COMMANDS[args.command](args)
+    except Stopped as err:
+        resume = "; a run that had started continues with --resume" * (args.command == "reproduce")
+        print(
+            f"vaerepro {args.command}: stopped by {err}; every file written is whole (written "
+            f"atomically){resume}",
+            file=sys.stderr,
+        )
+        return 128 + err.signum
     except VaereproError as err:
         print(f"vaerepro {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from vaerepro.analysis.check import check_run
-from vaerepro.analysis.compare import fidelity_table, write_comparison
+from vaerepro.analysis.compare import compare_run, fidelity_table, write_comparison
 from vaerepro.analysis.hwtable import hardware_table, save_benchmark
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
@@ -21,10 +21,21 @@ from vaerepro.core.errors import UsageError
 from vaerepro.runs.folder import check_output_folder
 from vaerepro.runs.records import load_run
 from vaerepro.runs.trajectory import run_trajectory, write_trajectory
+from vaerepro.runs.writes import (
+    folder_lock,
+    refuse_links,
+    refuse_links_in_run,
+    settle_replaced,
+    unchanging,
+)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    detail, summary = write_comparison(args.run_dir)
+    run = Path(args.run_dir)
+    refuse_links_in_run(run)
+    with unchanging(run):
+        comparison = compare_run(run)
+    detail, summary = write_comparison(run, comparison)
     if args.at:
         print(to_markdown(fidelity_table(detail, summary, args.at)), end="")
         return 0
@@ -37,11 +48,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    check_output_folder(Path(args.run_dir), "RUN_DIR", plot=True)
+    run = Path(args.run_dir)
+    check_output_folder(run, "RUN_DIR", plot=True)
+    if not run.is_dir():
+        raise UsageError(f"RUN_DIR {run} does not exist; give a run folder of `reproduce`")
     from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
 
-    data_root = args.data_root or recorded_data_root(args.run_dir)
-    report = make_figures(args.run_dir, data_root, args.seed)
+    data_root = args.data_root or recorded_data_root(run)
+    with folder_lock(run):  # one writer: never beside a run writing there
+        if said := settle_replaced(run):
+            print(said, file=sys.stderr)
+        report = make_figures(run, data_root, args.seed)
     print(f"wrote {report} and {report.parent / 'figures'}/", file=sys.stderr)
     return 0
 
@@ -53,7 +70,9 @@ def cmd_fig2(args: argparse.Namespace) -> int:
 
     runs, origin = [], {}
     for folder in args.run_dirs:
-        for meta, df in load_run(folder):
+        with unchanging(Path(folder)):
+            models = load_run(folder)
+        for meta, df in models:
             cfg = meta["config"]
             key = (cfg["method"], cfg["nz"], cfg["seed"])
             if key in origin:
@@ -65,6 +84,7 @@ def cmd_fig2(args: argparse.Namespace) -> int:
             runs.append((meta, df))
     out = Path(args.out)
     check_output_folder(out, "--out", plot=False)
+    refuse_links([out / "fig2.png", out / "fig2.pdf"])
     out.mkdir(parents=True, exist_ok=True)
     plot_fig2(runs, out)
     print(f"wrote {out / 'fig2.png'} and {out / 'fig2.pdf'}", file=sys.stderr)
@@ -100,7 +120,8 @@ def _print_points(points: pd.DataFrame) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    result = check_run(args.run_dir, args.reference, args.nz, args.tolerance)
+    with unchanging(Path(args.run_dir)):
+        result = check_run(args.run_dir, args.reference, args.nz, args.tolerance)
     for problem in result.problems:
         print(f"FAIL: {problem}")
     for _, point in result.failures.iterrows():
@@ -132,6 +153,7 @@ def cmd_trajectory(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"OUT {out} is a file; give a folder")
+    refuse_links([out, out / "trajectory.csv", out / "trajectory.json"])
     data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
     values = run_trajectory(data, args.nz)
     write_trajectory(values, out)

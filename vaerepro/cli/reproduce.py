@@ -21,13 +21,19 @@ from vaerepro.core.numbers import format_count, format_duration
 from vaerepro.core.step import stacking_problem
 from vaerepro.runs.estimate import measure
 from vaerepro.runs.folder import check_output_folder, folder_conflicts, resume_conflicts
-from vaerepro.runs.layout import RUN_JSON
+from vaerepro.runs.layout import REPLACED, RUN_JSON
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.records import read_run_json, write_run_json
 from vaerepro.runs.runners import make_runner
 from vaerepro.runs.sweep import SweepPlan, plan_sweep
-from vaerepro.runs.writes import folder_lock, remove_own_files, remove_stale_temps
+from vaerepro.runs.writes import (
+    folder_lock,
+    move_aside,
+    refuse_links_in_run,
+    remove_stale_temps,
+    settle_replaced,
+)
 
 
 def requested_sweep(args: argparse.Namespace) -> Sweep:
@@ -74,6 +80,8 @@ def run_folder(args: argparse.Namespace, sweep: Sweep) -> Path:
 
 
 def plan_from_args(args: argparse.Namespace) -> SweepPlan:
+    if named := args.resume or args.out:  # before run.json is read: it may be aside
+        settle(Path(named))
     sweep = requested_sweep(args)
     out = run_folder(args, sweep)
     folder_conflicts(out, sweep, bool(args.resume), args.overwrite)
@@ -93,6 +101,15 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     )
 
 
+def settle(out: Path) -> None:
+    """Settle what an interrupted --overwrite left in `out` (under its lock), saying what."""
+    if (out / REPLACED).is_dir():
+        refuse_links_in_run(out)
+        with folder_lock(out):
+            if said := settle_replaced(out):
+                print(said, file=sys.stderr)
+
+
 def recorded_data_root(run_dir: str | Path) -> str | None:
     record = Path(run_dir) / RUN_JSON
     return read_run_json(record)[1] if record.exists() else None
@@ -109,31 +126,34 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     progress = SweepProgress(
         plan.pending, plan.done, plan.expected(estimate), enabled=not args.no_progress
     )
-    with folder_lock(plan.out), progress:
-        start_folder(plan, args.overwrite)
-        for line in plan.skipped_lines() + ([plan.describe(estimate)] if plan.pending else []):
-            progress.say(line)
-        status = make_runner(plan, data, args.autograd).run(plan, progress)
-    if status:
-        print(f"Resume with: {vaerepro_command('reproduce')} --resume {plan.out}", file=sys.stderr)
-        return status
-    comparison = compare_run(plan.out)
-    print_summary(comparison[0], plan.out, progress.seconds())
-    if not args.no_plot:
-        from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
+    with folder_lock(plan.out):  # held until the figures are drawn: `plot` waits for them
+        with progress:
+            start_folder(plan, args.overwrite)
+            for line in plan.skipped_lines() + ([plan.describe(estimate)] if plan.pending else []):
+                progress.say(line)
+            status = make_runner(plan, data, args.autograd).run(plan, progress)
+        if status:
+            resume = f"{vaerepro_command('reproduce')} --resume {plan.out}"
+            print(f"Resume with: {resume}", file=sys.stderr)
+            return status
+        comparison = compare_run(plan.out)
+        print_summary(comparison[0], plan.out, progress.seconds())
+        if not args.no_plot:
+            from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
 
-        data_root = plan.data_root or recorded_data_root(plan.out)
-        report = make_figures(plan.out, data_root, comparison=comparison)
-        print(f"wrote {report} and {plan.out / 'figures'}/", file=sys.stderr)
+            data_root = plan.data_root or recorded_data_root(plan.out)
+            report = make_figures(plan.out, data_root, comparison=comparison)
+            print(f"wrote {report} and {plan.out / 'figures'}/", file=sys.stderr)
     return 0
 
 
 def start_folder(plan: SweepPlan, overwrite: bool) -> None:
     """Clean the run folder of what a killed writer left, replace the old sweep for
     --overwrite, record the sweep, and say what runs where."""
+    refuse_links_in_run(plan.out)  # checked before any work, and again under the lock
     remove_stale_temps(plan.out)
-    if overwrite:  # the whole old sweep goes: no model of it may stay behind
-        remove_own_files(plan.out)
+    if overwrite:  # aside until the new sweep's first checkpoint; then no model of it stays
+        move_aside(plan.out)
     sweep = plan.sweep
     write_run_json(sweep, str(resolve_data_root(plan.data_root)), plan.out)
     print(

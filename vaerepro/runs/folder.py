@@ -22,7 +22,13 @@ from vaerepro.runs.layout import CSV_COLUMNS, OWN_MODEL_FILE, RUN_JSON, RunFiles
 from vaerepro.runs.provenance import environment_info, vaerepro_command
 from vaerepro.runs.records import load_torch, parse_config, read_csv, read_model_json, read_run_json
 from vaerepro.runs.state import TrainingState
-from vaerepro.runs.writes import atomic_write_bytes, torch_bytes, write_csv, write_json
+from vaerepro.runs.writes import (
+    atomic_write_bytes,
+    refuse_links_in_run,
+    torch_bytes,
+    write_csv,
+    write_json,
+)
 
 CHECKPOINT_KEYS = {
     "model",
@@ -156,13 +162,17 @@ def run_status(
 
 def folder_conflicts(out: Path, sweep: Sweep, resume: bool, overwrite: bool) -> None:
     """RunFolderError, before any work, when a new sweep would land in a folder that holds
-    another one: a run.json of another preset, config, N_z or seed set (the differences
-    listed), or model files that no run.json accounts for. --overwrite and --resume pass."""
-    if resume or overwrite or not out.is_dir():
+    something else: another sweep (its run.json differs: listed), model files no run.json
+    accounts for, files of its own but no run.json (not a run folder: a new sweep goes into a
+    new or empty folder, or a run folder), or, for --overwrite, a run.json that is not a
+    vaerepro sweep (vaerepro deletes only files it wrote). --resume passes."""
+    if resume or not out.is_dir():
         return
     record = out / RUN_JSON
     if record.exists():
-        recorded = read_run_json(record)[0]
+        recorded = _recorded_sweep(record, overwrite)
+        if overwrite:
+            return
         diff = recorded.differences(sweep)
         if diff:
             raise RunFolderError(
@@ -174,16 +184,36 @@ def folder_conflicts(out: Path, sweep: Sweep, resume: bool, overwrite: bool) -> 
         ours = {RunFiles.of_config(out, c).stem for c in recorded.configs}
     else:
         ours = set()
-    foreign = sorted(
-        p.name
-        for p in out.iterdir()
-        if OWN_MODEL_FILE.match(p.name) and p.name.rsplit(".", 1)[0] not in ours
-    )
-    if foreign:
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if OWN_MODEL_FILE.match(n) and n.rsplit(".", 1)[0] not in ours]
+    if foreign and not overwrite:
         raise RunFolderError(
             f"{out} holds model files that its {RUN_JSON} does not list: {', '.join(foreign)}. "
             "A run folder holds one sweep: use another --out, or --overwrite to replace them."
         )
+    if not record.exists() and (others := [n for n in names if not n.startswith(".")]):
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise RunFolderError(
+            f"--out {out} is not empty ({shown}) and is not a vaerepro run folder (no "
+            f"{RUN_JSON}); a new sweep goes into a new or empty folder, so that nothing else "
+            "lands in it silently and --overwrite never deletes what vaerepro did not write. "
+            "Choose another --out (e.g. a new subfolder of it)."
+        )
+
+
+def _recorded_sweep(record: Path, overwrite: bool) -> Sweep:
+    """The sweep `record` (a run.json) holds; for --overwrite, a RunFolderError saying that
+    nothing is deleted when it is not a vaerepro sweep."""
+    try:
+        return read_run_json(record)[0]
+    except RunFolderError as err:
+        if not overwrite:
+            raise
+        raise RunFolderError(
+            f"--overwrite refused: {record} is not a vaerepro sweep ({err}). vaerepro deletes "
+            f"only files it wrote, so it deletes nothing in {record.parent}; choose another "
+            "--out, or move the folder's files away yourself."
+        ) from err
 
 
 def resume_conflicts(run: Path, sweep: Sweep, given: dict[str, object]) -> None:
@@ -217,7 +247,10 @@ def resume_conflicts(run: Path, sweep: Sweep, given: dict[str, object]) -> None:
 def check_output_folder(out: Path, label: str, plot: bool) -> None:
     """UsageError, before any work, when `out` (or its figures/ folder, if plotting) is a
     file, or `out` cannot be written. Writability is probed with a temporary file of ours,
-    removed at once (permission bits do not tell, e.g. for root or a read-only mount)."""
+    removed at once (permission bits do not tell, e.g. for root or a read-only mount).
+    RunFolderError when `out`, its figures/ or a file vaerepro would write or delete there is
+    a symbolic link (`refuse_links_in_run`)."""
+    refuse_links_in_run(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{label} {out} is a file, not a folder; choose another {label}")
     figures = out / "figures"

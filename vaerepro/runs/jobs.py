@@ -15,10 +15,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from vaerepro.core.config import TrainConfig, model_label
 from vaerepro.core.data import load_mnist
@@ -28,7 +31,7 @@ from vaerepro.runs.loop import train_together
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.records import logged_samples
 from vaerepro.runs.runners import ERROR_EXIT
-from vaerepro.runs.signals import Interrupted, stop_signals
+from vaerepro.runs.signals import Interrupted, blocked_stops, stop_signals
 from vaerepro.runs.sweep import SweepPlan
 from vaerepro.runs.writes import folder_lock, share_lock
 
@@ -48,6 +51,9 @@ def _worker(cfg: TrainConfig, plan: SweepPlan, label: str, autograd: bool, paren
     if os.getppid() != parent:  # the parent died before the line above took effect
         sys.exit(128 + signal.SIGTERM)
     torch.set_num_threads(plan.threads)
+    # tqdm's default lock is a multiprocessing semaphore: a worker killed by SIGKILL would
+    # leave it to the resource tracker's "leaked semaphore" warning. One process: a thread lock
+    tqdm.set_lock(threading.RLock())
     try:
         data = load_mnist(plan.data_root, plan.device)
         with folder_lock(plan.out, shared=True):
@@ -82,6 +88,8 @@ class LocalJobsRunner:
     def run(self, plan: SweepPlan, progress: SweepProgress) -> int:
         share_lock(plan.out)  # the workers share it; it outlives this process until they end
         ctx = multiprocessing.get_context("spawn")
+        # started now: starting it inside proc.start() would unblock SIGINT and SIGTERM
+        resource_tracker.ensure_running()
         configs = plan.pending
         queue = list(enumerate(configs, 1))
         running: dict[int, tuple[multiprocessing.Process, str, TrainConfig]] = {}
@@ -98,7 +106,8 @@ class LocalJobsRunner:
                     args = (cfg, plan, label, self.autograd, os.getpid())
                     proc = ctx.Process(target=_worker, args=args)
                     seen[cfg] = _stamp(RunFiles.of_config(plan.out, cfg).csv)
-                    proc.start()
+                    with blocked_stops():  # the worker starts with them blocked
+                        proc.start()
                     running[proc.sentinel] = (proc, label, cfg)
                     progress.started(label, f", {plan.threads} thread(s)")
                 for sentinel in wait(list(running), timeout=0.5):
@@ -106,8 +115,10 @@ class LocalJobsRunner:
                     proc.join()
                     if proc.exitcode == 0:
                         progress.finished(cfg, label)
-                    elif not status:  # a worker killed by a signal has exitcode -signum
-                        status = _exit_status(proc.exitcode)
+                        continue
+                    if proc.exitcode < 0:  # killed by a signal it could not catch
+                        progress.say(_killed(label, proc.exitcode, plan.out))
+                    status = status or _exit_status(proc.exitcode)
                 for _, _, cfg in running.values():
                     csv = RunFiles.of_config(plan.out, cfg).csv
                     if (stamp := _stamp(csv)) != seen[cfg]:
@@ -118,6 +129,14 @@ class LocalJobsRunner:
                     for proc, _, _ in running.values():
                         os.kill(proc.pid, signum)
         return status
+
+
+def _killed(label: str, code: int, out: Path) -> str:
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    return (
+        f"{label}: its process was killed by {name} (exit status {128 - code}); its last "
+        f"checkpoint in {out} is intact: resume the run"
+    )
 
 
 def _exit_status(code: int) -> int:

@@ -36,6 +36,10 @@ OWN_MODEL_FILE = re.compile(r"^(wakesleep-)?nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
 RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per model
 
 
+# --overwrite: the old sweep's files, until the new sweep has its first checkpoint
+REPLACED = ".vaerepro-replaced"
+
+
 OWN_RUN_FILES = (RUN_JSON, "REPORT.md", "comparison.csv", "comparison.md")
 
 

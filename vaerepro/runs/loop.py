@@ -23,6 +23,7 @@ from vaerepro.runs.folder import ModelRecord
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.signals import Interrupted, stop_signals
 from vaerepro.runs.state import TrainingState
+from vaerepro.runs.writes import drop_replaced
 
 
 def train(
@@ -113,6 +114,7 @@ def _loop(
                     row = state.log_evaluation(samples, time.perf_counter() - start, rate)
                     record.checkpoint(state, samples, time.perf_counter() - start, "running")
                     report.advance(state.cfg, samples, row)
+                drop_replaced(records[0].files.folder)  # --overwrite: the old sweep may go now
                 interval_start, interval_samples = time.perf_counter(), samples
             else:
                 for s in states:
@@ -145,6 +147,7 @@ def _stop(
     for state, record in zip(states, records, strict=True):
         state.check_finite(state.rows[-1]["samples"] if state.rows else 0, samples)
         record.checkpoint(state, samples, wall_s, "interrupted")
+    drop_replaced(records[0].files.folder)
     cfg = states[0].cfg
     nzs = ",".join(str(s.cfg.nz) for s in states)
     raise Interrupted(

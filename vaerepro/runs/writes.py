@@ -1,5 +1,6 @@
 """Writing into run folders: atomic writes (temporary file, fsync, rename), the folder's
-lock, and removing only the files vaerepro wrote."""
+lock, never a write or a deletion through a symbolic link, removing only the files vaerepro
+wrote, and `--overwrite`'s old sweep kept aside until the new one has a checkpoint."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from vaerepro.runs.layout import (
     OWN_MODEL_FILE,
     OWN_RUN_FILES,
     OWN_TEMP,
+    REPLACED,
+    RUN_JSON,
 )
 
 # Run folders this process holds locked -> the open descriptor of the folder it locked.
@@ -51,8 +54,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     WriteFailed (naming `path`) when the disk is full or the folder not writable; the previous
     file, if any, is left as it was. Into a locked run folder that vanished: RunFolderError
-    (the folder is not recreated).
+    (the folder is not recreated). RunFolderError when `path` or its folder is a symbolic
+    link: nothing is written through a link, nor a link replaced.
     """
+    refuse_links([path.parent, path])
     if path.parent.absolute() in _HELD:
         _check_held(path.parent)
     else:
@@ -72,22 +77,166 @@ def remove_stale_temps(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def refuse_links(paths) -> None:
+    """RunFolderError naming every path of `paths` that is a symbolic link (dangling or a
+    loop included): vaerepro never writes or deletes through a link, nor replaces one."""
+    links = [p for p in paths if p.is_symlink()]
+    if links:
+        named = ", ".join(f"{p} (a link to {os.readlink(p)})" for p in links)
+        raise RunFolderError(
+            f"{named}: vaerepro writes and deletes only real files in the folder you name, "
+            "never through a symbolic link. Remove the link (or copy what it points to into "
+            "its place), or choose another folder."
+        )
+
+
+def _files(folder: Path) -> list[Path]:
+    """Files and links (never followed) in `folder`; [] when it is not a real folder."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_symlink() or p.is_file()]
+
+
+def own_files(folder: Path) -> list[Path]:
+    """The files a sweep's `reproduce` and `plot` write into `folder`, by their names (model
+    files, run.json, report, comparison, figures/'s figures); links listed, not followed."""
+    found = [p for p in _files(folder) if OWN_MODEL_FILE.match(p.name) or p.name in OWN_RUN_FILES]
+    return found + [p for p in _files(folder / "figures") if OWN_FIGURE.match(p.name)]
+
+
+def refuse_links_in_run(folder: Path, *names: str) -> None:
+    """Before any work: RunFolderError when the run folder, its figures/, the aside folder of
+    an --overwrite, a file vaerepro would write or delete there, or one of `names`, is a
+    symbolic link (each named)."""
+    fixed = [folder, folder / "figures", folder / REPLACED, *(folder / n for n in names)]
+    refuse_links(fixed + own_files(folder) + own_files(folder / REPLACED))
+
+
 def remove_own_files(folder: Path) -> list[Path]:
-    """Delete what `reproduce` and `plot` write into a run folder (model files, run.json,
-    report, comparison, figures by their names); returns the removed paths. For --overwrite."""
-    removed = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (OWN_MODEL_FILE.match(p.name) or p.name in OWN_RUN_FILES)
-    ]
-    figures = folder / "figures"
-    if figures.is_dir():
-        removed += [p for p in figures.iterdir() if p.is_file() and OWN_FIGURE.match(p.name)]
+    """Delete what `reproduce` and `plot` write into a run folder (`own_files`; a link is
+    removed, never followed); an emptied figures/ goes too. Returns the removed paths."""
+    removed = own_files(folder)
     for p in removed:
         p.unlink(missing_ok=True)
-    if figures.is_dir() and not any(figures.iterdir()):
-        figures.rmdir()
+    _rmdir_if_empty(folder / "figures")
     return removed
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+# --overwrite keeps one complete sweep on disk at every moment. It moves the old sweep's files
+# into REPLACED (renames inside the run folder), marks REPLACED complete, then writes the new
+# sweep; the new sweep's first checkpoint drops REPLACED (`drop_replaced`). A run or `plot`
+# that finds REPLACED settles it first (`settle_replaced`).
+_ALL_MOVED = "ALL-MOVED"  # in REPLACED: every file of the old sweep is in it
+
+
+def move_aside(folder: Path) -> None:
+    """Move the old sweep's files into folder/REPLACED, then mark it complete."""
+    aside = folder / REPLACED
+    try:
+        aside.mkdir(exist_ok=True)
+        for p in own_files(folder):
+            target = aside / p.relative_to(folder)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(p, target)
+        _rmdir_if_empty(folder / "figures")
+        write_atomically(aside / _ALL_MOVED, b"every file of the replaced sweep is here\n")
+    except OSError as err:
+        raise WriteFailed(
+            f"cannot move the old sweep of {folder} aside into {aside}: {err.strerror or err}"
+        ) from err
+
+
+def drop_replaced(folder: Path) -> None:
+    """Delete the old sweep kept aside (its files by their names, then the mark), once the
+    new sweep has a checkpoint. Does nothing when there is none."""
+    aside = folder / REPLACED
+    if aside.is_symlink() or not aside.is_dir():
+        return
+    for p in [*own_files(aside), aside / _ALL_MOVED]:
+        p.unlink(missing_ok=True)
+    remove_stale_temps(aside)
+    for d in (aside / "figures", aside):
+        _rmdir_if_empty(d)
+
+
+def _restore_replaced(folder: Path) -> None:
+    """Put the old sweep back: the new sweep's files (it has no checkpoint) go, then the mark,
+    then the old files move back (a kill meanwhile leaves the move to finish next time)."""
+    aside = folder / REPLACED
+    if (aside / _ALL_MOVED).exists():
+        remove_own_files(folder)
+        (aside / _ALL_MOVED).unlink()
+    for p in own_files(aside):
+        target = folder / p.relative_to(aside)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(p, target)
+    remove_stale_temps(aside)
+    for d in (aside / "figures", aside):
+        _rmdir_if_empty(d)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    """Whether a model JSON in `folder` records a checkpoint whose file exists."""
+    for p in _files(folder):
+        if OWN_MODEL_FILE.match(p.name) and p.suffix == ".json":
+            try:
+                recorded = json.loads(p.read_text()).get("checkpoints")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if recorded and p.with_suffix(".ckpt").is_file():
+                return True
+    return False
+
+
+def settle_replaced(folder: Path) -> str | None:
+    """What an interrupted --overwrite left (call under the folder's lock): when every old
+    file was moved aside and the new sweep has a checkpoint, the old sweep is deleted; else
+    the old sweep is restored and the new one's files removed. Returns what was done, in
+    words (None: nothing to settle)."""
+    aside = folder / REPLACED
+    if aside.is_symlink() or not aside.is_dir():
+        return None
+    if (aside / _ALL_MOVED).exists() and _has_checkpoint(folder):
+        drop_replaced(folder)
+        return f"{folder}: deleted the sweep an interrupted --overwrite had replaced"
+    _restore_replaced(folder)
+    return (
+        f"{folder}: an --overwrite was interrupted before the new sweep's first checkpoint; "
+        "the old sweep is restored"
+    )
+
+
+def _run_stamp(folder: Path) -> tuple[bool, tuple[int, int] | None]:
+    try:
+        st = (folder / RUN_JSON).stat()
+        stamp = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    return (folder / REPLACED).exists(), stamp
+
+
+@contextmanager
+def unchanging(folder: Path):
+    """For commands that only read a run folder: RunFolderError when its sweep is being
+    replaced (--overwrite) before the block, or run.json changed while the block read."""
+    before = _run_stamp(folder)
+    changing = (
+        f"{folder}'s sweep is being replaced by `reproduce --overwrite` (the old one is kept "
+        f"in {folder / REPLACED} until the new one has a checkpoint)"
+    )
+    if before[0]:
+        raise RunFolderError(
+            f"{changing}; try again in a moment. If no run is writing there, `vaerepro plot "
+            f"{folder}` or `reproduce --resume` settles it."
+        )
+    yield
+    if _run_stamp(folder) != before:
+        raise RunFolderError(f"{folder} changed while it was read: {changing}; try again")
 
 
 def _lock_holder(st: os.stat_result) -> str:

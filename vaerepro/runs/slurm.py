@@ -47,7 +47,7 @@ ENV_CLUSTER = "VAEREPRO_SUBMITIT_CLUSTER"  # "local": submitit's local executor,
 ERROR_EXIT = 2
 # requeues a job may take after hitting its time limit (preemptions do not count)
 MAX_TIMEOUT_REQUEUES = 10
-POLL_S = 2.0
+POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,12 @@ def make_executor(folder: Path, options: SlurmOptions):
     return executor
 
 
-def submit(plan: SweepPlan, options: SlurmOptions, autograd: bool) -> dict[TrainConfig, dict]:
-    """Submit one TrainJob per pending model as one array; per model its job record."""
+def submit(
+    plan: SweepPlan, options: SlurmOptions, autograd: bool, job_class=None
+) -> dict[TrainConfig, dict]:
+    """Submit one `job_class` (default TrainJob) per pending model as one array; per model
+    its job record."""
+    job_class = job_class or TrainJob
     folder = plan.out / SUBMITIT_FOLDER
     executor = make_executor(folder, options)
     data_root = str(resolve_data_root(plan.data_root))
@@ -225,7 +229,7 @@ def submit(plan: SweepPlan, options: SlurmOptions, autograd: bool) -> dict[Train
     jobs = []
     with executor.batch():
         for cfg in plan.pending:
-            jobs.append(executor.submit(TrainJob(cfg, str(plan.out), *args)))
+            jobs.append(executor.submit(job_class(cfg, str(plan.out), *args)))
     when = now()
     return {
         cfg: {
@@ -301,15 +305,15 @@ class SlurmRunner:
     """Submits the plan's pending models as one job array and records the job ids in the
     run folder; returns at once, or with `options.wait` follows the jobs until they end."""
 
-    def __init__(self, options: SlurmOptions, autograd: bool = False):
-        self.options, self.autograd = options, autograd
+    def __init__(self, options: SlurmOptions, autograd: bool = False, job_class=None):
+        self.options, self.autograd, self.job_class = options, autograd, job_class
 
     def run(self, plan: SweepPlan, progress: SweepProgress) -> int:
         if not plan.pending:
             return 0
         refuse_live_jobs(plan)
         share_lock(plan.out)  # the jobs share it while this process lives
-        records = submit(plan, self.options, self.autograd)
+        records = submit(plan, self.options, self.autograd, self.job_class)
         write_jobs(plan.out, records)
         progress.say(self.plan_line(plan, progress))
         for cfg, record in records.items():

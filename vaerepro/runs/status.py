@@ -19,7 +19,7 @@ from vaerepro.runs.records import read_csv, read_model_json, read_run_json
 from vaerepro.runs.slurm import queue_states, read_jobs
 from vaerepro.runs.writes import lock_holder
 
-ERROR_LINES = 5  # the last lines of a failed job's error that `status` shows
+ERROR_LINES = 6  # the last lines of a failed job's error that `status` shows
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING"}
 
 
@@ -56,12 +56,18 @@ def _csv_progress(files: RunFiles) -> tuple[int, float | None, float | None]:
 
 
 def error_tail(log: Path, lines: int = ERROR_LINES) -> tuple[str, ...]:
-    """The last `lines` non-empty lines of a job's log (its error's end)."""
+    """A failed job's error from its log: the exception line of its last traceback and what
+    follows (up to `lines`), else the log's last `lines` non-empty lines."""
     try:
-        text = log.read_text(errors="replace").splitlines()
+        text = [t for t in log.read_text(errors="replace").splitlines() if t.strip()]
     except OSError:
         return (f"(no log at {log})",)
-    return tuple(line for line in text if line.strip())[-lines:]
+    starts = [i for i, t in enumerate(text) if t.startswith("Traceback (most recent call")]
+    if not starts:
+        return tuple(text[-lines:])
+    after = text[starts[-1] + 1 :]
+    first = next((i for i, t in enumerate(after) if not t.startswith(" ")), len(after))
+    return tuple(after[first : first + lines])
 
 
 def _job_state(meta: dict | None, done: int, record: dict, queued: dict[str, str]) -> str:

@@ -12,6 +12,7 @@ from vaerepro.cli.commands import (
     cmd_hwtable,
     cmd_make_reference,
     cmd_plot,
+    cmd_status,
     cmd_trajectory,
 )
 from vaerepro.cli.parser import build_parser
@@ -23,6 +24,7 @@ COMMANDS = {
     "reproduce": cmd_reproduce,
     "compare": cmd_compare,
     "plot": cmd_plot,
+    "status": cmd_status,
     "fig2": cmd_fig2,
     "check": cmd_check,
     "hwtable": cmd_hwtable,

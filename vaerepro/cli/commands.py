@@ -20,6 +20,7 @@ from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import UsageError
 from vaerepro.runs.folder import check_output_folder
 from vaerepro.runs.records import load_run
+from vaerepro.runs.status import status_report
 from vaerepro.runs.trajectory import run_trajectory, write_trajectory
 from vaerepro.runs.writes import (
     folder_lock,
@@ -170,3 +171,9 @@ def cmd_hwtable(args: argparse.Namespace) -> int:
         print(f"saved {saved}", file=sys.stderr)
     print(to_markdown(hardware_table(args.folder)), end="")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lines, failed = status_report(Path(args.run_dir))
+    print("\n".join(lines))
+    return 1 if failed else 0

@@ -215,7 +215,55 @@ def add_reproduce_parser(sub) -> None:
     )
     add_sweep_options(p)
     add_run_options(p)
+    add_executor_options(p)
     add_config_options(p)
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Where the models train: here (local), or as SLURM jobs through submitit."""
+    g = p.add_argument_group(
+        "executor",
+        "--executor slurm submits one job per pending model as a SLURM job array (submitit) "
+        "and returns once they are queued; the run folder must be on a filesystem every node "
+        "sees (docs/cluster.md)",
+    )
+    g.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: train here (--jobs, --threads); slurm: submit to SLURM",
+    )
+    g.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --executor slurm: block until the jobs end, with the sweep's progress bar",
+    )
+    g.add_argument("--slurm-partition", help="sbatch --partition (default: the cluster's)")
+    g.add_argument(
+        "--slurm-time",
+        default="4:00:00",
+        help="time limit per job (minutes, HH:MM:SS or D-HH:MM:SS); a job at its limit "
+        "checkpoints and requeues itself",
+    )
+    g.add_argument(
+        "--slurm-cpus-per-task",
+        type=int,
+        default=1,
+        help="CPUs per job, the torch threads of its model (unless --threads)",
+    )
+    g.add_argument("--slurm-gpus-per-task", type=int, help="GPUs per job (with --device cuda)")
+    g.add_argument(
+        "--slurm-array-parallelism",
+        type=int,
+        default=256,
+        help="jobs of the array running at once",
+    )
+    g.add_argument(
+        "--slurm-extra",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="any other sbatch option by its long name, e.g. --slurm-extra qos=low mem=4G",
+    )
 
 
 def add_reading_parsers(sub) -> None:
@@ -262,6 +310,15 @@ def add_reading_parsers(sub) -> None:
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="folder for fig2.png and fig2.pdf")
+    p = sub.add_parser(
+        "status",
+        help="per model of a run folder (local or submitted): state, samples, test ELBO, job",
+        description="Print per model its state (pending, running, finished, failed, "
+        "interrupted or requeued), its samples so far, its last test ELBO and its job id; for a "
+        "failed job the path of its log and the last lines of its error; then the sweep's "
+        "totals and, while models train, the time left. Exits 1 when a job failed.",
+    )
+    p.add_argument("run_dir", metavar="RUN")
     p = sub.add_parser(
         "hwtable",
         help="Markdown table of the saved benchmarks of every machine",

@@ -26,6 +26,7 @@ from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.records import read_run_json, write_run_json
 from vaerepro.runs.runners import make_runner
+from vaerepro.runs.slurm import SlurmOptions
 from vaerepro.runs.sweep import SweepPlan, plan_sweep
 from vaerepro.runs.writes import (
     folder_lock,
@@ -115,7 +116,25 @@ def recorded_data_root(run_dir: str | Path) -> str | None:
     return read_run_json(record)[1] if record.exists() else None
 
 
+def executor_options(args: argparse.Namespace) -> SlurmOptions | None:
+    """--executor slurm's options (each model a job of --slurm-cpus-per-task threads), or
+    None for the local executor; UsageError for options of the other executor."""
+    if args.executor != "slurm":
+        given = [o for o in ("wait", "slurm_partition", "slurm_gpus_per_task", "slurm_extra")
+                 if getattr(args, o)]  # fmt: skip
+        if given:
+            names = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise UsageError(f"{names}: only with --executor slurm")
+        return None
+    if args.jobs is not None or args.stacked:
+        raise UsageError("--jobs and --stacked are for the local executor; SLURM runs one job "
+                         "per model (--slurm-array-parallelism: how many at once)")  # fmt: skip
+    args.jobs, args.threads = 1, args.threads or args.slurm_cpus_per_task
+    return SlurmOptions.from_args(args)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    slurm = executor_options(args)
     plan = plan_from_args(args)
     if plan.pending:  # sizes this machine cannot allocate: refused before any work
         at_once = plan.jobs * max(len(g) for g in plan.groups)
@@ -131,11 +150,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             start_folder(plan, args.overwrite)
             for line in plan.skipped_lines() + ([plan.describe(estimate)] if plan.pending else []):
                 progress.say(line)
-            status = make_runner(plan, data, args.autograd).run(plan, progress)
+            status = make_runner(plan, data, args.autograd, slurm).run(plan, progress)
+        executor = "" if slurm is None else " --executor slurm"
         if status:
-            resume = f"{vaerepro_command('reproduce')} --resume {plan.out}"
+            resume = f"{vaerepro_command('reproduce')} --resume {plan.out}{executor}"
             print(f"Resume with: {resume}", file=sys.stderr)
             return status
+        if slurm is not None and not slurm.wait and plan.pending:
+            print(
+                f"submitted; watch with: {vaerepro_command('status')} {plan.out}", file=sys.stderr
+            )
+            return 0
         comparison = compare_run(plan.out)
         print_summary(comparison[0], plan.out, progress.seconds())
         if not args.no_plot:

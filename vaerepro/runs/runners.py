@@ -67,8 +67,13 @@ class InProcessRunner:
         return 0
 
 
-def make_runner(plan: SweepPlan, data: MnistSplits | None, autograd: bool) -> Runner:
-    """The local runner the plan asks for: parallel jobs when plan.jobs > 1, else in-process."""
+def make_runner(plan: SweepPlan, data: MnistSplits | None, autograd: bool, slurm=None) -> Runner:
+    """The runner the plan asks for: SLURM jobs with `slurm` (slurm.SlurmOptions), parallel
+    local jobs when plan.jobs > 1, else in-process."""
+    if slurm is not None:
+        from vaerepro.runs.slurm import SlurmRunner
+
+        return SlurmRunner(slurm, autograd)
     if plan.jobs > 1:
         from vaerepro.runs.jobs import LocalJobsRunner
 

@@ -252,6 +252,16 @@ def _lock_holder(st: os.stat_result) -> str:
     return "?"
 
 
+def lock_holder(folder: Path) -> str | None:
+    """pid of the process holding `folder`'s lock; None when none does (or, off Linux, when
+    /proc/locks cannot tell). For `vaerepro status`."""
+    try:
+        holder = _lock_holder(os.stat(folder))
+    except OSError:
+        return None
+    return None if holder == "?" else holder
+
+
 @contextmanager
 def folder_lock(folder: Path, shared: bool = False):
     """Hold an exclusive lock on a run folder; RunFolderError if another process holds it.

@@ -1,17 +1,32 @@
-"""Helpers shared by the test modules: a run of seconds, and checks that a refusal is clean."""
+"""Helpers shared by the test modules: tiny runs' command lines, folder snapshots, the columns
+a run reproduces exactly, waiting for a process's progress, and checks that a refusal is
+clean."""
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 
+# The CSV columns a run reproduces to the last bit (under the same thread count): all but
+# the clock's.
+DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
+
+# A run of seconds: 20 minibatches of a small model (64 hidden units), an evaluation every 10.
+# The warm-up is 5 minibatches (the paper's is 100, the whole run), so that the weights move
+# and a comparison of two runs compares trained models.
 TINY = [
     "--samples",
     "2000",
@@ -19,8 +34,13 @@ TINY = [
     "1000",
     "--train-size",
     "2000",
+    "--hidden",
+    "64",
+    "--adagrad-warmup",
+    "5",
     "--no-progress",
     "--no-plot",
+    "--no-estimate",  # the plan's timed warm-up: tested by test_cli's plan test
     "--device",
     "cpu",
     "--jobs",  # one model at a time, in-process (tests/test_seeds.py tests --jobs 2)
@@ -28,13 +48,65 @@ TINY = [
 ]
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under folder, by relative path."""
+def tiny(
+    out: Path, data_root: Path | None, *extra: str, nz=(3,), plot=False, estimate=False
+) -> list[str]:
+    """argv of a tiny `vaerepro reproduce` run of `nz` into out; `extra` comes last (a later
+    option wins)."""
+    argv = ["reproduce", "--nz", *map(str, nz), "--out", str(out)]
+    if data_root is not None:
+        argv += ["--data-root", str(data_root)]
+    drop = ({"--no-plot"} if plot else set()) | ({"--no-estimate"} if estimate else set())
+    return [*argv, *(a for a in TINY if a not in drop), *extra]
+
+
+def copy_run(folder: Path, tmp_path: Path, name: str = "run") -> Path:
+    """A copy of a shared run folder under tmp_path, free to change."""
+    return Path(shutil.copytree(folder, tmp_path / name))
+
+
+def snapshot(folder: Path, temporary: bool = True) -> dict[str, str]:
+    """SHA-256 of every file under folder, by relative path; without `temporary`, the run
+    writers' own temporary files (.NAME.vaerepro-XXXX.tmp, removed when a write fails) are
+    left out."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and (temporary or ".vaerepro-" not in p.name)
     }
+
+
+def rows(csv: Path) -> int:
+    """Data rows of a run's CSV (0 while it does not exist). The CSV is replaced atomically,
+    so a reader sees a whole file."""
+    try:
+        return max(len(csv.read_text().splitlines()) - 1, 0)
+    except FileNotFoundError:
+        return 0
+
+
+def cli_process(*argv: str) -> subprocess.Popen:
+    """`python -m vaerepro ARGV` in a process of its own (the environment's thread count:
+    conftest.py)."""
+    cmd = [sys.executable, "-m", "vaerepro", *argv]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(
+    process: subprocess.Popen | None, predicate: Callable[[], bool], timeout: float = 600.0
+) -> float:
+    """Poll `predicate` every 10 ms until it holds; returns time.monotonic() then. Fails the
+    test when `process` ends first (with its stderr) or after `timeout` seconds (generous:
+    progress, not time, is what is awaited)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            err = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"the process ended (status {process.returncode}) first:\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not reached within {timeout} s")
+        time.sleep(0.01)
+    return time.monotonic()
 
 
 def refused(argv: list[str], capsys, *messages: str) -> str:
@@ -54,12 +126,12 @@ def synthetic_sweep(folder: Path, nz: int, offsets, samples, method: str = "aevb
     folder.mkdir(parents=True, exist_ok=True)
     configs = [TrainConfig(nz=nz, seed=s, method=method).to_dict() for s in range(len(offsets))]
     for cfg, offset in zip(configs, offsets, strict=True):
-        rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
-        rows["samples"] = samples
-        rows["train_elbo"] = paper_elbo(nz, "train", samples, method) + offset
-        rows["test_elbo"] = paper_elbo(nz, "test", samples, method) - offset
+        table = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
+        table["samples"] = samples
+        table["train_elbo"] = paper_elbo(nz, "train", samples, method) + offset
+        table["test_elbo"] = paper_elbo(nz, "test", samples, method) - offset
         files = RunFiles.of_config(folder, cfg)
-        pd.DataFrame(rows).to_csv(files.csv, index=False)
+        pd.DataFrame(table).to_csv(files.csv, index=False)
         files.json.write_text(json.dumps({"config": cfg}))
     (folder / "run.json").write_text(json.dumps({"preset": "paper", "configs": configs}))
     return folder

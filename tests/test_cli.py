@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY
+from helpers import DETERMINISTIC, TINY, copy_run, snapshot, tiny
 
 from vaerepro.cli import main
 
 
+@pytest.mark.slow  # a process of its own
 def test_help_explains_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "vaerepro", "reproduce", "--help"],
@@ -34,29 +35,25 @@ def test_help_explains_every_option():
     assert "(preset: 1e7)" in out and "(default: 0)" in out  # --samples, --seed
 
 
-def test_reproduce_end_to_end(data_root, tmp_path):
-    out = tmp_path / "run"
-    with_plots = [a for a in TINY if a != "--no-plot"]
-    argv = ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*argv, *with_plots]) == 0
+def test_reproduce_end_to_end(tiny_sweep):
+    """The session's `reproduce --nz 3 5` (conftest.tiny_sweep): every model's files, the
+    sweep's record, the figures and the report."""
+    out = tiny_sweep.folder
     for nz in (3, 5):
         df = pd.read_csv(out / f"nz{nz}-seed0.csv")
         assert df.samples.tolist() == [1000, 2000]
         meta = json.loads((out / f"nz{nz}-seed0.json").read_text())
         assert meta["config"]["nz"] == nz and meta["config"]["train_size"] == 2000
-        assert (out / f"nz{nz}-seed0.pt").exists()
+        assert (out / f"nz{nz}-seed0.pt").exists() and (out / f"nz{nz}-seed0.ckpt").exists()
     manifest = json.loads((out / "run.json").read_text())
     assert [c["nz"] for c in manifest["configs"]] == [3, 5]
     assert (out / "figures" / "fig2.png").exists() and (out / "REPORT.md").exists()
 
 
-def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["reproduce", "--nz", "3", "5", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*argv, *TINY, "--samples", "4000", "--eval-every", "2000"]) == 0
-    err = capsys.readouterr().err
+def test_reproduce_tells_the_plan_progress_and_summary(tiny_sweep):
+    out, err = tiny_sweep
     plan = next(line for line in err.splitlines() if line.startswith("plan:"))
-    assert "2 model(s) (N_z 3, 5; seed 0), 4e3 samples each, on cpu; estimated" in plan
+    assert "2 model(s) (N_z 3, 5; seed 0), 2e3 samples each, on cpu; estimated" in plan
     assert "training samples/s by N_z 3:" in plan and "evaluation" in plan
     assert "model 2/2 (N_z=5 seed 0):" in err and "left" in err
     lines = err.splitlines()
@@ -68,9 +65,9 @@ def test_reproduce_tells_the_plan_progress_and_summary(data_root, tmp_path, caps
         "method", "N_z", "seeds", "samples", "train", "ELBO", "train", "sd", "paper", "train",
         "train", "diff", "test", "ELBO", "test", "sd", "paper", "test", "test", "diff",
     ]  # fmt: skip
-    # one seed: no sd; the paper's N_z = 3 curve shows no value at 4e3 samples
+    # one seed: no sd; the paper's N_z = 3 curve shows no value at 2e3 samples
     row = table[1].split()
-    assert row[:4] == ["aevb", "3", "1", "4e3"] and row[5:7] == ["–", "–"] and float(row[4]) < -100
+    assert row[:4] == ["aevb", "3", "1", "2e3"] and row[5:7] == ["–", "–"] and float(row[4]) < -100
     last = pd.read_csv(out / "nz5-seed0.csv").iloc[-1]
     assert f"{last.train_elbo:.2f}" in table[2] and f"{last.test_elbo:.2f}" in table[2]
     assert "Trained in" in err
@@ -87,26 +84,19 @@ def test_estimate_extrapolates_the_measured_rates():
     assert est.seconds(cfg, samples_done=500_000) == pytest.approx(25 + 5)
 
 
-def test_console_script_runs(data_root, tmp_path):
+@pytest.mark.slow  # a process of its own
+def test_console_script_runs(data_root, tmp_path, tiny_run):
     script = Path(sys.executable).parent / "vaerepro"  # installed beside this Python
-    proc = subprocess.run(
-        [
-            str(script),
-            "reproduce",
-            "--nz",
-            "3",
-            "--data-root",
-            str(data_root),
-            "--out",
-            str(tmp_path / "r"),
-            *TINY,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out = tmp_path / "r"
+    proc = subprocess.run([str(script), *tiny(out, data_root)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "plan: 1 model(s) (N_z 3; seed 0), 2e3 samples each" in proc.stderr
     assert "Trained in" in proc.stderr
+    # the same numbers as the same run in-process (conftest.tiny_run; one thread in both)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "nz3-seed0.csv")[DETERMINISTIC],
+        pd.read_csv(tiny_run / "nz3-seed0.csv")[DETERMINISTIC],
+    )
 
 
 def test_missing_data_is_refused_before_any_work(tmp_path, capsys):
@@ -147,16 +137,10 @@ def test_invalid_options_are_refused(data_root, tmp_path, capsys, args, message)
     assert not (tmp_path / "r").exists()
 
 
-def _snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def existing_run(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("existing")
-    args = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main(args) == 0
-    return out
+@pytest.fixture
+def existing_run(tiny_run, tmp_path):
+    """A copy of the session's finished tiny run (N_z = 3)."""
+    return copy_run(tiny_run, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -176,18 +160,18 @@ def existing_run(tmp_path_factory, data_root):
     ],
 )
 def test_refusals_leave_an_existing_run_untouched(existing_run, data_root, capsys, args, message):
-    before = _snapshot(existing_run)
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(existing_run)]
-    assert main([*argv, *TINY, *args]) == 2
+    before = snapshot(existing_run)
+    assert main(tiny(existing_run, data_root, *args)) == 2
     assert message in capsys.readouterr().err
-    assert _snapshot(existing_run) == before
+    assert snapshot(existing_run) == before
 
 
-def test_a_different_config_in_the_folder_is_refused(data_root, tmp_path, capsys, monkeypatch):
+def test_a_different_config_in_the_folder_is_refused(
+    tiny_run, data_root, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("VAEREPRO_DATA", raising=False)  # --resume must find the data by itself
-    out = tmp_path / "run"
-    base = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main(base) == 0
+    out = copy_run(tiny_run, tmp_path)  # `base` made it, with --data-root
+    base = tiny(out, data_root)
     before = (out / "nz3-seed0.csv").read_bytes()
     assert main([*base, "--lr", "0.05"]) == 2
     assert "lr: 0.02 != 0.05" in capsys.readouterr().err

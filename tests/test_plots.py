@@ -3,46 +3,51 @@ from pathlib import Path
 
 import matplotlib.axes
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import refused, synthetic_sweep
+from helpers import copy_run, refused, synthetic_sweep
 from matplotlib.figure import Figure
 
+from vaerepro.analysis import plots
 from vaerepro.analysis.plots import PAPER_XLIM, PAPER_YLIM, fig2_limits, plot_fig2
+from vaerepro.analysis.reference import fig2
 from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
-from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import active_units, kl_per_dimension
 from vaerepro.core.model import VAE
-from vaerepro.runs.loop import train
 from vaerepro.runs.records import load_run
 
 PER_MODEL = ("recon", "samples", "interpolation", "latent", "kl_per_dim")
+NZS = (3, 5)  # conftest.tiny_sweep: 2000 samples, evaluations at 1000 and 2000
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mnist):
-    out = tmp_path_factory.mktemp("run")
-    for nz in (2, 5):
-        cfg = TrainConfig(nz=nz, hidden=32, samples=3000, eval_every=1000, train_size=2000)
-        train(cfg, mnist, out, progress=False, preset="paper")
-    return out
+@pytest.fixture
+def tiny_run(tiny_sweep, tmp_path) -> Path:
+    """A copy of the session's tiny sweep (N_z 3 and 5) as the models' training left it: its
+    CSVs, JSONs, checkpoints and weights, without what `vaerepro plot` writes (figures/,
+    REPORT.md, comparison.*) and without run.json (a folder of models trained one by one)."""
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    shutil.rmtree(run / "figures")
+    for name in ("REPORT.md", "comparison.md", "comparison.csv", "run.json"):
+        (run / name).unlink()
+    return run
 
 
-def test_plot_writes_every_file(tiny_run, data_root, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+def test_plot_writes_every_file(tiny_run, data_root):
+    run = tiny_run
     assert main(["plot", str(run), "--data-root", str(data_root)]) == 0
     figures = run / "figures"
     expected = {"fig2.png", "fig2.pdf", "components.png"}
-    expected |= {f"{kind}_nz{nz}.png" for kind in PER_MODEL for nz in (2, 5)}
+    expected |= {f"{kind}_nz{nz}.png" for kind in PER_MODEL for nz in NZS}
     assert expected <= {p.name for p in figures.iterdir()}
     assert all((figures / name).stat().st_size > 1000 for name in expected)
     report = (run / "REPORT.md").read_text()
-    assert "figures/fig2.png" in report and "| 5 | 1 | 3e3 |" in report  # N_z, seeds, samples
+    assert "figures/fig2.png" in report and "| 5 | 1 | 2e3 |" in report  # N_z, seeds, samples
     assert "active units" in report and "train samples/s" in report and '"lr": 0.02' in report
+    assert (run / "comparison.md").exists() and (run / "comparison.csv").exists()
 
 
 def test_active_units_on_a_posterior_that_ignores_dimensions():
@@ -58,26 +63,22 @@ def test_active_units_on_a_posterior_that_ignores_dimensions():
     assert active_units(kl) == 3
 
 
-def test_missing_csv_is_named(tiny_run, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+def test_missing_csv_is_named(tiny_run, capsys):
+    run = tiny_run
     (run / "nz5-seed0.csv").unlink()
     assert main(["plot", str(run)]) == 2
     assert "nz5-seed0.csv is missing" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", ["", "samples,train_elbo\n1,2\n", 'a,b\n"x\n'])
-def test_malformed_csv_is_named(tiny_run, tmp_path, content):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    (run / "nz2-seed0.csv").write_text(content)
-    with pytest.raises(RunFolderError, match="nz2-seed0.csv"):
-        make_figures(run)
+def test_malformed_csv_is_named(tiny_run, content):
+    (tiny_run / "nz3-seed0.csv").write_text(content)
+    with pytest.raises(RunFolderError, match="nz3-seed0.csv"):
+        make_figures(tiny_run)
 
 
-def test_plot_without_weights_uses_the_csvs_alone(tiny_run, tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+def test_plot_without_weights_uses_the_csvs_alone(tiny_run, capsys, monkeypatch):
+    run = tiny_run
     for pt in run.glob("*.pt"):
         pt.unlink()
 
@@ -87,22 +88,21 @@ def test_plot_without_weights_uses_the_csvs_alone(tiny_run, tmp_path, capsys, mo
     monkeypatch.setattr("vaerepro.analysis.report.load_mnist", no_data)
     assert main(["plot", str(run)]) == 0
     err = capsys.readouterr().err
-    assert "per-model figures skipped for N_z=2,5: no final weights" in err
+    assert "per-model figures skipped for N_z=3,5: no final weights" in err
     names = {p.name for p in (run / "figures").iterdir()}
     assert names == {"fig2.png", "fig2.pdf", "components.png"}
     assert (run / "comparison.md").exists() and (run / "comparison.csv").exists()
-    assert "| 5 | 1 | 3e3 |" in (run / "REPORT.md").read_text()
+    assert "| 5 | 1 | 2e3 |" in (run / "REPORT.md").read_text()
 
 
-def test_plot_with_some_weights_draws_those_models(tiny_run, data_root, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    (run / "nz2-seed0.pt").unlink()
+def test_plot_with_some_weights_draws_those_models(tiny_run, data_root, capsys):
+    run = tiny_run
+    (run / "nz3-seed0.pt").unlink()
     assert main(["plot", str(run), "--data-root", str(data_root)]) == 0
-    assert "skipped for N_z=2:" in capsys.readouterr().err
+    assert "skipped for N_z=3:" in capsys.readouterr().err
     names = {p.name for p in (run / "figures").iterdir()}
-    assert "recon_nz5.png" in names and "recon_nz2.png" not in names
-    assert "| 2 | 1 | 3e3 |" in (run / "REPORT.md").read_text()
+    assert "recon_nz5.png" in names and "recon_nz3.png" not in names
+    assert "| 3 | 1 | 2e3 |" in (run / "REPORT.md").read_text()
 
 
 def _run_with(samples, elbo):
@@ -117,22 +117,57 @@ def test_fig2_keeps_the_paper_axes_unless_ours_leave_them():
     assert widened and y0 <= -190 and y1 == PAPER_YLIM[1] and x0 < 5e4
 
 
-def test_a_short_run_draws_its_curves(tiny_run, tmp_path):
-    # 3e3 samples, ELBO far below -150: every point of ours must be inside the axes
-    runs = [(meta, df) for meta, df in load_run(tiny_run)]
+def test_a_short_run_draws_its_curves(tiny_sweep, tmp_path, monkeypatch):
+    """2e3 samples, ELBO far below -150: one panel per N_z on axes widened to hold every
+    point of ours, our train and test curves are the CSVs' values, the paper's are its
+    digitized curves where the printed figure shows them, and the legend names each once."""
+    runs = load_run(tiny_sweep.folder)
+    drawn, save = [], plots._save_figure
+    monkeypatch.setattr(
+        plots, "_save_figure", lambda fig, *a, **kw: drawn.append(fig) or save(fig, *a, **kw)
+    )
     out = tmp_path / "figures"
     out.mkdir()
     plot_fig2(runs, out)
+    assert (out / "fig2.png").stat().st_size > 1000 and (out / "fig2.pdf").stat().st_size > 1000
+    fig = drawn[0]
+    assert all(f is fig for f in drawn)  # fig2.png and fig2.pdf
     (x0, x1), (y0, y1), widened = fig2_limits(runs)
-    assert widened
-    for _, df in runs:
+    assert widened and "axes widened" in fig.get_suptitle()
+    paper = fig2()
+    paper = paper[paper.visible & (paper.method == "aevb")]
+    assert [ax.get_title() for ax in fig.axes] == [f"MNIST, $N_z = {nz}$" for nz in NZS]
+    for ax, (meta, df) in zip(fig.axes, runs, strict=True):
+        nz = meta["config"]["nz"]
+        assert ax.get_xscale() == "log"
+        assert ax.get_xlim() == pytest.approx((x0, x1)) and ax.get_ylim() == pytest.approx((y0, y1))
         assert df.samples.between(x0, x1).all()
         assert df.train_elbo.between(y0, y1).all() and df.test_elbo.between(y0, y1).all()
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        labelled = sorted(label for label in lines if not label.startswith("_"))
+        assert labelled == [
+            "ours (test)",
+            "ours (train)",
+            "paper AEVB (test)",
+            "paper AEVB (train)",
+        ]
+        for split, style in (("train", "-"), ("test", "--")):
+            ours = lines[f"ours ({split})"]
+            np.testing.assert_array_equal(ours.get_xdata(), df.samples)
+            np.testing.assert_array_equal(ours.get_ydata(), df[f"{split}_elbo"])
+            assert ours.get_linestyle() == style and ours.get_color() == plots.OURS_COLOUR
+            theirs = lines[f"paper AEVB ({split})"]
+            curve = paper[(paper.n_z == nz) & (paper.split == split)]
+            assert len(curve) and theirs.get_linestyle() == style
+            np.testing.assert_array_equal(theirs.get_xdata(), curve.samples)
+            np.testing.assert_array_equal(theirs.get_ydata(), curve.elbo)
+            assert (curve.elbo >= PAPER_YLIM[0]).all()  # the part the printed figure shows
+    legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert legend == ["paper AEVB (train)", "ours (train)", "paper AEVB (test)", "ours (test)"]
 
 
-def test_a_kill_while_plotting_keeps_the_previous_figure(tiny_run, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+def test_a_kill_while_plotting_keeps_the_previous_figure(tiny_run, monkeypatch):
+    run = tiny_run
     for pt in run.glob("*.pt"):
         pt.unlink()
     make_figures(run)

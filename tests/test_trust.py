@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, refused, snapshot
+from helpers import TINY, copy_run, refused, snapshot, tiny
 
 from vaerepro.cli import build_parser, main
 from vaerepro.core.device import resolve_device, synchronize
@@ -38,21 +38,11 @@ def record_checkpoint(folder: Path, data: bytes, status: str = "interrupted") ->
     write_meta(folder, meta)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root) -> Path:
-    """A finished tiny run (N_z = 3, 2000 samples, two evaluations) with all its files."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main(argv) == 0
-    return out
-
-
 @pytest.fixture
-def run(finished, tmp_path) -> Path:
-    """A copy of the finished run, free to damage."""
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+def run(tiny_run, tmp_path) -> Path:
+    """A copy of the session's finished tiny run (N_z = 3, 2000 samples, two evaluations),
+    free to damage."""
+    return copy_run(tiny_run, tmp_path)
 
 
 @pytest.fixture
@@ -254,14 +244,13 @@ def test_committed_results_compare_and_check(tmp_path, capsys):
     assert main(["check", str(reference), "--reference", str(reference)]) == 0
 
 
-def test_overwrite_replaces_the_whole_sweep_and_only_its_files(tmp_path, data_root):
-    out = tmp_path / "run"
-    base = ["reproduce", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main([*base, "--nz", "3", "5"]) == 0
+def test_overwrite_replaces_the_whole_sweep_and_only_its_files(tiny_sweep, tmp_path, data_root):
+    out = copy_run(tiny_sweep.folder, tmp_path)  # a finished sweep of N_z 3 and 5
+    assert {c["nz"] for c in json.loads((out / "run.json").read_text())["configs"]} == {3, 5}
     (out / "notes.txt").write_text("mine")
     (out / ".draft.tmp").write_text("mine too")
     (out / ".nz3-seed0.csv.vaerepro-ab12cd.tmp").write_text("a killed writer's")
-    assert main([*base, "--nz", "3", "--overwrite"]) == 0
+    assert main(tiny(out, data_root, "--overwrite")) == 0
     assert not list(out.glob("nz5-seed0.*"))
     assert [c["nz"] for c in json.loads((out / "run.json").read_text())["configs"]] == [3]
     assert (out / "notes.txt").read_text() == "mine"
@@ -307,17 +296,15 @@ def test_invalid_values_are_refused_before_mnist_loads(tmp_path, capsys, args, m
 def test_out_being_a_file_is_refused(tmp_path, data_root, capsys):
     out = tmp_path / "out"
     out.write_text("not a folder")
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    refused(argv, capsys, f"--out {out} is a file, not a folder")
+    refused(tiny(out, data_root), capsys, f"--out {out} is a file, not a folder")
     assert out.read_text() == "not a folder"
 
 
 def test_figures_being_a_file_is_refused_before_training_and_by_plot(run, data_root, capsys):
     (run / "figures").write_text("not a folder")
     before = snapshot(run)
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(run)]
-    with_plot = [a for a in TINY if a != "--no-plot"]
-    refused([*argv, *with_plot, "--overwrite"], capsys, f"{run / 'figures'} is a file")
+    argv = tiny(run, data_root, "--overwrite", plot=True)
+    refused(argv, capsys, f"{run / 'figures'} is a file")
     refused(["plot", str(run), "--data-root", str(data_root)], capsys, "figures is a file")
     assert snapshot(run) == before
 
@@ -348,8 +335,7 @@ def test_a_read_only_out_is_refused_before_any_work(tmp_path, data_root, capsys)
     (out / "keep.txt").write_text("kept")
     _make_read_only(out)
     try:
-        argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out)]
-        refused([*argv, *TINY], capsys, f"--out {out}: cannot write into {out}")
+        refused(tiny(out, data_root), capsys, f"--out {out}: cannot write into {out}")
         assert snapshot(out) == {"keep.txt": hashlib.sha256(b"kept").hexdigest()}
     finally:
         _make_writable(out)
@@ -375,8 +361,8 @@ def test_resuming_on_another_device_type_is_refused(unfinished, capsys):
     assert snapshot(unfinished) == before
 
 
-def test_checkpoints_hold_tensors_and_plain_data_only(finished):
-    ckpt = torch.load(finished / "nz3-seed0.ckpt", weights_only=True, map_location="cpu")
+def test_checkpoints_hold_tensors_and_plain_data_only(tiny_run):
+    ckpt = torch.load(tiny_run / "nz3-seed0.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["device"] == "cpu" and set(ckpt["rng"]) == {"torch", "cuda"}
 
 

@@ -13,8 +13,8 @@ import cloudpickle
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY
 
-from tests.helpers import TINY
 from vaerepro.cli import main
 from vaerepro.core.config import Sweep, TrainConfig, preset
 from vaerepro.runs import loop

@@ -361,8 +361,9 @@ def test_plot_settles_an_interrupted_overwrite(run, data_root, capsys):
 
 # --- Item 16 and the low items: --jobs stops are clean ----------------------------------
 
-JOBS = ["--nz", "3", "5", "--samples", "6000", "--eval-every", "1000", "--train-size", "2000"]
-JOBS += ["--no-progress", "--no-plot", "--device", "cpu", "--jobs", "2", "--threads", "1"]
+JOBS = ["--nz", "3", "5", "--samples", "4000", "--eval-every", "1000", "--train-size", "2000"]
+JOBS += ["--no-progress", "--no-plot", "--no-estimate", "--device", "cpu", "--jobs", "2"]
+JOBS += ["--threads", "1"]
 
 
 def _jobs_sweep(out: Path, data_root: Path) -> subprocess.Popen:
@@ -372,7 +373,7 @@ def _jobs_sweep(out: Path, data_root: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8, 1.5, 3.0])
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5, 3.0])
 def test_ctrl_c_while_jobs_workers_start_is_a_clean_stop(tmp_path, data_root, delay):
     """Before: about 120 lines of KeyboardInterrupt tracebacks from the workers' imports."""
     out = tmp_path / "run"

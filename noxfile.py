@@ -1,5 +1,5 @@
 """nox sessions: `nox -s reproduce -- [vaerepro reproduce options]`, `nox -s tests regression`,
-`nox -s bench`.
+`nox -s bench`, `nox -s slurm` (a single-node SLURM cluster, as root).
 
 Environments are reused between runs. With uv (`pip install "nox[uv]"`) every session's
 environment links the same cached torch, so torch is downloaded and stored once; without uv,
@@ -8,6 +8,7 @@ nox falls back to virtualenv and pip, and each session installs its own copy.
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -169,4 +170,55 @@ def update_reference(session: nox.Session) -> None:
         CI_REFERENCE,
         "--reason",
         " ".join(session.posargs),
+    )
+
+
+SLURM_DAEMONS = ("slurmctld", "slurmd", "munged")
+
+
+def _ensure_slurm(session: nox.Session) -> None:
+    """Debian's slurm-wlm and munge, installed with apt when missing (as root); otherwise
+    the session fails saying what it needs."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [d for d in SLURM_DAEMONS if shutil.which(d, path=path) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error(
+            f"nox -s slurm starts a single-node SLURM cluster and needs {', '.join(missing)}: "
+            "install Debian's slurm-wlm and munge (apt-get install slurm-wlm munge) and run "
+            "the session as root (slurmd starts jobs as their users)"
+        )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-q", "slurm-wlm", "munge", external=True, env=env)
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """`--executor slurm` on a real single-node SLURM cluster (root; slurm-wlm and munge are
+    installed with apt when missing): tests/slurm/cluster.py writes a slurm.conf for this host
+    and starts munged, slurmctld and slurmd; tests/slurm/integration.py submits a 2 N_z x 2
+    seeds sweep, preempts one job mid-run (USR2), which requeues and resumes, and compares
+    every CSV with a local run's; the daemons it started are stopped, also on failure."""
+    _ensure_slurm(session)
+    _install(session, "[test,cluster]")
+    folder = Path(session.create_tmp()).absolute() / "slurm-cluster"
+    shutil.rmtree(folder, ignore_errors=True)
+    env = {**_data_env(), "PATH": os.pathsep.join([os.environ["PATH"], "/usr/sbin", "/sbin"])}
+    session.run(
+        "python",
+        "tests/slurm/cluster.py",
+        str(folder),
+        "--",
+        "python",
+        "-m",
+        "pytest",
+        "tests/slurm/integration.py",
+        "-s",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env=env,
     )

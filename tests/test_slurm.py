@@ -21,7 +21,7 @@ from vaerepro.runs import loop
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.records import write_run_json
-from vaerepro.runs.slurm import SlurmOptions, SlurmRunner, TrainJob, read_jobs
+from vaerepro.runs.slurm import SlurmOptions, SlurmRunner, TrainJob, read_jobs, requeue
 from vaerepro.runs.sweep import plan_sweep
 from vaerepro.runs.writes import folder_lock
 
@@ -171,3 +171,19 @@ def test_status_of_local_folders_in_every_state(tmp_path, capsys):
     _, out = status(run, capsys)
     assert "1 finished, 1 pending; 2e3 of 4e3 samples (50%)" in out, out
     assert main(["status", str(tmp_path / "none")]) == 2
+
+
+def test_only_the_preemption_signal_requeues(monkeypatch):
+    """USR2 (submitit's preemption signal) goes to submitit's handler, which requeues; SIGTERM,
+    which `scancel` sends too, ends the job with its checkpoint (SLURM requeues what it
+    preempts in PreemptMode=REQUEUE by itself)."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        requeue(signal.SIGTERM)
+        assert calls == []
+        requeue(signal.SIGUSR2)
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -92,12 +93,13 @@ def test_sweep_on_slurm_survives_preemption(tmp_path: Path) -> None:
     ]
     print("the requeued job's log:\n" + "\n".join(lines), flush=True)
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log
-    assert "resuming from its checkpoint at samples=" in log
+    stopped = re.search(r"interrupted the run at samples=(\d+)", log)
+    assert stopped and f"resuming from its checkpoint at samples={stopped[1]}" in log
     print(f"slurm sweep: {time.monotonic() - start:.0f} s", flush=True)
 
     # resubmitting a finished sweep submits nothing and trains nothing
     before = {p.name: p.stat().st_mtime_ns for p in run.glob("nz*.csv")}
-    vaerepro("reproduce", "--resume", str(run), "--executor", "slurm", "--no-progress")
+    vaerepro("reproduce", "--resume", str(run), "--executor", "slurm", "--no-progress", "--no-plot")
     assert before == {p.name: p.stat().st_mtime_ns for p in run.glob("nz*.csv")}
 
     local = tmp_path / "local-run"

@@ -143,7 +143,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     data = load_mnist(plan.data_root, plan.device)  # raises DataError before any training
     estimate = measure(plan.pending, data, plan.device) if plan.pending and args.estimate else None
     progress = SweepProgress(
-        plan.pending, plan.done, plan.expected(estimate), enabled=not args.no_progress
+        plan.pending,
+        plan.done,
+        plan.expected(estimate),
+        enabled=not args.no_progress and (slurm is None or slurm.wait),  # a bar while training
     )
     with folder_lock(plan.out):  # held until the figures are drawn: `plot` waits for them
         with progress:

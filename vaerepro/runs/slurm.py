@@ -144,7 +144,7 @@ class TrainJob:
             return read_model_json(files.json).get("final", {})
         torch.set_num_threads(self.threads)
         data = load_mnist(self.data_root, device)
-        done = logged_samples(files.csv)
+        done = checkpoint_samples(files)
         start = f"resuming from its checkpoint at samples={done}" if done else "starting"
         print(f"{self.name}: {start} on {socket.gethostname()}", file=sys.stderr, flush=True)
         try:
@@ -162,7 +162,7 @@ class TrainJob:
                 )
         except Interrupted as err:
             print(err, file=sys.stderr, flush=True)
-            requeue(err.signum)
+            requeue(err.signum)  # for the preemption signal; any other: the job ends
             raise
         meta = read_model_json(files.json)
         print(f"{self.name}: finished", file=sys.stderr)
@@ -176,14 +176,26 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def checkpoint_samples(files: RunFiles) -> int:
+    """The samples of a model's checkpoint, as its JSON records them (0: none)."""
+    if not (files.ckpt.exists() and files.json.exists()):
+        return 0
+    checkpoints = read_model_json(files.json).get("checkpoints", [])
+    return checkpoints[-1]["samples"] if checkpoints else 0
+
+
 def requeue(signum: int) -> None:
-    """Hand a stop signal the loop caught to submitit's handler (installed for its preemption
-    signal before the job started, restored when the loop ended): it calls
-    `TrainJob.checkpoint`, requeues the job and exits. Outside a submitit job: returns."""
+    """Hand submitit's preemption signal (USR2 unless $SUBMITIT_PREEMPT_SIGNAL says
+    otherwise), once the loop has checkpointed, to submitit's handler (installed before the
+    job started, restored when the loop ended): it calls `TrainJob.checkpoint`, requeues the
+    job and exits. Other stop signals return here and end the job with its checkpoint: SIGTERM
+    is also what `scancel` sends, which must not requeue; SLURM requeues a job it preempts in
+    PreemptMode=REQUEUE by itself. Outside a submitit job: returns."""
     from submitit import JobEnvironment
 
     handler = signal.getsignal(JobEnvironment._usr_sig())
-    if callable(handler) and "SUBMITIT_EXECUTOR" in os.environ:
+    ours = signum == JobEnvironment._usr_sig() and "SUBMITIT_EXECUTOR" in os.environ
+    if ours and callable(handler):
         handler(signum, None)
 
 

@@ -71,14 +71,19 @@ def error_tail(log: Path, lines: int = ERROR_LINES) -> tuple[str, ...]:
 
 
 def _job_state(meta: dict | None, done: int, record: dict, queued: dict[str, str]) -> str:
-    """A submitted model's state from its job's place in the queue and its files."""
+    """A submitted model's state from its job's place in the queue and its files: a job that
+    left the queue unfinished failed, unless it stopped at a signal (its JSON says
+    "interrupted") or never started (no log)."""
     job = queued.get(record["job_id"])
     stopped = meta is not None and (meta.get("status") == "interrupted" or done > 0)
     if job in WAITING:
         return "requeued" if stopped else "pending"
     if job is not None:
         return "running"
-    return "interrupted" if meta and meta.get("status") == "interrupted" else "failed"
+    if meta and meta.get("status") == "interrupted":
+        return "interrupted"
+    # a job cancelled before it started leaves no log: stopped, not failed
+    return "failed" if Path(record["stderr"]).exists() else "interrupted"
 
 
 def _local_state(meta: dict | None, folder: Path) -> str:

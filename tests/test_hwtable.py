@@ -122,6 +122,34 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
     assert {line.count("|") - line.count("\\|") for line in table} == {14}
 
 
-def test_the_committed_benchmarks_are_full_runs():
+# `vaerepro hwtable results/bench` as committed (README, "Benchmarks"): the newer session's
+# file first (amd-epyc-2c-cpu-vm-f7767a46.json, commit 9ac2033), then the older one's.
+COMMITTED_TABLE = """\
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 3 | 31540.16 | 71577.42 | 3.13 | 2.31 | 1.27 | 0.66 | 3.08 | 0.77 | 124.49 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 5 | 31129.97 | 71577.42 | 3.07 | 2.31 | 1.30 | 0.66 | 3.08 | 0.75 | 123.43 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 10 | 30842.70 | 71577.42 | 3.08 | 2.31 | 1.33 | 0.64 | 3.08 | 0.74 | 123.68 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 20 | 29024.18 | 71577.42 | 2.85 | 2.31 | 1.29 | 0.67 | 3.08 | 0.70 | 119.00 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 200 | 20515.21 | 71577.42 | 2.37 | 2.31 | 1.29 | 0.69 | 3.08 | 0.72 | 117.35 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 3 | 26005.67 | 75263.10 | 4.47 | – | 1.18 | – | 5.01 | 0.77 | 102.64 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 5 | 25779.55 | 75263.10 | 4.33 | – | 1.19 | – | 5.01 | 0.77 | 102.22 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 10 | 25830.05 | 75263.10 | 4.50 | – | 1.17 | – | 5.01 | 0.78 | 103.58 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 20 | 26322.50 | 75263.10 | 4.54 | – | 1.24 | – | 5.01 | 0.80 | 107.92 |
+| amd-epyc-2c | cpu (AMD EPYC) | 2.14.1+cu130 | 200 | 12178.90 | 75263.10 | 2.55 | – | 1.04 | – | 5.01 | 0.51 | 69.66 |
+"""  # noqa: E501
+
+
+def test_the_committed_benchmarks_are_full_runs(capsys):
+    """Both committed benchmark files load as full runs, and the table is exactly the one
+    the README shows (a new file must be added here, with its rows)."""
     results = Path(__file__).resolve().parents[1] / "results" / "bench"
-    assert len(hardware_table(results)) >= 5
+    assert sorted(p.name for p in results.glob("*.json")) == [
+        "amd-epyc-2c-cpu-vm-f7767a46.json",
+        "amd-epyc-2c-cpu-vm.json",
+    ]
+    table = hardware_table(results)
+    assert len(table) == 10 and table["N_z"].tolist() == [3, 5, 10, 20, 200] * 2
+    assert main(["hwtable", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| machine | device | torch | N_z | train samples/s |")
+    assert lines[1].startswith("|---|---|")
+    assert "\n".join(lines[2:]) + "\n" == COMMITTED_TABLE

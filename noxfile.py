@@ -76,13 +76,21 @@ def reproduce(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint and run the test suite (MNIST from $VAEREPRO_DATA, else ../shared/data, else
-    downloaded once into ~/.cache/vaerepro/data); the 15 slowest tests are listed."""
+    downloaded once into ~/.cache/vaerepro/data); the 15 slowest tests are listed.
+
+    CI runs every test. The fast loop for development leaves out the tests marked slow (they
+    start processes of their own, or train the ci preset or past a few seconds):
+    `nox -s tests -- -m "not slow"`, or `pytest -m "not slow"` in an environment with
+    `pip install -e .[test]`. Every test process runs torch with one thread
+    (tests/conftest.py), which keeps the suite's speed on a machine shared with other work."""
     _install(session, "[test,bench]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("pytest", "--durations=15", *session.posargs, env=_data_env())
-    # the benchmarks run (tiny sizes, no timing): speed is measured by `nox -s bench`
-    session.run("pytest", "bench", "--quick", "--benchmark-disable", "-q", env=_data_env())
+    # the benchmarks run (tiny sizes, no timing): speed is measured by `nox -s bench`; one
+    # torch thread, as in the tests: 2 spin-waiting threads crawl beside any busy process
+    smoke = {**_data_env(), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    session.run("pytest", "bench", "--quick", "--benchmark-disable", "-q", env=smoke)
 
 
 BENCH_HELP = """nox -s bench -- [options]: throughput benchmarks (bench/, pytest-benchmark)

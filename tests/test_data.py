@@ -148,6 +148,7 @@ def test_a_tampered_cache_is_detected_and_rebuilt(data_root, tmp_path, monkeypat
     assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # two processes of their own
 def test_a_load_from_the_cache_imports_no_torchvision(data_root, tmp_path):
     env = {**os.environ, "VAEREPRO_CACHE": str(tmp_path / "cache"), "VAEREPRO_DATA": str(data_root)}
     code = (

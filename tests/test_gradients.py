@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY
+from helpers import tiny
 from mutations import BACKWARD_BREAKAGES
 
 from vaerepro.cli import main
@@ -124,18 +124,18 @@ def test_an_edited_forward_trains_and_evaluates_as_edited(mnist, tmp_path, monke
     assert evaluate(trained, x, generator=torch.Generator().manual_seed(0)).elbo < relu_elbo - 20
 
 
-def test_autograd_option_and_the_gaussian_decoder(data_root, tmp_path):
-    base = ["reproduce", "--nz", "3", "--data-root", str(data_root), *TINY]
-    assert main([*base, "--out", str(tmp_path / "hand")]) == 0
-    assert main([*base, "--out", str(tmp_path / "auto"), "--autograd"]) == 0
+def test_autograd_option_and_the_gaussian_decoder(tiny_run, data_root, tmp_path):
+    hand = tiny_run  # `reproduce --nz 3` of TINY, the hand-written gradient
+    assert json.loads((hand / "nz3-seed0.json").read_text())["gradient"] == "hand-written"
+    assert main(tiny(tmp_path / "auto", data_root, "--autograd")) == 0
     meta = json.loads((tmp_path / "auto" / "nz3-seed0.json").read_text())
     assert meta["gradient"] == "autograd (--autograd)"
-    hand, auto = (pd.read_csv(tmp_path / r / "nz3-seed0.csv") for r in ("hand", "auto"))
+    hand, auto = (pd.read_csv(r / "nz3-seed0.csv") for r in (hand, tmp_path / "auto"))
     cols = ["train_elbo", "test_elbo", "train_kl"]
     pd.testing.assert_frame_equal(auto[cols], hand[cols], rtol=1e-4)
 
     out = tmp_path / "gaussian"
-    argv = [*base, "--out", str(out), "--likelihood", "gaussian", "--gaussian-logvar", "-3"]
+    argv = tiny(out, data_root, "--likelihood", "gaussian", "--gaussian-logvar", "-3")
     assert main([*argv, "--samples", "20000", "--eval-every", "5000"]) == 0
     meta = json.loads((out / "nz3-seed0.json").read_text())
     assert meta["config"]["likelihood"] == "gaussian" and meta["config"]["gaussian_logvar"] == -3

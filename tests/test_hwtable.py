@@ -122,9 +122,18 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
     assert {line.count("|") - line.count("\\|") for line in table} == {16}
 
 
-def test_the_committed_benchmarks_are_full_runs():
+def test_the_committed_benchmarks_are_full_runs(capsys):
+    """Both committed benchmark files load as full runs, five N_z each (a new file must be
+    added here; its rows are pinned by the date-and-commit test below)."""
     results = Path(__file__).resolve().parents[1] / "results" / "bench"
-    assert len(hardware_table(results)) >= 5
+    assert sorted(p.name for p in results.glob("*.json")) == [
+        "amd-epyc-2c-cpu-vm-f7767a46.json",
+        "amd-epyc-2c-cpu-vm.json",
+    ]
+    table = hardware_table(results)
+    assert len(table) == 10 and table["N_z"].tolist() == [3, 5, 10, 20, 200] * 2
+    assert main(["hwtable", str(results)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 12  # header, rule, ten rows
 
 
 def test_two_sessions_of_one_machine_are_told_apart_by_date_and_commit():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from vaerepro.analysis.check import TIER1_FLOOR, TIER2_CAP, TIER2_FLOOR
 from vaerepro.analysis.reference_writer import make_reference
@@ -43,7 +44,12 @@ def _fake_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory: float 
                 for t in ("elbo", "loglik", "kl")
             ]
         )
-        write_trajectory(values, folder, TRAJECTORY)
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)  # trajectory.json records it: the fake models' count
+        try:
+            write_trajectory(values, folder, TRAJECTORY)
+        finally:
+            torch.set_num_threads(before)
     return folder
 
 

@@ -96,7 +96,14 @@ def _check_breakage(mnist, tmp_path, monkeypatch, method: str, mutation) -> None
     assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", str(TIER1_NZ)]) == 1
 
 
-@pytest.mark.parametrize("mutation", list(MUTATIONS))
+# the trajectory evaluates all 60,000 training images under this breakage (15 s)
+SLOW_MUTATIONS = {"train_on_60000_images"}
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW_MUTATIONS else []) for m in MUTATIONS],
+)
 def test_breakage_fails_tier1_on_its_numbers(mnist, tmp_path, monkeypatch, threads, mutation):
     threads(1)  # tier 1 is the same to the last bit under 1 and 2 threads, and faster
     _check_breakage(mnist, tmp_path, monkeypatch, "aevb", MUTATIONS[mutation])
@@ -108,6 +115,7 @@ def test_wake_sleep_breakage_fails_tier1(mnist, tmp_path, monkeypatch, threads, 
     _check_breakage(mnist, tmp_path, monkeypatch, "wakesleep", WAKESLEEP_MUTATIONS[mutation])
 
 
+@pytest.mark.slow  # the ci preset's N_z = 200 model, 300,000 samples under 2 threads
 def test_unbroken_ci_run_passes_tier2(mnist, tmp_path, threads):
     threads(2)  # the reference's thread count (float32 rounding depends on it)
     run = _copy_reference_run(tmp_path)
@@ -120,6 +128,7 @@ def test_unbroken_ci_run_passes_tier2(mnist, tmp_path, threads):
     assert len(tier2) == 6 and (tier2.tol < 0.5).all()
 
 
+@pytest.mark.slow  # the ci preset's N_z = 200 model, 300,000 samples under 2 threads
 def test_breakage_fails_tier2_on_its_numbers(mnist, tmp_path, monkeypatch, threads):
     """One training breakage through the real float32 run (the rest: tier 1 above)."""
     threads(2)

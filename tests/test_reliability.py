@@ -1,6 +1,13 @@
 """Crash safety: SIGKILL at random moments, stop signals, a full disk, a vanished folder,
-then --resume; guard rails."""
+then --resume; guard rails.
 
+Every run here has one torch thread (`--threads 1`), so that a run killed in a process of its
+own and resumed in pytest's process continues with the numbers of the uninterrupted run,
+trained once per module in pytest's process. Kills land at moments chosen by the run's own
+progress (rows in its CSV, fsyncs), never by wall-clock guesses: they hit mid-run on a fast
+CPU and on a loaded one."""
+
+import contextlib
 import errno
 import hashlib
 import json
@@ -16,15 +23,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import DETERMINISTIC, cli_process, rows, snapshot, wait_until
 
 from vaerepro.cli import main
 from vaerepro.core.errors import RunFolderError, TrainingDiverged
 from vaerepro.core.optim import Adagrad
-from vaerepro.runs.layout import CSV_COLUMNS
 from vaerepro.runs.loop import train
 from vaerepro.runs.writes import folder_lock
 
-DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 RUN = [
     "--nz",
     "3",
@@ -34,11 +40,19 @@ RUN = [
     "2000",
     "--train-size",
     "5000",
+    "--hidden",  # a small model: the run's seconds go to its evaluations and writes
+    "64",
+    "--adagrad-warmup",  # the first checkpoint (20 minibatches) is inside the warm-up, the
+    "30",  # later ones after it: a resume restores both phases
+    "--threads",
+    "1",
     "--no-progress",
     "--no-plot",
+    "--no-estimate",
     "--device",
     "cpu",
 ]
+ROWS = 5  # evaluations of RUN
 
 # Runs the CLI, but sends itself signals inside given fsyncs: in the middle of an atomic
 # write, after the temporary file is written and before it is renamed. argv[1]: "N:SIG,..."
@@ -59,97 +73,154 @@ sys.exit(main(sys.argv[2:]))
 
 
 # a resumed run is compared on its CSVs; its figures are tested elsewhere (test_plots, test_cli)
-RESUME = ["--no-plot", "--no-progress"]
+RESUME = ["--no-plot", "--no-progress", "--threads", "1"]
 
 
-def _cli(args, data_root):
-    cmd = [sys.executable, "-m", "vaerepro", "reproduce", *args, "--data-root", str(data_root)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _reproduce(out: Path, data_root, *args: str) -> list[str]:
+    return ["reproduce", *RUN, *args, "--out", str(out), "--data-root", str(data_root)]
 
 
-def _csv(folder) -> pd.DataFrame:
-    return pd.read_csv(Path(folder) / "nz3-seed0.csv")
+def _csv(folder, name: str = "nz3-seed0.csv") -> pd.DataFrame:
+    return pd.read_csv(Path(folder) / name)
 
 
-def _kill_moment(uninterrupted: pd.DataFrame, seed: int) -> float:
-    """Seconds after run.json appears: within the first 80% of the uninterrupted run's
-    training and evaluation (its last wall_s), so that the kill lands mid-run on any CPU."""
-    return random.Random(seed).uniform(0.0, 0.8 * uninterrupted.wall_s.iloc[-1])
+def _train_uninterrupted(out: Path, data_root, *args: str) -> None:
+    """RUN (with `args`) in pytest's process, without a stop."""
+    assert main(_reproduce(out, data_root, *args)) == 0
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("full")
-    proc = _cli([*RUN, "--out", str(out)], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
-    return _csv(out)
+def uninterrupted(tmp_path_factory, data_root) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("full") / "run"
+    _train_uninterrupted(out, data_root)
+    df = _csv(out)
+    assert df.samples.tolist() == [2000, 4000, 6000, 8000, 10000]
+    assert df.test_elbo.iloc[-1] > df.test_elbo.iloc[0] + 1  # it trains: a resume that lost
+    return df  # the model's or the optimizer's state would log other numbers
 
 
-def _resume_and_compare(out, data_root, uninterrupted):
-    proc = _cli(["--resume", str(out), *RESUME], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
-    pd.testing.assert_frame_equal(_csv(out)[DETERMINISTIC], uninterrupted[DETERMINISTIC])
+def _resume_and_compare(out, data_root, uninterrupted, name: str = "nz3-seed0.csv", *args):
+    """--resume in pytest's process, then the CSV equals the uninterrupted run's."""
+    argv = ["reproduce", "--resume", str(out), *RESUME, *args, "--data-root", str(data_root)]
+    assert main(argv) == 0
+    pd.testing.assert_frame_equal(_csv(out, name)[DETERMINISTIC], uninterrupted[DETERMINISTIC])
+    assert json.loads((Path(out) / name).with_suffix(".json").read_text())["status"] == "finished"
     assert not list(Path(out).glob(".*.tmp"))  # stale temporary files are cleaned up
 
 
+def _stop_mid_run(proc: subprocess.Popen, csv: Path) -> None:
+    """SIGSTOP `proc` and check that it is still running and has not logged its last row: a
+    signal sent before its SIGCONT lands mid-run, whatever the machine's load."""
+    proc.send_signal(signal.SIGSTOP)
+    logged = rows(csv)
+    assert proc.poll() is None and logged < ROWS, f"the run ended first ({logged} rows)"
+
+
+def _kill_at_a_random_moment(proc, csv: Path, uninterrupted: pd.DataFrame, seed: int) -> int:
+    """SIGKILL `proc` at a random moment of its run, surely mid-run: once its CSV has k rows
+    (k drawn from 0 to ROWS - 2; 0: the CSV exists, the model has started), after a random
+    part of half an evaluation interval as the uninterrupted run took it on this machine
+    (before row k + 2 unless this run is 4x faster). The process is stopped first, so that
+    the check that it has not logged its last row cannot race with its end. Returns k."""
+    rng = random.Random(seed)
+    k = rng.randrange(ROWS - 1)
+    wait_until(proc, lambda: csv.exists() and rows(csv) >= k)
+    time.sleep(rng.uniform(0.0, 0.5 * uninterrupted.wall_s.diff().median()))
+    _stop_mid_run(proc, csv)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # died by the signal
+    assert rows(csv) < ROWS
+    return k
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_seed", range(5))
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, data_root, uninterrupted, kill_seed):
     out = tmp_path / "run"
-    proc = _cli([*RUN, "--out", str(out)], data_root)
-    while not (out / "run.json").exists():  # the run has started (data loaded, folder locked)
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.02)
-    time.sleep(_kill_moment(uninterrupted, kill_seed))
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not after it had finished
+    proc = cli_process(*_reproduce(out, data_root))
+    _kill_at_a_random_moment(proc, out / "nz3-seed0.csv", uninterrupted, kill_seed)
     _resume_and_compare(out, data_root, uninterrupted)
 
 
 def _signal_in_fsync(plan: str, out: Path, data_root) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", SIGNAL_IN_FSYNC, plan, "reproduce", *RUN]
-    cmd += ["--out", str(out), "--data-root", str(data_root)]
+    cmd = [sys.executable, "-c", SIGNAL_IN_FSYNC, plan, *_reproduce(out, data_root)]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def _signals_in_fsync(plan: dict[int, int]):
+    """In pytest's process: within the block, the nth os.fsync (n in plan) first sends this
+    process the signal plan[n], in the middle of an atomic write (as SIGNAL_IN_FSYNC does in
+    a process of its own). A signal that arrives while the run under test has no handler of
+    its own is recorded instead of ending pytest, and fails the test."""
+    real, calls, unhandled = os.fsync, [0], []
+
+    def fsync(fd):
+        calls[0] += 1
+        if calls[0] in plan:
+            os.kill(os.getpid(), plan[calls[0]])
+        real(fd)
+
+    previous = {
+        s: signal.signal(s, lambda signum, frame: unhandled.append(signum))
+        for s in set(plan.values())
+    }
+    os.fsync = fsync
+    try:
+        yield
+    finally:
+        os.fsync = real
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert not unhandled, f"signals the run did not handle: {unhandled}"
 
 
 # fsyncs: run.json 1-2, model JSON 3-4, empty CSV 5-6, then per evaluation the model JSON
 # (recording the checkpoint's SHA-256) 7-8, ckpt 9-10, CSV 11-12, then JSON 13-14, ckpt 15-16,
 # CSV 17-18: odd ones fall between writing a temporary file and renaming it.
+@pytest.mark.slow
 @pytest.mark.parametrize("nth_fsync", [7, 9, 11, 15])
 def test_sigkill_during_a_checkpoint_write_then_resume(
     tmp_path, data_root, uninterrupted, nth_fsync
 ):
     out = tmp_path / "run"
     proc = _signal_in_fsync(f"{nth_fsync}:SIGKILL", out, data_root)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert list(out.glob(".*.vaerepro-*.tmp"))  # killed between writing and renaming
     _resume_and_compare(out, data_root, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_resumes(tmp_path, data_root, uninterrupted):
     out = tmp_path / "run"
-    proc = _cli([*RUN, "--out", str(out)], data_root)
+    proc = cli_process(*_reproduce(out, data_root))
     csv = out / "nz3-seed0.csv"
-    while not (csv.exists() and len(pd.read_csv(csv)) >= 1):
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.02)
+    wait_until(proc, lambda: rows(csv) >= 1)
+    _stop_mid_run(proc, csv)
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     assert proc.wait() == 130
     err = proc.stderr.read()
     assert "SIGINT interrupted the run at samples=" in err and f"--resume {out}" in err
     assert json.loads((out / "nz3-seed0.json").read_text())["status"] == "interrupted"
+    assert 1 <= rows(csv) < ROWS
     _resume_and_compare(out, data_root, uninterrupted)
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"])
-def test_other_stop_signals_checkpoint_like_sigint(tmp_path, data_root, uninterrupted, name):
+def test_other_stop_signals_checkpoint_like_sigint(
+    tmp_path, data_root, uninterrupted, capsys, name
+):
     """Sent at the first evaluation's checkpoint write (fsync 9): the run finishes that
     write, checkpoints again, records "interrupted" and exits with 128 + the signal."""
     out = tmp_path / "run"
     signum = getattr(signal, name)
-    proc = _signal_in_fsync(f"9:{name}", out, data_root)
-    assert proc.returncode == 128 + signum, proc.stderr
-    assert f"{name} interrupted the run at samples=2000" in proc.stderr
-    assert f"Resume with: vaerepro reproduce --resume {out}" in proc.stderr
+    with _signals_in_fsync({9: signum}):
+        status = main(_reproduce(out, data_root))
+    err = capsys.readouterr().err
+    assert status == 128 + signum, err
+    assert f"{name} interrupted the run at samples=2000" in err
+    assert f"Resume with: vaerepro reproduce --resume {out}" in err
     meta = json.loads((out / "nz3-seed0.json").read_text())
     assert meta["status"] == "interrupted"
     assert torch.load(out / "nz3-seed0.ckpt", weights_only=True)["samples"] == 2000
@@ -157,13 +228,14 @@ def test_other_stop_signals_checkpoint_like_sigint(tmp_path, data_root, uninterr
 
 
 def test_a_second_signal_during_the_checkpoint_write_is_harmless(
-    tmp_path, data_root, uninterrupted
+    tmp_path, data_root, uninterrupted, capsys
 ):
     """SIGTERM during the first evaluation's JSON write; SIGTERM and SIGINT again while the
     interrupt's own checkpoint is between write and rename (fsync 15)."""
     out = tmp_path / "run"
-    proc = _signal_in_fsync("7:SIGTERM,15:SIGTERM,16:SIGINT", out, data_root)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    with _signals_in_fsync({7: signal.SIGTERM, 15: signal.SIGTERM, 16: signal.SIGINT}):
+        status = main(_reproduce(out, data_root))
+    assert status == 128 + signal.SIGTERM, capsys.readouterr().err
     ckpt = (out / "nz3-seed0.ckpt").read_bytes()
     recorded = json.loads((out / "nz3-seed0.json").read_text())["checkpoints"][-1]
     assert recorded["sha256"] == hashlib.sha256(ckpt).hexdigest()
@@ -174,40 +246,30 @@ def test_second_process_on_the_same_folder_is_refused(tmp_path, data_root, capsy
     out = tmp_path / "run"
     with folder_lock(out):
         assert not list(out.iterdir())  # the lock is on the folder: no file to delete
-        rc = main(["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)])
+        rc = main(_reproduce(out, data_root))
     assert rc == 2 and f"in use by another vaerepro process (pid {os.getpid()})" in (
         capsys.readouterr().err
     )
     assert not list(out.glob("nz*"))
     # released (as it is when a process dies): the run goes ahead, and leaves no lock file
     short = ["--samples", "2000", "--eval-every", "2000"]  # one evaluation is enough here
-    argv = ["reproduce", *RUN, *short, "--out", str(out), "--data-root", str(data_root)]
-    assert main(argv) == 0
+    assert main(_reproduce(out, data_root, *short)) == 0
     assert not (out / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_vanished_run_folder_stops_the_run(tmp_path, data_root):
     out = tmp_path / "run"
-    proc = _cli([*RUN, "--out", str(out)], data_root)
-    while not (out / "nz3-seed0.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.02)
-    while out.exists():  # a temporary file may appear while the tree is being removed
-        shutil.rmtree(out, ignore_errors=True)
+    proc = cli_process(*_reproduce(out, data_root))
+    wait_until(proc, lambda: (out / "nz3-seed0.ckpt").exists())
+    _stop_mid_run(proc, out / "nz3-seed0.csv")  # nothing is written while the tree goes
+    shutil.rmtree(out)
+    proc.send_signal(signal.SIGCONT)
     assert proc.wait() == 2
     err = proc.stderr.read()
     assert f"run folder {out} was deleted or replaced while this run was writing" in err
     assert "Traceback" not in err
     assert not out.exists()  # not recreated
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file but the writer's own temporary ones (removed when a write fails)."""
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(folder.iterdir())
-        if p.is_file() and ".vaerepro-" not in p.name
-    }
 
 
 def test_a_full_disk_mid_run_is_a_clear_error_and_resumable(
@@ -221,18 +283,17 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_resumable(
     def fsync(fd):
         calls[0] += 1
         if calls[0] == 15:
-            at_fault.update(_snapshot(out))
+            at_fault.update(snapshot(out, temporary=False))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    argv = ["reproduce", *RUN, "--out", str(out), "--data-root", str(data_root)]
-    assert main(argv) == 2
+    assert main(_reproduce(out, data_root)) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert f"cannot write {out / 'nz3-seed0.ckpt'}: No space left on device" in err
     assert f"continue with: vaerepro reproduce --resume {out}" in err
-    assert _snapshot(out) == at_fault and "nz3-seed0.ckpt" in at_fault
+    assert snapshot(out, temporary=False) == at_fault and "nz3-seed0.ckpt" in at_fault
     _resume_and_compare(out, data_root, uninterrupted)
 
 
@@ -272,74 +333,59 @@ def test_cuda_or_mps_requested_where_absent(tmp_path, data_root, capsys, monkeyp
 
 # --- Wake-sleep and parallel jobs resume like a single AEVB run -----------------------------
 
+WAKESLEEP_CSV = "wakesleep-nz3-seed0.csv"
+
 
 @pytest.fixture(scope="module")
-def uninterrupted_wakesleep(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("ws")
-    proc = _cli([*RUN, "--method", "wakesleep", "--out", str(out)], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
-    return pd.read_csv(out / "wakesleep-nz3-seed0.csv")
+def uninterrupted_wakesleep(tmp_path_factory, data_root) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("ws") / "run"
+    _train_uninterrupted(out, data_root, "--method", "wakesleep")
+    df = _csv(out, WAKESLEEP_CSV)
+    assert len(df) == ROWS and df.test_elbo.iloc[-1] > df.test_elbo.iloc[0] + 1
+    return df
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_seed", range(2))
 def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wakesleep, kill_seed):
     out = tmp_path / "run"
-    proc = _cli([*RUN, "--method", "wakesleep", "--out", str(out)], data_root)
-    while not (out / "run.json").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.02)
-    time.sleep(_kill_moment(uninterrupted_wakesleep, kill_seed))
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not after it had finished
-    proc = _cli(["--resume", str(out), *RESUME], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
-    resumed = pd.read_csv(out / "wakesleep-nz3-seed0.csv")[DETERMINISTIC]
-    pd.testing.assert_frame_equal(resumed, uninterrupted_wakesleep[DETERMINISTIC])
+    proc = cli_process(*_reproduce(out, data_root, "--method", "wakesleep"))
+    _kill_at_a_random_moment(proc, out / WAKESLEEP_CSV, uninterrupted_wakesleep, kill_seed)
+    _resume_and_compare(out, data_root, uninterrupted_wakesleep, WAKESLEEP_CSV)
 
 
 # the later --nz and --samples win; 20,000 samples keep nz10 queued when the sweep stops
-SWEEP = [*RUN, "--nz", "3", "5", "10", "--samples", "20000", "--threads", "1"]
-
-
+SWEEP = ["--nz", "3", "5", "10", "--samples", "20000"]
 SWEEP_MODELS = ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_sweep(tmp_path_factory, data_root) -> dict[str, pd.DataFrame]:
-    """The CSVs of SWEEP trained one model at a time, without a stop."""
-    out = tmp_path_factory.mktemp("sweep")
-    proc = _cli([*SWEEP, "--jobs", "1", "--out", str(out)], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
-    return {name: pd.read_csv(out / name)[DETERMINISTIC] for name in SWEEP_MODELS}
+    """The CSVs of SWEEP trained one model at a time (in pytest's process), without a stop."""
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    _train_uninterrupted(out, data_root, *SWEEP, "--jobs", "1")
+    return {name: _csv(out, name)[DETERMINISTIC] for name in SWEEP_MODELS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
 def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, uninterrupted_sweep, stop):
     """Stopping `--jobs 2` with a model still queued (SIGINT: forwarded to the workers, which
     checkpoint, and the sweep ends; SIGKILL: the workers get SIGTERM from the kernel as their
     parent dies) and resuming gives the CSVs of an uninterrupted run."""
     out = tmp_path / "run"
-    proc = _cli([*SWEEP, "--jobs", "2", "--out", str(out)], data_root)
-    while not (out / "nz5-seed0.csv").exists() or len(_rows(out / "nz5-seed0.csv")) < 2:
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
+    proc = cli_process(*_reproduce(out, data_root, *SWEEP, "--jobs", "2"))
+    wait_until(proc, lambda: rows(out / "nz5-seed0.csv") >= 2)
     proc.send_signal(stop)
-    rc = proc.wait(timeout=60)  # a queued model must not keep the stopped sweep waiting
+    rc = proc.wait(timeout=120)  # a queued model must not keep the stopped sweep waiting
     assert rc == (128 + signal.SIGINT if stop == signal.SIGINT else -signal.SIGKILL)
-    deadline = time.time() + 30
-    while _locked(out):  # SIGKILL: the workers still hold the folder while they wind down
-        assert time.time() < deadline
-        time.sleep(0.1)
-    proc = _cli(["--resume", str(out), "--jobs", "2", *RESUME], data_root)
-    assert proc.wait() == 0, proc.stderr.read()
+    wait_until(None, lambda: not _locked(out), timeout=60)  # SIGKILL: the workers wind down
+    assert rows(out / "nz10-seed0.csv") == 0  # it was still queued
+    assert rows(out / "nz3-seed0.csv") < 10 and rows(out / "nz5-seed0.csv") < 10
+    argv = ["reproduce", "--resume", str(out), "--jobs", "2", *RESUME]
+    assert main([*argv, "--data-root", str(data_root)]) == 0
     for name in SWEEP_MODELS:
-        pd.testing.assert_frame_equal(
-            pd.read_csv(out / name)[DETERMINISTIC], uninterrupted_sweep[name]
-        )
-
-
-def _rows(csv: Path) -> list[str]:
-    return csv.read_text().strip().splitlines()[1:]
+        pd.testing.assert_frame_equal(_csv(out, name)[DETERMINISTIC], uninterrupted_sweep[name])
 
 
 def _locked(folder: Path) -> bool:

@@ -7,28 +7,27 @@ import matplotlib.axes
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, refused, snapshot, synthetic_sweep
+from helpers import DETERMINISTIC, copy_run, refused, snapshot, synthetic_sweep, tiny
 
 from vaerepro.analysis.compare import compare_run
 from vaerepro.analysis.reference import paper_elbo
 from vaerepro.analysis.report import make_figures
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
-from vaerepro.runs.layout import CSV_COLUMNS
 from vaerepro.runs.progress import time_left
 from vaerepro.runs.records import load_run
-
-NUMBERS = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_root):
-    """A finished 3-seed sweep over N_z 3 and 5 (with the arguments that made it)."""
+    """A finished 3-seed sweep over N_z 3 and 5, one model at a time with one thread (with
+    the arguments that made it). Tests read it, or change a copy."""
     out = tmp_path_factory.mktemp("sweep") / "run"
-    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "2", "--out", str(out)]
-    argv += ["--data-root", str(data_root), *TINY]
+    argv = tiny(out, data_root, "--seeds", "0", "1", "2", "--threads", "1", nz=(3, 5))
     assert main(argv) == 0
-    return out, argv
+    before = snapshot(out)
+    yield out, argv
+    assert snapshot(out) == before, "a test changed the module's sweep"
 
 
 def test_a_sweep_writes_every_pair_and_records_it(sweep):
@@ -47,10 +46,10 @@ def test_a_sweep_writes_every_pair_and_records_it(sweep):
 def test_each_model_of_a_sweep_is_the_one_seed_run(sweep, tmp_path, data_root):
     out, _ = sweep
     alone = tmp_path / "alone"
-    argv = ["reproduce", "--nz", "5", "--seed", "1", "--out", str(alone)]
-    assert main([*argv, "--data-root", str(data_root), *TINY]) == 0
+    assert main(tiny(alone, data_root, "--seed", "1", nz=(5,))) == 0
     pd.testing.assert_frame_equal(
-        pd.read_csv(alone / "nz5-seed1.csv")[NUMBERS], pd.read_csv(out / "nz5-seed1.csv")[NUMBERS]
+        pd.read_csv(alone / "nz5-seed1.csv")[DETERMINISTIC],
+        pd.read_csv(out / "nz5-seed1.csv")[DETERMINISTIC],
     )
 
 
@@ -82,19 +81,18 @@ def test_another_sweep_is_refused_and_changes_nothing(sweep, capsys, change, dif
     assert snapshot(out) == before
 
 
-def test_unlisted_model_files_are_refused_and_ignored(sweep, tmp_path, capsys, data_root):
+def test_unlisted_model_files_are_refused_and_ignored(sweep, tiny_run, tmp_path, capsys, data_root):
     out, _ = sweep
-    folder = tmp_path / "mixed"
-    argv = ["reproduce", "--nz", "3", "--out", str(folder), "--data-root", str(data_root)]
-    assert main([*argv, *TINY]) == 0
+    folder = copy_run(tiny_run, tmp_path, "mixed")  # `reproduce --nz 3` of TINY
+    argv = tiny(folder, data_root)
     for suffix in ("csv", "json"):  # a model of another sweep, copied in by hand
         (folder / f"nz5-seed2.{suffix}").write_bytes((out / f"nz5-seed2.{suffix}").read_bytes())
     assert [(m["config"]["nz"], m["config"]["seed"]) for m, _ in load_run(folder)] == [(3, 0)]
     before = snapshot(folder)
     (folder / "run.json").rename(tmp_path / "run.json")
-    refused([*argv, *TINY], capsys, "model files that its run.json does not list", "nz3-seed0")
+    refused(argv, capsys, "model files that its run.json does not list", "nz3-seed0")
     (tmp_path / "run.json").rename(folder / "run.json")
-    refused([*argv, *TINY], capsys, "nz5-seed2.csv, nz5-seed2.json")
+    refused(argv, capsys, "nz5-seed2.csv, nz5-seed2.json")
     assert snapshot(folder) == before
 
 
@@ -105,8 +103,7 @@ def test_overwrite_leaves_no_model_of_the_old_sweep(sweep, tmp_path, data_root):
     for p in out.iterdir():
         if p.is_file():
             (folder / p.name).write_bytes(p.read_bytes())
-    argv = ["reproduce", "--nz", "3", "--seeds", "4", "--out", str(folder), "--overwrite"]
-    assert main([*argv, "--data-root", str(data_root), *TINY]) == 0
+    assert main(tiny(folder, data_root, "--seeds", "4", "--overwrite")) == 0
     stems = {p.name.split(".")[0] for p in folder.glob("nz*")}
     assert stems == {"nz3-seed4"}
     record = json.loads((folder / "run.json").read_text())
@@ -199,10 +196,8 @@ def test_fig2_draws_the_band_and_the_report_the_spread(sweep, monkeypatch, tmp_p
     assert f"{np.mean(last):.2f} ± {np.std(last, ddof=1):.2f}" in report
 
 
-def test_one_seed_draws_no_band(monkeypatch, tmp_path, data_root):
-    out = tmp_path / "one"
-    argv = ["reproduce", "--nz", "3", "--out", str(out), "--data-root", str(data_root), *TINY]
-    assert main(argv) == 0
+def test_one_seed_draws_no_band(tiny_run, monkeypatch, tmp_path):
+    out = copy_run(tiny_run, tmp_path, "one")  # `reproduce --nz 3`: seed 0 alone
     calls = []
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda *a, **k: calls.append(1))
     (out / "nz3-seed0.pt").unlink()
@@ -210,8 +205,8 @@ def test_one_seed_draws_no_band(monkeypatch, tmp_path, data_root):
     assert not calls
 
 
-def test_per_model_figures_for_a_chosen_seed(sweep, capsys, data_root, monkeypatch):
-    out, _ = sweep
+def test_per_model_figures_for_a_chosen_seed(sweep, tmp_path, capsys, data_root, monkeypatch):
+    out = copy_run(sweep[0], tmp_path)
     loaded = []
     monkeypatch.setattr(
         "vaerepro.analysis.report.load_model", lambda f: loaded.append(f.stem) or None
@@ -248,38 +243,39 @@ def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
 def test_stacked_trains_each_seed_as_separate_runs(sweep, tmp_path, data_root):
     out, _ = sweep
     stacked = tmp_path / "stacked"
-    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "2", "--stacked"]
-    assert main([*argv, "--out", str(stacked), "--data-root", str(data_root), *TINY]) == 0
+    argv = tiny(stacked, data_root, "--seeds", "0", "1", "2", "--stacked", nz=(3, 5))
+    assert main(argv) == 0
     for nz, seed in [(3, 0), (5, 1), (3, 2)]:
         meta = json.loads((stacked / f"nz{nz}-seed{seed}.json").read_text())
         assert meta["stacked_with_nz"] == [3, 5]  # one stacked step per seed
         name = f"nz{nz}-seed{seed}.csv"
         pd.testing.assert_frame_equal(
-            pd.read_csv(stacked / name)[NUMBERS], pd.read_csv(out / name)[NUMBERS], rtol=1e-4
+            pd.read_csv(stacked / name)[DETERMINISTIC],
+            pd.read_csv(out / name)[DETERMINISTIC],
+            rtol=1e-4,
         )
 
 
+@pytest.mark.slow  # processes of their own
 def test_jobs_do_not_change_the_numbers(sweep, tmp_path, data_root, capsys):
-    """2 jobs of 1 thread and 1 job of 1 thread give identical CSVs; the thread count is
-    recorded in every model's JSON. With 2 jobs one progress bar counts the whole sweep."""
-    argv = ["reproduce", "--nz", "3", "5", "--seeds", "0", "1", "--threads", "1"]
-    argv += ["--data-root", str(data_root), *TINY]
-    with_bar = [a for a in argv if a != "--no-progress"]
-    assert main([*with_bar, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    """2 jobs of 1 thread and 1 job of 1 thread (the module's sweep) give identical CSVs; the
+    thread count is recorded in every model's JSON. With 2 jobs one progress bar counts the
+    whole sweep."""
+    one, _ = sweep
+    two = tmp_path / "two"
+    argv = tiny(two, data_root, "--seeds", "0", "1", "--threads", "1", "--jobs", "2", nz=(3, 5))
+    assert main([a for a in argv if a != "--no-progress"]) == 0  # with the bar
     err = capsys.readouterr().err
     assert "4 model(s)" in err and "2 job(s) of 1 thread(s)" in err
     assert "model 4/4 (N_z=5 seed 1): finished" in err
     assert "sweep: 100%" in err and "8.00k/8.00k" in err  # 4 models x 2000 samples
-    assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     for nz, seed in [(3, 0), (5, 0), (3, 1), (5, 1)]:
         name = f"nz{nz}-seed{seed}"
-        for run in ("one", "two"):
-            assert (
-                json.loads((tmp_path / run / f"{name}.json").read_text())["device"]["threads"] == 1
-            )
+        for run in (one, two):
+            assert json.loads((run / f"{name}.json").read_text())["device"]["threads"] == 1
         pd.testing.assert_frame_equal(
-            pd.read_csv(tmp_path / "one" / f"{name}.csv")[NUMBERS],
-            pd.read_csv(tmp_path / "two" / f"{name}.csv")[NUMBERS],
+            pd.read_csv(one / f"{name}.csv")[DETERMINISTIC],
+            pd.read_csv(two / f"{name}.csv")[DETERMINISTIC],
         )
 
 
@@ -298,7 +294,7 @@ def test_time_left_counts_the_samples_of_every_job():
 
 
 def test_jobs_are_checked_before_any_work(tmp_path, capsys):
-    base = ["reproduce", "--nz", "3", "--out", str(tmp_path / "r"), *TINY]
+    base = tiny(tmp_path / "r", None)
     refused([*base, "--jobs", "0"], capsys, "--jobs must be at least 1, got 0")
     refused([*base, "--jobs", "2", "--stacked"], capsys, "does not combine with")
     refused([*base, "--stacked", "--autograd"], capsys, "--autograd was given")

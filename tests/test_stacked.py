@@ -3,17 +3,16 @@
 import pandas as pd
 import pytest
 import torch
+from helpers import DETERMINISTIC, tiny
 
 from vaerepro.cli import main
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.gradients import BernoulliGradients
 from vaerepro.core.model import VAE
 from vaerepro.runs import writes
-from vaerepro.runs.layout import CSV_COLUMNS
 from vaerepro.runs.loop import train, train_together
 from vaerepro.runs.records import read_json
 
-DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 NZS = (2, 5, 3)
 
 
@@ -96,11 +95,12 @@ def test_crash_between_the_models_checkpoints(mnist, tmp_path, tiny_cfg, monkeyp
         pd.testing.assert_frame_equal(df[DETERMINISTIC], expected[DETERMINISTIC], rtol=1e-4)
 
 
-def test_cli_stacked(data_root, tmp_path, capsys):
+def test_cli_stacked(tiny_sweep, data_root, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["reproduce", "--nz", "3", "5", "--samples", "2000", "--eval-every", "1000"]
-    args += ["--train-size", "2000", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*args, "--stacked", "--no-progress", "--no-plot"]) == 0
+    assert main(tiny(out, data_root, "--stacked", nz=(3, 5))) == 0
     assert "N_z=3 seed 0, N_z=5 seed 0: in one stacked step" in capsys.readouterr().err
-    for nz in (3, 5):
-        assert len(pd.read_csv(out / f"nz{nz}-seed0.csv")) == 2
+    for nz in (3, 5):  # the numbers of the session's separate runs of the same config
+        name = f"nz{nz}-seed0.csv"
+        stacked, alone = (pd.read_csv(folder / name) for folder in (out, tiny_sweep.folder))
+        assert len(stacked) == 2
+        pd.testing.assert_frame_equal(stacked[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)

@@ -1,8 +1,10 @@
+import hashlib
 import json
 
 import pandas as pd
 import pytest
 import torch
+from helpers import DETERMINISTIC
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import TrainingDiverged
@@ -11,40 +13,78 @@ from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 from vaerepro.runs.loop import train
 
-DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _assert_finished_run(folder, cfg: TrainConfig, df: pd.DataFrame) -> dict:
+    """The files of a finished model and what its CSV must hold: a row at every eval_every
+    samples, the clock and rate positive and the clock rising, the ELBO = loglik - KL below
+    0 and rising over the run; the JSON records the config and the SHA-256 of the weights and
+    of the last checkpoint. Returns the JSON."""
+    files = RunFiles.of_config(folder, cfg)
+    assert all(p.is_file() for p in (files.csv, files.json, files.ckpt, files.weights))
+    assert df.samples.tolist() == list(range(cfg.eval_every, cfg.samples + 1, cfg.eval_every))
+    # what train returned, as the CSV writes it (6 decimals)
+    pd.testing.assert_frame_equal(pd.read_csv(files.csv), df, check_exact=False, rtol=0, atol=6e-7)
+    assert list(df.columns) == CSV_COLUMNS
+    assert (df.wall_s > 0).all() and (df.wall_s.diff().dropna() > 0).all()
+    assert (df.train_samples_per_s > 0).all()
+    for split in ("train", "test"):
+        elbo = df[f"{split}_elbo"]
+        assert (elbo < 0).all() and elbo.iloc[-1] > elbo.iloc[0]
+        loglik_minus_kl = df[f"{split}_loglik"] - df[f"{split}_kl"]
+        assert elbo.values == pytest.approx(loglik_minus_kl.values, abs=1e-4)
+        assert (df[f"{split}_kl"] >= 0).all()
+    meta = json.loads(files.json.read_text())
+    assert meta["config"] == cfg.to_dict() and meta["status"] == "finished"
+    assert meta["weights_sha256"] == _sha256(files.weights)
+    assert meta["checkpoints"][-1] == {"samples": cfg.samples, "sha256": _sha256(files.ckpt)}
+    assert torch.load(files.ckpt, weights_only=True)["samples"] == cfg.samples
+    return meta
+
+
+@pytest.mark.slow  # the paper's model, 300 minibatches and three evaluations of 60,000 images
 def test_a_few_hundred_steps_raise_the_elbo(mnist, tmp_path):
     cfg = TrainConfig(
         nz=20, samples=30_000, eval_every=10_000
     )  # 300 minibatches of the paper model
     df = train(cfg, mnist, tmp_path, progress=False)
     assert df.samples.tolist() == [10_000, 20_000, 30_000]
+    assert df.test_elbo.is_monotonic_increasing and df.train_elbo.is_monotonic_increasing
     assert df.test_elbo.iloc[-1] > df.test_elbo.iloc[0] + 5  # nats per datapoint
     assert df.train_elbo.iloc[-1] > -250  # untrained: about -543 (= -784 log 2)
+    _assert_finished_run(tmp_path, cfg, df)
 
 
-def test_csv_and_json_follow_the_contract(mnist, tmp_path, tiny_cfg):
-    train(tiny_cfg, mnist, tmp_path, progress=False, preset="paper")
-    files = RunFiles.of(tmp_path, tiny_cfg.nz, tiny_cfg.seed)
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory, mnist):
+    """conftest.tiny_cfg trained once for the module (its folder, its rows)."""
+    cfg = TrainConfig(
+        nz=3, hidden=64, samples=2000, eval_every=1000, train_size=2000, adagrad_warmup=5
+    )
+    folder = tmp_path_factory.mktemp("tiny-trained")
+    return folder, train(cfg, mnist, folder, progress=False, preset="paper")
+
+
+def test_csv_and_json_follow_the_contract(tiny_trained, tiny_cfg):
+    folder, df = tiny_trained
+    files = RunFiles.of(folder, tiny_cfg.nz, tiny_cfg.seed)
     assert files.csv.name == "nz3-seed0.csv" and files.weights.exists()
-    df = pd.read_csv(files.csv)
-    assert list(df.columns) == CSV_COLUMNS and len(df) == 2
-    assert (df.train_elbo < 0).all() and (df.test_elbo < 0).all()
-    assert df.train_elbo.values == pytest.approx((df.train_loglik - df.train_kl).values, abs=1e-4)
-    assert (df.wall_s.diff().dropna() > 0).all() and (df.train_samples_per_s > 0).all()
-    meta = json.loads(files.json.read_text())
-    assert meta["config"] == tiny_cfg.to_dict() and meta["status"] == "finished"
+    meta = _assert_finished_run(folder, tiny_cfg, df)
+    assert len(df) == 2
     assert meta["seed"] == 0 and meta["preset"] == "paper"
     assert meta["versions"]["torch"] == torch.__version__ and meta["device"]["type"] == "cpu"
+    assert meta["device"]["threads"] == torch.get_num_threads()
     assert "commit" in meta["git"] and meta["final"]["test_elbo"] == pytest.approx(
         df.test_elbo.iloc[-1]
     )
     assert load_model(files).enc.weight.shape == (64, 784)
 
 
-def test_same_seed_same_numbers_other_seed_other_numbers(mnist, tmp_path, tiny_cfg):
-    a = train(tiny_cfg, mnist, tmp_path / "a", progress=False)
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_trained, mnist, tmp_path, tiny_cfg):
+    _, a = tiny_trained
     b = train(tiny_cfg, mnist, tmp_path / "b", progress=False)
     c = train(tiny_cfg.replace(seed=1), mnist, tmp_path / "c", progress=False)
     pd.testing.assert_frame_equal(a[DETERMINISTIC], b[DETERMINISTIC])
@@ -56,6 +96,8 @@ def test_other_protocol_choices_train(mnist, tmp_path, tiny_cfg, sampling, binar
     cfg = tiny_cfg.replace(sampling=sampling, binarize=binarize, optimizer="torch_adagrad")
     df = train(cfg, mnist, tmp_path, progress=False)
     assert df.test_elbo.notna().all() and len(df) == 2
+    meta = _assert_finished_run(tmp_path, cfg, df)
+    assert (meta["config"]["sampling"], meta["config"]["binarize"]) == (sampling, binarize)
 
 
 def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monkeypatch):
@@ -79,6 +121,7 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     assert len(pd.read_csv(tmp_path / "crashed" / "nz3-seed0.csv")) == 1
     resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
+    _assert_finished_run(tmp_path / "crashed", cfg, resumed)
 
 
 def test_divergence_stops_with_nz_and_sample_count(mnist, tmp_path, tiny_cfg):

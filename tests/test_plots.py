@@ -91,7 +91,7 @@ def test_plot_without_weights_uses_the_csvs_alone(tiny_run, capsys, monkeypatch)
     assert "per-model figures skipped for N_z=3,5: no final weights" in err
     names = {p.name for p in (run / "figures").iterdir()}
     # KL per dimension: from the values the JSONs record (issue 24, item 15)
-    kl_figures = {"kl_per_dim_nz2.png", "kl_per_dim_nz5.png"}
+    kl_figures = {"kl_per_dim_nz3.png", "kl_per_dim_nz5.png"}
     assert names == {"fig2.png", "fig2.pdf", "components.png", *kl_figures}
     assert (run / "comparison.md").exists() and (run / "comparison.csv").exists()
     assert "| 5 | 1 | 2e3 |" in (run / "REPORT.md").read_text()

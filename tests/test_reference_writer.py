@@ -21,12 +21,13 @@ REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
 
 
 def _fake_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory: float | None = None):
-    """A run folder of the ci config (one row at 1e5 samples per N_z); with `trajectory`, a
-    tier-1 file whose values all equal it."""
+    """A run folder of the ci config, one evaluation long (one row at 1e5 samples per N_z);
+    with `trajectory`, a tier-1 file whose values all equal it."""
+
     folder.mkdir(parents=True)
     for nz in nzs:
         meta = {
-            "config": preset("ci").replace(nz=nz, seed=seed).to_dict(),
+            "config": preset("ci").replace(nz=nz, seed=seed, samples=100_000).to_dict(),
             "device": {"threads": 2},
             "versions": {"torch": "2.14.1"},
         }

@@ -18,8 +18,9 @@ import pytest
 
 from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
-from vaerepro.core.config import TrainConfig
+from vaerepro.core.config import TrainConfig, preset
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
+from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
 # The CSV columns a run reproduces to the last bit (under the same thread count): all but
 # the clock's.
@@ -143,4 +144,35 @@ def synthetic_sweep(folder: Path, nz: int, offsets, samples, method: str = "aevb
         pd.DataFrame(rows).to_csv(files.csv, index=False)
         files.json.write_text(json.dumps({"config": cfg}))
     (folder / "run.json").write_text(json.dumps({"preset": "paper", "configs": configs}))
+    return folder
+
+
+def fake_ci_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory=None) -> Path:
+    """A run folder of the ci config, one evaluation long (one row at 1e5 samples per N_z),
+    for make-reference and check; with `trajectory`, a tier-1 file whose values all equal it."""
+    folder.mkdir(parents=True)
+    for nz in nzs:
+        meta = {
+            "config": preset("ci").replace(nz=nz, seed=seed, samples=100_000).to_dict(),
+            "device": {"threads": 2, "type": "cpu"},
+            "versions": {"torch": "2.14.1"},
+        }
+        (folder / f"nz{nz}-seed{seed}.json").write_text(json.dumps(meta))
+        row = {c: 0.0 for c in CSV_COLUMNS} | {"samples": 100000}
+        row |= {"train_elbo": elbo, "test_elbo": elbo / 2}
+        pd.DataFrame([row]).to_csv(folder / f"nz{nz}-seed{seed}.csv", index=False)
+    if trajectory is not None:
+        values = pd.DataFrame(
+            [
+                {"method": m, "nz": nz, "split": s, "samples": 1000, "term": t, "value": trajectory}
+                for m in ("aevb", "wakesleep")
+                for nz in nzs
+                for s in ("train", "test")
+                for t in ("elbo", "loglik", "kl")
+            ]
+        )
+        write_trajectory(values, folder, TRAJECTORY)
+        meta = json.loads((folder / "trajectory.json").read_text())
+        meta["device"]["threads"] = 2  # as the fake models: one rounding-run label
+        (folder / "trajectory.json").write_text(json.dumps(meta))
     return folder

@@ -8,50 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+from helpers import fake_ci_run
 
 from vaerepro.analysis.check import TIER1_FLOOR, TIER2_CAP, TIER2_FLOOR
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.cli import main
-from vaerepro.core.config import preset
-from vaerepro.runs.layout import CSV_COLUMNS
-from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
-
-
-def _fake_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory: float | None = None):
-    """A run folder of the ci config, one evaluation long (one row at 1e5 samples per N_z);
-    with `trajectory`, a tier-1 file whose values all equal it."""
-
-    folder.mkdir(parents=True)
-    for nz in nzs:
-        meta = {
-            "config": preset("ci").replace(nz=nz, seed=seed, samples=100_000).to_dict(),
-            "device": {"threads": 2},
-            "versions": {"torch": "2.14.1"},
-        }
-        (folder / f"nz{nz}-seed{seed}.json").write_text(json.dumps(meta))
-        row = {c: 0.0 for c in CSV_COLUMNS} | {"samples": 100000}
-        row |= {"train_elbo": elbo, "test_elbo": elbo / 2}
-        pd.DataFrame([row]).to_csv(folder / f"nz{nz}-seed{seed}.csv", index=False)
-    if trajectory is not None:
-        values = pd.DataFrame(
-            [
-                {"method": m, "nz": nz, "split": s, "samples": 1000, "term": t, "value": trajectory}
-                for m in ("aevb", "wakesleep")
-                for nz in nzs
-                for s in ("train", "test")
-                for t in ("elbo", "loglik", "kl")
-            ]
-        )
-        before = torch.get_num_threads()
-        torch.set_num_threads(2)  # trajectory.json records it: the fake models' count
-        try:
-            write_trajectory(values, folder, TRAJECTORY)
-        finally:
-            torch.set_num_threads(before)
-    return folder
 
 
 def _checksums(folder: Path) -> dict:
@@ -61,11 +24,11 @@ def _checksums(folder: Path) -> dict:
 @pytest.fixture
 def inputs(tmp_path):
     seeds = [
-        _fake_run(tmp_path / "s0", 0, -150.0, trajectory=-100.0),
-        _fake_run(tmp_path / "s1", 1, -149.0),
-        _fake_run(tmp_path / "s2", 2, -148.0),
+        fake_ci_run(tmp_path / "s0", 0, -150.0, trajectory=-100.0),
+        fake_ci_run(tmp_path / "s1", 1, -149.0),
+        fake_ci_run(tmp_path / "s2", 2, -148.0),
     ]
-    rounding = [_fake_run(tmp_path / "threads1", 0, -150.02, trajectory=-100.0 + 1e-9)]
+    rounding = [fake_ci_run(tmp_path / "threads1", 0, -150.02, trajectory=-100.0 + 1e-9)]
     return seeds, rounding
 
 
@@ -88,10 +51,10 @@ def test_make_reference_measures_spread_and_drift(tmp_path, inputs):
 
 
 def test_tier2_tolerance_is_three_drifts_below_the_cap(tmp_path):
-    seeds = [_fake_run(tmp_path / "s0", 0, -150.0, trajectory=-1.0)]
-    seeds.append(_fake_run(tmp_path / "s1", 1, -149.0))
-    rounding = [_fake_run(tmp_path / "r1", 0, -150.06, trajectory=-1.0)]
-    rounding.append(_fake_run(tmp_path / "r2", 0, -151.0))  # the test ELBO drifts 0.5
+    seeds = [fake_ci_run(tmp_path / "s0", 0, -150.0, trajectory=-1.0)]
+    seeds.append(fake_ci_run(tmp_path / "s1", 1, -149.0))
+    rounding = [fake_ci_run(tmp_path / "r1", 0, -150.06, trajectory=-1.0)]
+    rounding.append(fake_ci_run(tmp_path / "r2", 0, -151.0))  # the test ELBO drifts 0.5
     tol = make_reference(seeds, tmp_path / "ref", "test", rounding).set_index(["tier", "split"])
     assert tol.loc[(2, "train"), "rounding"] == pytest.approx(TIER2_CAP)  # 3 * 1.0, capped
     assert tol.loc[(2, "test"), "rounding"] == pytest.approx(TIER2_CAP)  # 3 * 0.5, capped
@@ -113,7 +76,7 @@ def test_out_that_is_an_input_is_refused(tmp_path, inputs, capsys):
 
 def test_out_with_files_it_did_not_write_is_refused(tmp_path, inputs, capsys):
     seeds, rounding = inputs
-    out = _fake_run(tmp_path / "someone-elses-run", 0, -1.0)
+    out = fake_ci_run(tmp_path / "someone-elses-run", 0, -1.0)
     before = _checksums(out)
     argv = ["make-reference", *map(str, seeds), "--rounding-runs", str(rounding[0])]
     assert main([*argv, "--out", str(out), "--reason", "r"]) == 2
@@ -123,16 +86,16 @@ def test_out_with_files_it_did_not_write_is_refused(tmp_path, inputs, capsys):
 
 def test_rewrite_removes_only_files_it_wrote(tmp_path):
     nzs = (3, 5)
-    seeds = [_fake_run(tmp_path / "s0", 0, -150.0, nzs, trajectory=-1.0)]
-    seeds += [_fake_run(tmp_path / "s1", 1, -149.0, nzs)]
-    rounding = [_fake_run(tmp_path / "r", 0, -150.0, nzs, -1.0)]
+    seeds = [fake_ci_run(tmp_path / "s0", 0, -150.0, nzs, trajectory=-1.0)]
+    seeds += [fake_ci_run(tmp_path / "s1", 1, -149.0, nzs)]
+    rounding = [fake_ci_run(tmp_path / "r", 0, -150.0, nzs, -1.0)]
     out = tmp_path / "ref"
     make_reference(seeds, out, "first", rounding)
     (out / "notes.md").write_text("mine")
     (out / "nz5-seed1.csv").write_text("not the writer's")
-    fewer = [_fake_run(tmp_path / "t0", 0, -150.0, (3,), trajectory=-1.0)]
-    fewer += [_fake_run(tmp_path / "t1", 1, -149.0, (3,))]
-    make_reference(fewer, out, "second", [_fake_run(tmp_path / "q", 0, -150.0, (3,), -1.0)])
+    fewer = [fake_ci_run(tmp_path / "t0", 0, -150.0, (3,), trajectory=-1.0)]
+    fewer += [fake_ci_run(tmp_path / "t1", 1, -149.0, (3,))]
+    make_reference(fewer, out, "second", [fake_ci_run(tmp_path / "q", 0, -150.0, (3,), -1.0)])
     assert not (out / "nz5-seed0.csv").exists() and (out / "nz3-seed0.csv").exists()
     assert (out / "notes.md").read_text() == "mine"
     assert (out / "nz5-seed1.csv").read_text() == "not the writer's"

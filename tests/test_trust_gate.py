@@ -12,28 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import fake_ci_run, refused
 
 from vaerepro.analysis import reference_writer
 from vaerepro.analysis.check import check_run
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.cli import main
-from vaerepro.core.config import preset
 from vaerepro.runs import writes
-from vaerepro.runs.layout import CSV_COLUMNS
-from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ci"
-
-
-def _refused(argv: list[str], capsys, *messages: str) -> str:
-    """Run the CLI; assert exit status 2, each message in stderr and no traceback."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    for message in messages:
-        assert message in err, err
-    assert "Traceback" not in err
-    return err
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -107,7 +94,7 @@ def _set_tolerance(ref: Path, tier: int, mode: str, value, first_only=False) -> 
     _reseal(ref)
 
 
-def test_an_infinite_tier1_seeds_tolerance_is_refused(tmp_path, capsys):
+def test_an_infinite_tier1_seeds_tolerance_isrefused(tmp_path, capsys):
     """tier 1's seeds column set to inf let `check --tolerance seeds` pass a trajectory
     multiplied by 1.5."""
     ref = _copy(tmp_path)
@@ -117,14 +104,14 @@ def test_an_infinite_tier1_seeds_tolerance_is_refused(tmp_path, capsys):
     traj["value"] *= 1.5
     traj.to_csv(run / "trajectory.csv", index=False, float_format="%.17g")
     argv = ["check", str(run), "--reference", str(ref), "--tolerance", "seeds"]
-    _refused(argv, capsys, f"{ref / 'tolerances.csv'}, row 2 (N_z=3, test elbo at 1000 samples)")
+    refused(argv, capsys, f"{ref / 'tolerances.csv'}, row 2 (N_z=3, test elbo at 1000 samples)")
 
 
 @pytest.mark.parametrize(
     "mode, value, bound",
     [("seeds", "49", "the bound from spread.csv is 8.31646"), ("rounding", "0.45", "is 0.1")],
 )
-def test_a_tier2_tolerance_beyond_its_bound_is_refused(tmp_path, capsys, mode, value, bound):
+def test_a_tier2_tolerance_beyond_its_bound_isrefused(tmp_path, capsys, mode, value, bound):
     """Tier-2 tolerances below the fixed limits (50 nats for seeds) but beyond what the
     reference's spread or drift gives let a run shifted by -30 nats (seeds) or 0.4 nats
     (rounding at N_z = 3, drift 6e-5) pass."""
@@ -133,7 +120,7 @@ def test_a_tier2_tolerance_beyond_its_bound_is_refused(tmp_path, capsys, mode, v
     run = _copy(tmp_path, "run")
     _shift(run, -30.0 if mode == "seeds" else -0.4)
     argv = ["check", str(run), "--reference", str(ref), "--tolerance", mode]
-    err = _refused(argv, capsys, f"{ref / 'tolerances.csv'}: the {mode} tolerance '{value}'")
+    err = refused(argv, capsys, f"{ref / 'tolerances.csv'}: the {mode} tolerance '{value}'")
     assert "(row 242)" in err and bound in err
 
 
@@ -146,7 +133,7 @@ def test_a_tier2_tolerance_beyond_its_bound_is_refused(tmp_path, capsys, mode, v
         ("drift.csv", "drift", "inf", "drift is not a finite number >= 0"),
     ],
 )
-def test_a_spread_or_drift_that_cannot_be_measured_is_refused(
+def test_a_spread_or_drift_that_cannot_be_measured_isrefused(
     tmp_path, capsys, name, column, value, why
 ):
     """The bounds' own files are checked: a standard deviation beyond the range of the
@@ -156,7 +143,7 @@ def test_a_spread_or_drift_that_cannot_be_measured_is_refused(
     table.loc[0, column] = value
     table.to_csv(ref / name, index=False)
     _reseal(ref)
-    _refused(["check", str(ref), "--reference", str(ref)], capsys, f"{ref / name}, row 2", why)
+    refused(["check", str(ref), "--reference", str(ref)], capsys, f"{ref / name}, row 2", why)
 
 
 def test_check_says_which_tolerances_it_used(capsys):
@@ -177,7 +164,7 @@ def test_a_reference_model_json_without_device_is_a_clear_error(tmp_path, capsys
     del meta["device"]
     (ref / "nz20-seed0.json").write_text(json.dumps(meta))
     _reseal(ref)
-    _refused(
+    refused(
         ["check", str(REFERENCE), "--reference", str(ref)],
         capsys,
         f"{ref / 'nz20-seed0.json'} lacks the field 'device'",
@@ -192,53 +179,22 @@ def test_a_malformed_reference_json_is_a_clear_error(tmp_path, capsys, made, fil
     meta["files"] = files
     (ref / "reference.json").write_text(json.dumps(meta))
     before = _snapshot(ref)
-    _refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "reference.json", "files")
+    refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "reference.json", "files")
     argv = ["make-reference", *map(str, seeds[:2]), "--rounding-runs", str(seeds[2])]
-    _refused([*argv, "--out", str(ref), "--reason", "r"], capsys, "reference.json", "files")
+    refused([*argv, "--out", str(ref), "--reason", "r"], capsys, "reference.json", "files")
     assert _snapshot(ref) == before
 
 
 # Item 8: a reference is whole and verified
 
 
-def _fake_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory=None) -> Path:
-    """A run folder of the ci config (one row at 1e5 samples per N_z); with `trajectory`, a
-    tier-1 file whose values all equal it."""
-    folder.mkdir(parents=True)
-    for nz in nzs:
-        meta = {
-            "config": preset("ci").replace(nz=nz, seed=seed).to_dict(),
-            "device": {"threads": 2, "type": "cpu"},
-            "versions": {"torch": "2.14.1"},
-        }
-        (folder / f"nz{nz}-seed{seed}.json").write_text(json.dumps(meta))
-        row = {c: 0.0 for c in CSV_COLUMNS} | {"samples": 100000}
-        row |= {"train_elbo": elbo, "test_elbo": elbo / 2}
-        pd.DataFrame([row]).to_csv(folder / f"nz{nz}-seed{seed}.csv", index=False)
-    if trajectory is not None:
-        values = pd.DataFrame(
-            [
-                {"method": m, "nz": nz, "split": s, "samples": 1000, "term": t, "value": trajectory}
-                for m in ("aevb", "wakesleep")
-                for nz in nzs
-                for s in ("train", "test")
-                for t in ("elbo", "loglik", "kl")
-            ]
-        )
-        write_trajectory(values, folder, TRAJECTORY)
-        meta = json.loads((folder / "trajectory.json").read_text())
-        meta["device"]["threads"] = 2  # as the fake models: one rounding-run label
-        (folder / "trajectory.json").write_text(json.dumps(meta))
-    return folder
-
-
 @pytest.fixture
 def made(tmp_path):
     """(seed runs 0-2, then a rounding run; a reference made from them)."""
     seeds = [
-        _fake_run(tmp_path / "s0", 0, -150.0, trajectory=-100.0),
-        _fake_run(tmp_path / "s1", 1, -149.0),
-        _fake_run(tmp_path / "threads1", 0, -150.02, trajectory=-100.0 + 1e-9),
+        fake_ci_run(tmp_path / "s0", 0, -150.0, trajectory=-100.0),
+        fake_ci_run(tmp_path / "s1", 1, -149.0),
+        fake_ci_run(tmp_path / "threads1", 0, -150.02, trajectory=-100.0 + 1e-9),
     ]
     ref = tmp_path / "ref"
     make_reference(seeds[:2], ref, "first", seeds[2:])
@@ -255,7 +211,7 @@ def test_check_verifies_every_files_checksum(tmp_path, capsys, made):
     df = pd.read_csv(csv)
     df["train_elbo"] -= 1e-3  # within every tolerance: only the checksum sees it
     df.to_csv(csv, index=False)
-    _refused(
+    refused(
         ["check", str(seeds[0]), "--reference", str(ref)],
         capsys,
         f"{csv} does not match the SHA-256 recorded in reference.json",
@@ -270,21 +226,21 @@ def test_symlinks_in_a_reference_are_refused_not_followed(tmp_path, capsys, made
     (ref / "HISTORY.md").unlink()
     (ref / "HISTORY.md").symlink_to(secret)
     argv = ["make-reference", *map(str, seeds[:2]), "--rounding-runs", str(seeds[2])]
-    _refused([*argv, "--out", str(ref), "--reason", "r"], capsys, "HISTORY.md", "symlink")
-    _refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "HISTORY.md is a symlink")
+    refused([*argv, "--out", str(ref), "--reason", "r"], capsys, "HISTORY.md", "symlink")
+    refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "HISTORY.md is a symlink")
     plain = [p for p in ref.iterdir() if p.is_file() and not p.is_symlink()]
     assert not any("outside content" in p.read_text() for p in plain)
     (ref / "HISTORY.md").unlink()
     shutil.copy(ref / "spread.csv", secret)
     (ref / "spread.csv").unlink()
     (ref / "spread.csv").symlink_to(secret)  # the same bytes, through a link
-    _refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "spread.csv is a symlink")
+    refused(["check", str(seeds[0]), "--reference", str(ref)], capsys, "spread.csv is a symlink")
     link = tmp_path / "s0-link"
     shutil.copytree(seeds[0], link)
     (link / "nz3-seed0.csv").unlink()
     (link / "nz3-seed0.csv").symlink_to(seeds[0] / "nz3-seed0.csv")
     argv = ["make-reference", str(link), str(seeds[1]), "--rounding-runs", str(seeds[2])]
-    _refused([*argv, "--out", str(tmp_path / "new"), "--reason", "r"], capsys, "is a symlink")
+    refused([*argv, "--out", str(tmp_path / "new"), "--reason", "r"], capsys, "is a symlink")
     assert not (tmp_path / "new").exists()
 
 
@@ -304,7 +260,7 @@ def test_make_reference_never_deletes_outside_its_folder(tmp_path, capsys, made,
     meta["files"].append(str(victim) if listed == "ABSOLUTE" else listed)
     (ref / "reference.json").write_text(json.dumps(meta))
     argv = ["make-reference", *map(str, seeds[:2]), "--rounding-runs", str(seeds[2])]
-    _refused([*argv, "--out", str(ref), "--reason", "r"], capsys, str(ref))
+    refused([*argv, "--out", str(ref), "--reason", "r"], capsys, str(ref))
     assert victim.read_text() == "keep me"
 
 
@@ -376,7 +332,7 @@ def test_a_kill_during_make_reference_leaves_a_whole_reference(
     seeds, ref = made
     (ref / "notes.md").write_text("mine")
     old = _snapshot(ref)
-    second = [seeds[0], _fake_run(tmp_path / "s2", 2, -147.0)]  # another spread, every table
+    second = [seeds[0], fake_ci_run(tmp_path / "s2", 2, -147.0)]  # another spread, every table
 
     def killed_run():
         target = {"unlink": Path, "write_atomically": writes}.get(name, reference_writer)
@@ -490,8 +446,8 @@ def test_benchmark_files_are_validated_field_by_field(tmp_path, capsys, changes,
     big = "1" + "0" * 400
     path = _bench_json(tmp_path / "odd.json", extra_changes=changes, median=median)
     path.write_text(path.read_text().replace('"ten**400"', big).replace('"inf"', "Infinity"))
-    _refused(["hwtable", str(tmp_path)], capsys, str(path), repr(field))
-    _refused(["hwtable", str(tmp_path / "saved"), "--add", str(path)], capsys, str(path), field)
+    refused(["hwtable", str(tmp_path)], capsys, str(path), repr(field))
+    refused(["hwtable", str(tmp_path / "saved"), "--add", str(path)], capsys, str(path), field)
     assert not (tmp_path / "saved").exists()
 
 

@@ -6,7 +6,6 @@ memory, and what the report shows recorded in each model's JSON."""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY, refused, snapshot
+from helpers import TINY, copy_run, refused, snapshot
 
 from vaerepro.cli import main
 
@@ -30,19 +29,15 @@ def write_meta(folder: Path, meta: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root) -> Path:
-    """A finished tiny run (N_z = 3, 2000 samples, evaluations at 1000 and 2000)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main(argv) == 0
-    return out
+def finished(tiny_run) -> Path:
+    """A finished tiny run (N_z = 3, 2000 samples, evaluations at 1000 and 2000). The session's
+    shared run: read it, or change the copy `run`."""
+    return tiny_run
 
 
 @pytest.fixture
 def run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+    return copy_run(finished, tmp_path)
 
 
 def resume_argv(folder: Path) -> list[str]:

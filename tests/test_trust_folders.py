@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, refused, snapshot
+from helpers import TINY, copy_run, refused, snapshot
 
 import vaerepro.runs.writes as writes
 from vaerepro.cli import main
@@ -35,19 +35,15 @@ def stamps(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root) -> Path:
-    """A finished tiny run (N_z = 3, 2000 samples) with its weights, no figures."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    argv = ["reproduce", "--nz", "3", "--data-root", str(data_root), "--out", str(out), *TINY]
-    assert main(argv) == 0
-    return out
+def finished(tiny_run) -> Path:
+    """A finished tiny run (N_z = 3, 2000 samples) with its weights, no figures. The session's
+    shared run: read it, or change the copy `run`."""
+    return tiny_run
 
 
 @pytest.fixture
 def run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+    return copy_run(finished, tmp_path)
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
 """The paper protocol's choices, and the distance to the paper's curves."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import synthetic_sweep
 
-from vaerepro.analysis.compare import compare_run, write_comparison
+from vaerepro.analysis.compare import compare_run, compare_runs, write_comparison
 from vaerepro.analysis.reference import fig2, paper_elbo
 from vaerepro.cli import main
 from vaerepro.core.config import PRESETS, TrainConfig, preset
@@ -58,22 +57,20 @@ def test_reference_curves_are_shipped():
     assert np.isnan(paper_elbo(20, "test", 10.0)) and np.isnan(paper_elbo(7, "test", 1e6))
 
 
-def _synthetic_run(folder, nz, samples, offset):
-    folder.mkdir(parents=True, exist_ok=True)
+def _synthetic_run(nz, samples, offset, elbo=None) -> tuple[dict, pd.DataFrame]:
+    """One model in memory, as load_run gives it: the paper's curve + offset on train and
+    - offset on test (or `elbo` on both), logged at `samples` (any points, not only a grid)."""
     rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
     rows["samples"] = samples
-    rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset
-    rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset
-    pd.DataFrame(rows).to_csv(folder / f"nz{nz}-seed0.csv", index=False)
-    cfg = TrainConfig(nz=nz).to_dict()
-    (folder / f"nz{nz}-seed0.json").write_text(json.dumps({"config": cfg}))
+    rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset if elbo is None else elbo
+    rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset if elbo is None else elbo
+    return {"config": TrainConfig(nz=nz).to_dict()}, pd.DataFrame(rows)
 
 
-def test_compare_on_a_synthetic_run(tmp_path, capsys):
+def test_compare_on_a_synthetic_run():
     samples = [1e5, 1e6, 3e6, 1e7]  # the paper's curves start after 1e5
-    _synthetic_run(tmp_path, 20, samples, offset=1.5)
-    _synthetic_run(tmp_path, 3, samples, offset=-0.5)
-    detail, summary = compare_run(tmp_path)
+    runs = [_synthetic_run(20, samples, offset=1.5), _synthetic_run(3, samples, offset=-0.5)]
+    detail, summary = compare_runs(runs)
     # 1e5 is not covered, nor N_z = 3 at 1e6 (its printed curve starts below the axes)
     assert len(detail) == 2 * 2 * 4 and detail.paper.isna().sum() == 4 + 2
     s = summary.set_index(["nz", "split"])
@@ -81,20 +78,22 @@ def test_compare_on_a_synthetic_run(tmp_path, capsys):
     assert s.loc[(20, "test"), "last_diff"] == pytest.approx(-1.5)
     assert s.loc[(3, "train"), "max_abs_diff"] == pytest.approx(0.5)
     assert s.loc[(3, "test"), "points"] == 2 and s.loc[(3, "test"), "logged"] == 4
+
+
+def test_the_compare_command_writes_its_tables(tmp_path, capsys):
+    synthetic_sweep(tmp_path, 20, [1.5], [1e6, 1e7])
     assert main(["compare", str(tmp_path)]) == 0
     assert "mean_abs_diff" in capsys.readouterr().out
     assert (tmp_path / "comparison.csv").exists()
+    points = int(np.isfinite(paper_elbo(20, "train", np.arange(1e6, 1e7 + 1, 1e6))).sum())
     # one seed: nz, split, seeds, logged, points, banded, inside (no band: –), mean |diff|
-    assert "| 20 | train | 1 | 4 | 3 | 0 | – | 1.50 |" in (tmp_path / "comparison.md").read_text()
+    row = f"| 20 | train | 1 | 10 | {points} | 0 | – | 1.50 |"
+    assert row in (tmp_path / "comparison.md").read_text()
 
 
-def test_compare_says_where_the_paper_has_no_value(tmp_path):
+def test_compare_says_where_the_paper_has_no_value():
     samples = [1e5, 4e5, 1e6, 2e6, 2e8, 3e8]
-    _synthetic_run(tmp_path, 3, samples, offset=0.0)
-    pd.read_csv(tmp_path / "nz3-seed0.csv").assign(train_elbo=-170.0, test_elbo=-170.0).to_csv(
-        tmp_path / "nz3-seed0.csv", index=False
-    )
-    detail, summary = compare_run(tmp_path)
+    detail, summary = compare_runs([_synthetic_run(3, samples, offset=0.0, elbo=-170.0)])
     train = detail[detail.split == "train"].set_index("samples")
     # the digitized curve starts at 10^5.5; until 10^6.2 it lies below the figure's -150
     assert train.paper_gap[1e5] == "before the paper's curve starts"
@@ -109,7 +108,7 @@ def test_compare_says_where_the_paper_has_no_value(tmp_path):
 
 
 def test_compare_with_no_covered_point(tmp_path):
-    _synthetic_run(tmp_path, 3, [1e5, 2e5, 3e5], offset=0.0)
+    synthetic_sweep(tmp_path, 3, [0.0], [1e5, 2e5, 3e5])
     detail, summary = compare_run(tmp_path)
     assert detail.paper.isna().all() and (summary.points == 0).all()
     assert summary.mean_abs_diff.isna().all()
@@ -118,7 +117,7 @@ def test_compare_with_no_covered_point(tmp_path):
 
 
 def test_compare_names_a_malformed_csv(tmp_path, capsys):
-    _synthetic_run(tmp_path, 20, [1e6], offset=0)
+    synthetic_sweep(tmp_path, 20, [0.0], [1e6])
     (tmp_path / "nz20-seed0.csv").write_text("samples,train_elbo\n1,2\n")
     assert main(["compare", str(tmp_path)]) == 2
     assert "nz20-seed0.csv" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from vaerepro.cli import main
 from vaerepro.core.errors import RunFolderError, TrainingDiverged
 from vaerepro.core.optim import Adagrad
 from vaerepro.runs.loop import train
+from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.writes import folder_lock
 
 RUN = [
@@ -220,7 +221,7 @@ def test_other_stop_signals_checkpoint_like_sigint(
     err = capsys.readouterr().err
     assert status == 128 + signum, err
     assert f"{name} interrupted the run at samples=2000" in err
-    assert f"Resume with: vaerepro reproduce --resume {out}" in err
+    assert f"Resume with: {vaerepro_command('reproduce')} --resume {out}" in err
     meta = json.loads((out / "nz3-seed0.json").read_text())
     assert meta["status"] == "interrupted"
     assert torch.load(out / "nz3-seed0.ckpt", weights_only=True)["samples"] == 2000
@@ -292,7 +293,7 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_resumable(
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert f"cannot write {out / 'nz3-seed0.ckpt'}: No space left on device" in err
-    assert f"continue with: vaerepro reproduce --resume {out}" in err
+    assert f"continue with: {vaerepro_command('reproduce')} --resume {out}" in err
     assert snapshot(out, temporary=False) == at_fault and "nz3-seed0.ckpt" in at_fault
     _resume_and_compare(out, data_root, uninterrupted)
 

@@ -13,12 +13,12 @@ import cloudpickle
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY
+from helpers import DETERMINISTIC, TINY
 
 from vaerepro.cli import main
 from vaerepro.core.config import Sweep, TrainConfig, preset
 from vaerepro.runs import loop
-from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
+from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.records import write_run_json
 from vaerepro.runs.slurm import SlurmOptions, SlurmRunner, TrainJob, read_jobs, requeue
@@ -27,7 +27,6 @@ from vaerepro.runs.writes import folder_lock
 
 # TINY but for its last option, --jobs 1, which is the local executor's
 SUBMIT = ["reproduce", *TINY[:-2], "--executor", "slurm"]
-DETERMINISTIC = [c for c in CSV_COLUMNS if c not in ("wall_s", "train_samples_per_s")]
 
 
 @pytest.fixture(autouse=True)
@@ -84,9 +83,11 @@ class PreemptedOnce(TrainJob):
 
 
 def submit_jobs(run, nzs, samples, job_class=None, data_root=None) -> int:
-    """Plan a TINY-sized sweep of `nzs` into `run` and submit it with --wait; the runner's
+    """Plan a TINY sweep of `nzs` into `run` and submit it with --wait; the runner's
     exit status."""
-    base = preset("paper").replace(samples=samples, eval_every=1000, train_size=2000)
+    base = preset("paper").replace(
+        samples=samples, eval_every=1000, train_size=2000, hidden=64, adagrad_warmup=5
+    )
     sweep = Sweep.of("paper", base, nzs, [0], None)
     with folder_lock(run):
         plan = plan_sweep(

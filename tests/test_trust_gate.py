@@ -94,7 +94,7 @@ def _set_tolerance(ref: Path, tier: int, mode: str, value, first_only=False) -> 
     _reseal(ref)
 
 
-def test_an_infinite_tier1_seeds_tolerance_isrefused(tmp_path, capsys):
+def test_an_infinite_tier1_seeds_tolerance_is_refused(tmp_path, capsys):
     """tier 1's seeds column set to inf let `check --tolerance seeds` pass a trajectory
     multiplied by 1.5."""
     ref = _copy(tmp_path)
@@ -111,7 +111,7 @@ def test_an_infinite_tier1_seeds_tolerance_isrefused(tmp_path, capsys):
     "mode, value, bound",
     [("seeds", "49", "the bound from spread.csv is 8.31646"), ("rounding", "0.45", "is 0.1")],
 )
-def test_a_tier2_tolerance_beyond_its_bound_isrefused(tmp_path, capsys, mode, value, bound):
+def test_a_tier2_tolerance_beyond_its_bound_is_refused(tmp_path, capsys, mode, value, bound):
     """Tier-2 tolerances below the fixed limits (50 nats for seeds) but beyond what the
     reference's spread or drift gives let a run shifted by -30 nats (seeds) or 0.4 nats
     (rounding at N_z = 3, drift 6e-5) pass."""
@@ -133,7 +133,7 @@ def test_a_tier2_tolerance_beyond_its_bound_isrefused(tmp_path, capsys, mode, va
         ("drift.csv", "drift", "inf", "drift is not a finite number >= 0"),
     ],
 )
-def test_a_spread_or_drift_that_cannot_be_measured_isrefused(
+def test_a_spread_or_drift_that_cannot_be_measured_is_refused(
     tmp_path, capsys, name, column, value, why
 ):
     """The bounds' own files are checked: a standard deviation beyond the range of the

@@ -44,7 +44,12 @@ def _in_order(column: pd.Series) -> pd.Series:
 
 
 def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(detail, summary) for the models of a run folder, over its seeds.
+    """compare_runs of the models of a run folder (validated by load_run)."""
+    return compare_runs(load_run(folder))
+
+
+def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(detail, summary) for `runs` (load_run's: (metadata, CSV rows) per model), over seeds.
 
     detail, per method, nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
     (its value; NaN where the printed curve shows none, paper_gap says why), diff = mean -
@@ -55,7 +60,7 @@ def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and the diff at the
     last covered point.
     """
-    detail = seed_bands(seed_values(load_run(folder)))
+    detail = seed_bands(seed_values(runs))
     paper = np.full(len(detail), np.nan)
     gap = np.full(len(detail), "", dtype=object)
     for (method, nz, split), rows in detail.groupby(["method", "nz", "split"]).groups.items():

@@ -87,8 +87,8 @@ def rows_problem(df: pd.DataFrame, cfg: TrainConfig, meta: dict) -> str | None:
     recorded = [c["samples"] for c in meta.get("checkpoints", [])]
     if status == "finished":
         low = high = evaluations(cfg)
-    else:
-        low = min(recorded, default=0) // cfg.eval_every
+    else:  # a kill between the JSON and the CSV write leaves the CSV one checkpoint behind
+        low = min(recorded) // cfg.eval_every if len(recorded) > 1 else 0
         high = max(recorded, default=0) // cfg.eval_every
     if not low <= len(df) <= high:
         want = f"{low}" if low == high else f"{low} to {high}"

@@ -29,6 +29,7 @@ from vaerepro.core.errors import VaereproError
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.loop import train_together
 from vaerepro.runs.progress import SweepProgress
+from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.records import logged_samples
 from vaerepro.runs.runners import ERROR_EXIT
 from vaerepro.runs.signals import Interrupted, blocked_stops, stop_signals
@@ -135,7 +136,8 @@ def _killed(label: str, code: int, out: Path) -> str:
     name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
     return (
         f"{label}: its process was killed by {name} (exit status {128 - code}); its last "
-        f"checkpoint in {out} is intact: resume the run"
+        f"checkpoint in {out} is intact; continue with: "
+        f"{vaerepro_command('reproduce')} --resume {out}"
     )
 
 

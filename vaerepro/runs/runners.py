@@ -14,6 +14,7 @@ from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import WriteFailed
 from vaerepro.runs.loop import train_together
 from vaerepro.runs.progress import SweepProgress
+from vaerepro.runs.provenance import vaerepro_command
 from vaerepro.runs.signals import Interrupted
 from vaerepro.runs.sweep import SweepPlan
 
@@ -60,7 +61,8 @@ class InProcessRunner:
             except WriteFailed as err:
                 raise WriteFailed(
                     f"{err}. The last good CSV and checkpoint in {plan.out} are intact: free "
-                    "space or fix the permissions, then resume the run."
+                    "space or fix the permissions, then continue with: "
+                    f"{vaerepro_command('reproduce')} --resume {plan.out}"
                 ) from err
             for c in group:
                 progress.finished(c, f"{model_label(c.method, c.nz)} seed {c.seed}")

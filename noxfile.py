@@ -145,7 +145,19 @@ def regression(session: nox.Session) -> None:
     _install(session)
     out = Path(session.create_tmp()) / "regression-run"
     _gate_run(session, out)
-    session.run("vaerepro", "check", str(out), "--reference", CI_REFERENCE, "--verbose")
+    # auto: tier 2 within rounding tolerances on the reference's CPU, within the seed spread
+    # on another (float32 training from N_z = 20 on is chaotic: another CPU's kernels move
+    # N_z = 200 by 1.7 nats at 2e5, as much as another seed); tier 1 is exact everywhere
+    session.run(
+        "vaerepro",
+        "check",
+        str(out),
+        "--reference",
+        CI_REFERENCE,
+        "--tolerance",
+        "auto",
+        "--verbose",
+    )
 
 
 @nox.session

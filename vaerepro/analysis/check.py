@@ -60,6 +60,7 @@ __all__ = [  # the constants and reader of a reference folder, as before they mo
     "TOLERANCES_CSV",
     "TOLERANCE_LIMITS",
     "TOLERANCE_MODES",
+    "CHECK_MODES",
     "ReferenceFolderError",
     "read_tolerances",
     "CheckResult",
@@ -67,6 +68,11 @@ __all__ = [  # the constants and reader of a reference folder, as before they mo
     "elbo_points",
     "rerun_advice",
 ]
+
+
+# --tolerance: a tolerance column of tolerances.csv, or auto (rounding where the run's float32
+# rounding is the reference's, else seeds)
+CHECK_MODES = (*TOLERANCE_MODES, "auto")
 
 
 @dataclass
@@ -130,16 +136,32 @@ def _tier1(run_dir: Path, reference_dir: Path, nz, problems: list[str]) -> list[
 
 
 def _environment_diff(meta: dict, ref_meta: dict) -> list[str]:
-    """Thread count and torch version: what sets float32 rounding on the same CPU."""
+    """Thread count and torch version, and the CPU: what sets float32 rounding. The CPU's
+    kernel capability is compared only where both record it (older runs do not)."""
 
     def torch_version(m: dict) -> str:
         return str(m.get("versions", {}).get("torch")).split("+")[0]  # 2.14.1+cu130 -> 2.14.1
 
+    ours, ref = meta.get("device", {}), ref_meta["device"]
     pairs = [
-        ("threads", meta.get("device", {}).get("threads"), ref_meta["device"].get("threads")),
+        ("threads", ours.get("threads"), ref.get("threads")),
         ("torch", torch_version(meta), torch_version(ref_meta)),
+        ("CPU", ours.get("name"), ref.get("name")),
     ]
+    if "capability" in ours and "capability" in ref:
+        pairs.append(("CPU kernels", ours["capability"], ref["capability"]))
     return [f"{k} {a} != {b}" for k, a, b in pairs if a != b]
+
+
+def _rounding_differs(run_dir: Path, reference_dir: Path, nz) -> list[str]:
+    """How the float32 rounding of the run's tier-2 models differs from the reference's
+    (CPU, threads, torch; [] when it is the same or the run lacks a model)."""
+    diffs: dict[str, None] = {}
+    for ref_meta, _ in reference_models(reference_dir):
+        files = RunFiles.of_config(run_dir, ref_meta["config"])
+        if (nz is None or ref_meta["config"]["nz"] in nz) and files.json.exists():
+            diffs |= dict.fromkeys(_environment_diff(read_model_json(files.json), ref_meta))
+    return list(diffs)
 
 
 def rerun_advice(run_dir: Path, reference_dir: Path, models: list[dict], nz) -> str:
@@ -215,12 +237,15 @@ def _tier2(
         parts.append(_merge(elbo_points(ref_df, cfg), ours, 2, label, problems))
     for env, nzs in other_rounding.items():
         torch = models[0][0].get("versions", {}).get("torch")
+        rerun = (
+            f"to check at the reference's rounding, train its models again as it was made"
+            f"{f' (with torch {torch})' if 'torch' in env else ''} and check them: "
+            f"`{rerun_advice(run_dir, reference_dir, [m for m, _ in models], nz)}`; or "
+        )
         problems.append(
             f"tier 2, N_z={', '.join(map(str, nzs))}: float32 rounding differs from the "
-            f"reference's ({env}); to check at the reference's rounding, train its models "
-            f"again as it was made{f' (with torch {torch})' if 'torch' in env else ''} and "
-            f"check them: `{rerun_advice(run_dir, reference_dir, [m for m, _ in models], nz)}`; "
-            "or compare this run with --tolerance seeds"
+            f"reference's ({env}); {'' if 'CPU' in env else rerun}compare this run with "
+            "--tolerance seeds (or auto)"
         )
     return parts
 
@@ -255,17 +280,23 @@ def check_run(
     tolerance: str = "rounding",
 ) -> CheckResult:
     """Compare a run folder's tier-1 values and `ci` run (every reference N_z, or only those
-    in `nz`) with the reference's, within the `tolerance` mode's tolerances.
+    in `nz`) with the reference's, within the `tolerance` mode's tolerances; `auto`: rounding
+    where the run's float32 rounding is the reference's (CPU, threads, torch), else seeds.
 
     ReferenceFolderError (exit 2) when the reference itself is missing, malformed, modified
     (`reference_folder.open_reference`); every problem with the run (missing files or rows,
     other config), a requested N_z the reference lacks and a tier that compares no point
     make the check fail.
     """
-    if tolerance not in TOLERANCE_MODES:
-        raise UsageError(f"--tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
+    if tolerance not in CHECK_MODES:
+        raise UsageError(f"--tolerance must be one of {CHECK_MODES}, got {tolerance!r}")
     reference_dir, run_dir = Path(reference_dir), Path(run_dir)
     _, tolerances = open_reference(reference_dir)
+    why = ""
+    if tolerance == "auto":
+        differs = _rounding_differs(run_dir, reference_dir, nz)
+        tolerance = "seeds" if differs else "rounding"
+        why = f" (auto: the run's float32 rounding differs: {'; '.join(differs)})" * bool(differs)
     problems: list[str] = []
     _missing_nz(reference_dir, nz, problems)
     parts = _tier1(run_dir, reference_dir, nz, problems)
@@ -291,5 +322,5 @@ def check_run(
     points["ok"] = points["diff"].abs() <= points.tol  # NaN (missing) compares False
     cols = [*POINT_COLUMNS, "ours", "reference", "diff", "tol", "rounding", "seeds", "ok"]
     points = points[cols].reset_index(drop=True)
-    source = _tolerance_source(reference_dir, tolerance, points)
+    source = _tolerance_source(reference_dir, tolerance, points) + why
     return CheckResult(points, tolerance, problems, source)

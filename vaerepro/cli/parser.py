@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import difflib
 
-from vaerepro.analysis.check import TOLERANCE_MODES
+from vaerepro.analysis.check import CHECK_MODES
 from vaerepro.core.config import (
     BINARIZE,
     DREAMS,
@@ -352,11 +352,12 @@ def add_gate_parsers(sub) -> None:
     p.add_argument("--nz", type=int, nargs="+", help="check only these N_z of the reference")
     p.add_argument(
         "--tolerance",
-        choices=TOLERANCE_MODES,
+        choices=CHECK_MODES,
         default="rounding",
-        help="tier-2 tolerances: rounding (measured float rounding drift, < 0.5 nats; the "
-        "reference's CPU kind and thread count) or seeds (spread over seeds: for runs from "
-        "other hardware, e.g. CUDA)",
+        help="tier-2 tolerances: rounding (measured float rounding drift, < 0.5 nats; needs "
+        "the reference's CPU, thread count and torch), seeds (spread over seeds: for runs "
+        "from other hardware, e.g. CUDA), or auto (rounding where the run's CPU, threads and "
+        "torch are the reference's, else seeds, saying why; what nox -s regression uses)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print every point")
     p = sub.add_parser(

@@ -60,6 +60,8 @@ def environment_info(device: torch.device) -> dict:
             "name": device_name(device),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
+            # the kernels torch dispatches to (AVX2, AVX512, ...): they set float32 rounding
+            "capability": torch.backends.cpu.get_cpu_capability(),
         },
         "versions": {
             "python": platform.python_version(),

@@ -19,9 +19,12 @@ def make_step(
 ) -> tuple[VAE, Callable[[], None]]:
     """(model, one_step): cfg's model (torch seed 0) with its optimizer, and a call that trains
     it on one minibatch of train_x[:cfg.train_size] (M, 784), drawn by its own sampler from a
-    generator seeded 0. autograd=True: autograd's gradient instead of the hand-written one."""
+    generator seeded 0. autograd=True: autograd's gradient instead of the hand-written one.
+    cfg.dtype float64: the model and images in float64."""
     torch.manual_seed(0)
     model = VAE.from_config(cfg).to(device)
+    if cfg.dtype == "float64":  # as runs/state.py does
+        model, train_x = model.double(), train_x.double()
     step = make_train_step(
         [model], [make_optimizer(cfg, model)], cfg, train_x[: cfg.train_size], autograd=autograd
     )

@@ -86,8 +86,9 @@ def test_the_compare_command_writes_its_tables(tmp_path, capsys):
     assert "mean_abs_diff" in capsys.readouterr().out
     assert (tmp_path / "comparison.csv").exists()
     points = int(np.isfinite(paper_elbo(20, "train", np.arange(1e6, 1e7 + 1, 1e6))).sum())
-    # one seed: nz, split, seeds, logged, points, banded, inside (no band: –), mean |diff|
-    row = f"| 20 | train | 1 | 10 | {points} | 0 | – | 1.50 |"
+    # one seed: nz, split, seeds, logged, points, banded, inside and in_pi (no band: –),
+    # mean |diff|
+    row = f"| 20 | train | 1 | 10 | {points} | 0 | – | – | 1.50 |"
     assert row in (tmp_path / "comparison.md").read_text()
 
 

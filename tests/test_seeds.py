@@ -158,6 +158,12 @@ def test_band_statistics_by_hand(tmp_path):
     assert (s.seeds, s.logged, s.points) == (3, 100, points) and s.inside == 1.0
     assert s.mean_abs_diff == pytest.approx(1.0)
     assert s.mean_abs_diff_in_sd == pytest.approx(1.0 / sd)
+    # the 95% prediction interval for a 4th seed: mean -+ t(0.975, 2) sd sqrt(1 + 1/3), with
+    # t(0.975, 2) = 4.302653 from a printed table
+    half = 4.302653 * 1.5 * np.sqrt(4 / 3)
+    assert row.pi_low == pytest.approx(mean - half, abs=1e-5)
+    assert row.pi_high == pytest.approx(mean + half, abs=1e-5) and row.in_pi == 1.0
+    assert np.isnan(first.in_pi) and s.in_pi == 1.0
 
 
 def test_a_paper_outside_the_band_is_counted(tmp_path):
@@ -166,6 +172,11 @@ def test_a_paper_outside_the_band_is_counted(tmp_path):
     s = summary.set_index(["nz", "split"])
     assert s.loc[(20, "train"), "inside"] == 0.0 and s.loc[(20, "test"), "inside"] == 0.0
     assert s.loc[(20, "train"), "last_diff"] == pytest.approx(2.0)
+    # outside the narrow band of 3 seeds, but 2 nats from their mean is well inside the
+    # prediction interval (sd 1: half-width 4.302653 sqrt(4/3) = 4.97 nats)
+    assert s.loc[(20, "train"), "in_pi"] == 1.0 and s.loc[(20, "test"), "in_pi"] == 1.0
+    synthetic_sweep(tmp_path / "far", 20, [5.0, 6.0, 7.0], [2e6, 1e7])  # 6 nats: outside
+    assert (compare_run(tmp_path / "far")[1].in_pi == 0.0).all()
 
 
 def test_fig2_draws_the_band_and_the_report_the_spread(sweep, monkeypatch, tmp_path):
@@ -237,7 +248,8 @@ def test_the_readme_table_at_given_sample_counts(tmp_path, capsys):
     assert train[5] == f"+1.00 (+{1.0 / sd:.1f} sd)"
     assert train[6:9] == ["–", "–", "–"]  # 3e7 was not logged
     points = int(np.isfinite(paper_elbo(20, "train", np.arange(1e5, 1e7 + 1, 1e5))).sum())
-    assert train[9] == f"{points} / {points} |"  # the paper inside the band at every point
+    assert train[9] == f"{points} / {points}"  # the paper inside the band at every point
+    assert train[10] == f"{points} / {points} |"  # and inside the prediction interval
 
 
 def test_stacked_trains_each_seed_as_separate_runs(sweep, tmp_path, data_root):

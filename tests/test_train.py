@@ -127,3 +127,18 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
 def test_divergence_stops_with_nz_and_sample_count(mnist, tmp_path, tiny_cfg):
     with pytest.raises(TrainingDiverged, match=r"N_z=3.*between samples 0 and 1000"):
         train(tiny_cfg.replace(lr=1e30, adagrad_warmup=0), mnist, tmp_path, progress=False)
+
+
+def test_float64_training_follows_float32(mnist, tmp_path, tiny_cfg):
+    """--dtype float64 (the authors' precision) trains and evaluates in float64 from the same
+    initial weights: its CSV is a finished run's and equals float32's within float32 rounding
+    (a short run is not yet chaotic), but not to the last digit."""
+    f32 = train(tiny_cfg, mnist, tmp_path / "f32", progress=False)
+    cfg = tiny_cfg.replace(dtype="float64")
+    f64 = train(cfg, mnist, tmp_path / "f64", progress=False)
+    _assert_finished_run(tmp_path / "f64", cfg, f64)
+    weights = load_model(RunFiles.of_config(tmp_path / "f64", cfg)).state_dict().values()
+    assert all(w.dtype == torch.float64 for w in weights)
+    cols = [f"{split}_{term}" for split in ("train", "test") for term in ("elbo", "loglik", "kl")]
+    diff = (f64[cols] - f32[cols]).abs().to_numpy()
+    assert diff.max() < 1e-3 and diff.max() > 0, diff

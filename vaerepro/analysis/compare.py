@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from vaerepro.analysis.reference import SOURCE, paper_elbo, paper_gap
 from vaerepro.analysis.tables import to_markdown
@@ -43,6 +44,17 @@ def _in_order(column: pd.Series) -> pd.Series:
     return column.map(order[column.name]) if column.name in order else column
 
 
+def prediction_interval(
+    mean: pd.Series, sd: pd.Series, n: pd.Series, level: float = 0.95
+) -> tuple[pd.Series, pd.Series]:
+    """(low, high) of the `level` prediction interval for one more seed's value, from `n`
+    seeds with this mean and sd (ddof 1): mean -+ t((1 + level) / 2, n - 1) sd sqrt(1 + 1/n).
+    NaN for fewer than two seeds. Nats per datapoint."""
+    n = n.astype(float).where(n >= 2)
+    half = student_t.ppf((1 + level) / 2, n - 1) * sd * np.sqrt(1 + 1 / n)
+    return mean - half, mean + half
+
+
 def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """compare_runs of the models of a run folder (validated by load_run)."""
     return compare_runs(load_run(folder))
@@ -54,11 +66,13 @@ def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, p
     detail, per method, nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
     (its value; NaN where the printed curve shows none, paper_gap says why), diff = mean -
     paper (nats per datapoint; positive: our bound is higher), diff_in_sd = diff / sd, and
-    inside: whether the paper lies in our band [min, max] (NaN for one seed or no paper).
+    inside: whether the paper lies in our band [min, max]; pi_low, pi_high: the 95%
+    prediction interval for one more seed, and in_pi: whether the paper lies in it (NaN for
+    one seed or no paper).
     summary, per method, nz and split: seeds, logged points, the `points` the paper covers, the
     `banded` ones among them (two or more seeds there), the fraction of those with the paper
-    inside our band, the mean |diff| and |diff_in_sd|, the max |diff|, and the diff at the
-    last covered point.
+    inside our band, `in_pi` the fraction inside the prediction interval, the mean |diff| and
+    |diff_in_sd|, the max |diff|, and the diff at the last covered point.
     """
     detail = seed_bands(seed_values(runs))
     paper = np.full(len(detail), np.nan)
@@ -69,8 +83,17 @@ def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, p
     diff = detail["mean"] - paper
     band = (detail.seeds >= 2) & ~np.isnan(paper)
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
+    low, high = prediction_interval(detail["mean"], detail.sd, detail.seeds)
+    in_pi = ((low <= paper) & (paper <= high)).astype(float).where(band)
     detail = detail.assign(
-        paper=paper, diff=diff, diff_in_sd=diff / detail.sd, inside=inside, paper_gap=gap
+        paper=paper,
+        diff=diff,
+        diff_in_sd=diff / detail.sd,
+        inside=inside,
+        pi_low=low,
+        pi_high=high,
+        in_pi=in_pi,
+        paper_gap=gap,
     )
     keys = ["method", "nz", "split"]
     logged = detail.groupby(keys, sort=False).agg(
@@ -84,6 +107,7 @@ def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, p
             points=("diff", "size"),
             banded=("inside", "count"),  # points with a band (two or more seeds)
             inside=("inside", "mean"),
+            in_pi=("in_pi", "mean"),
             mean_abs_diff=("abs_diff", "mean"),
             mean_abs_diff_in_sd=("abs_sd", "mean"),
             max_abs_diff=("abs_diff", "max"),
@@ -101,7 +125,7 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
     """The README's table: per method, N_z and split, at each sample count of `at`, our mean
     ± sd over seeds, the paper's value and the distance (mean - paper, nats, and in seed
     sds); then over every logged point the paper covers, how many lie inside our band (min
-    to max over seeds)."""
+    to max over seeds) and inside the 95% prediction interval for one more seed."""
     rows = []
     for (method, nz, split), points in detail.groupby(["method", "nz", "split"], sort=False):
         row = {"method": method, "N_z": nz, "split": split}
@@ -119,10 +143,15 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
             paper = "–" if np.isnan(p.paper) else f"{p.paper:.2f}"
             row |= {f"ours at {label}": ours, f"paper at {label}": paper, f"diff at {label}": diff}
         s = summary.set_index(["method", "nz", "split"]).loc[(method, nz, split)]
-        inside = "–" if np.isnan(s.inside) else f"{round(s.inside * s.banded)} / {int(s.banded)}"
-        row["paper in our band (logged points)"] = inside
+        row["paper in our band (logged points)"] = _fraction(s.inside, s.banded)
+        row["paper in the 95% PI (logged points)"] = _fraction(s.in_pi, s.banded)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fraction(share: float, of: int) -> str:
+    """'12 / 40' for a share of `of` points; '–' without any."""
+    return "–" if np.isnan(share) else f"{round(share * of)} / {int(of)}"
 
 
 def write_comparison(
@@ -137,11 +166,15 @@ def write_comparison(
         f"# Distance to the paper\n\nPaper: {SOURCE}. Ours over seeds: mean, sd (standard "
         "deviation), and the band from min to max. diff = mean - paper, nats per datapoint "
         "(positive: our bound is higher); diff_in_sd = diff / sd; inside: 1 where the paper "
-        "lies in our band (blank with one seed). The paper's curve is interpolated in "
-        "log10(samples) along its visible part; where the printed figure shows no value, "
-        "paper and diff are blank and paper_gap says why. Summary: `points` of the `logged` "
-        "ones have a paper value, `banded` of those have two or more seeds; `inside` is the "
-        "fraction of the banded ones where the paper lies in our band.\n\n## Summary\n\n"
+        "lies in our band (blank with one seed); pi_low to pi_high: the 95% prediction "
+        "interval for one more seed, mean -+ t(0.975, n-1) sd sqrt(1 + 1/n) over n seeds, and "
+        "in_pi: 1 where the paper lies in it (the honest test of whether the paper could be "
+        "one more of our seeds: with 3 seeds the min-max band is narrow). The paper's curve "
+        "is interpolated in log10(samples) along its visible part; where the printed figure "
+        "shows no value, paper and diff are blank and paper_gap says why. Summary: `points` "
+        "of the `logged` ones have a paper value, `banded` of those have two or more seeds; "
+        "`inside` is the fraction of the banded ones where the paper lies in our band, "
+        "`in_pi` in the prediction interval.\n\n## Summary\n\n"
         + to_markdown(summary)
         + "\n## Every logged point\n\n"
         + to_markdown(detail)

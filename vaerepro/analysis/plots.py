@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from vaerepro.analysis.compare import seed_bands, seed_values  # noqa: E402
+from vaerepro.analysis.compare import compare_runs, seed_bands, seed_values  # noqa: E402
 from vaerepro.analysis.reference import fig2 as paper_fig2  # noqa: E402
 from vaerepro.core.evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
 from vaerepro.core.model import VAE  # noqa: E402
@@ -102,7 +102,7 @@ def fig2_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
             _draw_fig2_curves(ax, nz, method, bands[(bands.nz == nz) & (bands.method == method)])
         _fig2_axes(ax, nz, xlim, ylim, widened)
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)")
-    _legend_beside(axes)
+    _legend_beside(axes, _coverage_lines(runs))
     if widened:
         fig.suptitle(
             "axes widened to show our curves (the paper's: y from -150, dotted; x from 1e5)",
@@ -148,13 +148,36 @@ def _fig2_axes(ax, nz: int, xlim: tuple, ylim: tuple, widened: bool) -> None:
         ax.axhline(PAPER_YLIM[0], color=PAPER_COLOUR, lw=0.8, ls=":")
 
 
-def _legend_beside(axes) -> None:
+def _coverage_lines(runs: list[tuple[dict, pd.DataFrame]]) -> list[str]:
+    """Per method and N_z with two or more seeds: at how many of the logged points the paper
+    has a value it lies in the 95% prediction interval for one more seed, train and test."""
+    summary = compare_runs(runs)[1]
+    lines = []
+    for (method, nz), rows in summary[summary.banded > 0].groupby(["method", "nz"], sort=False):
+        rows = rows.set_index("split")
+        parts = [
+            f"{split} {round(rows.in_pi[split] * rows.banded[split])}/{rows.banded[split]}"
+            for split in ("train", "test")
+            if split in rows.index
+        ]
+        name = "" if method == "aevb" else f"{NAMES[method]} "
+        lines.append(f"{name}$N_z$={nz}: {', '.join(parts)} points")
+    return lines
+
+
+def _legend_beside(axes, notes: list[str] = ()) -> None:
     """Every panel's labels (a method may lack some N_z), once each, beside the last panel: a
-    panel's curves may fill any of its corners."""
+    panel's curves may fill any of its corners. `notes`: lines of text under the labels."""
     labelled = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
+    if notes:
+        labelled["paper in the 95% prediction interval\nfor one more seed at:"] = plt.Line2D(
+            [], [], lw=0
+        )
+    for note in notes:
+        labelled[note] = plt.Line2D([], [], lw=0)
     axes[-1].legend(
         labelled.values(), labelled.keys(), loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=6
     )
@@ -200,6 +223,7 @@ def plot_model(
     """Per-model figures from the final weights into `out` (reconstructions, samples,
     interpolations, the test set in latent space, KL per dimension); returns
     {"active_units", "kl_per_dim"}. `seed` draws the samples and the interpolated pairs."""
+    test_x = test_x.to(next(model.parameters()).dtype)  # a model trained with --dtype float64
     gen = torch.Generator().manual_seed(seed)
     _plot_reconstructions(model, test_x[:32], out / f"recon_nz{nz}.png")
     z = torch.randn(64, nz, generator=gen)

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vaerepro.analysis.compare import write_comparison
@@ -119,18 +120,19 @@ def _mean_sd(values: pd.Series) -> str:
 
 
 def _result_row(
-    method: str, nz: int, models: list[tuple[dict, pd.DataFrame]], inside: pd.Series
+    method: str, nz: int, models: list[tuple[dict, pd.DataFrame]], summary: pd.DataFrame
 ) -> dict:
     """One method's and N_z's ELBO at the last evaluation every seed reached (mean ± sd over
-    seeds), the paper's value there and the fraction of points with the paper in our band
-    (`inside`: compare_run's summary, by method, nz and split)."""
+    seeds), the paper's value there and the fraction of points with the paper in our band and
+    in the 95% prediction interval (`summary`: compare_run's, indexed by method, nz, split)."""
     samples = min(df.samples.iloc[-1] for _, df in models)
     last = pd.DataFrame([df[df.samples == samples].iloc[0] for _, df in models])
     row = {"method": method, "N_z": nz, "seeds": len(models), "samples": format_count(samples)}
     for split in ("train", "test"):
         row[f"{split} ELBO"] = _mean_sd(last[f"{split}_elbo"])
         row[f"paper {split}"] = float(paper_elbo(nz, split, samples, method))
-        row[f"paper in band ({split})"] = inside.get((method, nz, split), float("nan"))
+        for column, name in (("inside", "band"), ("in_pi", "95% PI")):
+            row[f"paper in {name} ({split})"] = summary[column].get((method, nz, split), np.nan)
     return row
 
 
@@ -159,10 +161,10 @@ def render_report(
     groups: dict[tuple[str, int], list[tuple[dict, pd.DataFrame]]] = {}
     for meta, df in runs:
         groups.setdefault((meta["config"]["method"], meta["config"]["nz"]), []).append((meta, df))
-    inside = summary.set_index(["method", "nz", "split"]).inside
+    summary = summary.set_index(["method", "nz", "split"])
     rows, speed = [], []
     for (method, nz), models in groups.items():
-        row = _result_row(method, nz, models, inside)
+        row = _result_row(method, nz, models, summary)
         diag = diagnostics.get(nz) if method == runs[0][0]["config"]["method"] else None
         row[f"active units (seed {seed})"] = f"{diag['active_units']} / {nz}" if diag else "–"
         rows.append(row)
@@ -183,7 +185,10 @@ def render_report(
             f"over seeds {', '.join(map(str, seeds))}. Paper: {SOURCE}, interpolated in "
             "log10(samples) (– where the printed curve shows no value; see comparison.md). "
             "Paper in band: the fraction of the logged points with a paper value where it lies "
-            "between our min and max over seeds (– with one seed). Active units: latent "
+            "between our min and max over seeds (– with one seed); paper in 95% PI: the "
+            "fraction where it lies in the 95% prediction interval for one more seed, mean ± "
+            "t(0.975, n-1) sd sqrt(1 + 1/n) over n seeds: whether the paper could be one more "
+            "of our seeds (with 3 seeds the band is too narrow to say). Active units: latent "
             "dimensions whose average KL over the test set exceeds 0.01 nats, from the final "
             "weights or, without them, from the model's JSON (– for models whose JSON, "
             "written by an older version, does not record them and whose weights are absent).",

@@ -11,6 +11,7 @@ from vaerepro.analysis.check import CHECK_MODES
 from vaerepro.core.config import (
     BINARIZE,
     DREAMS,
+    DTYPES,
     LIKELIHOODS,
     METHODS,
     OPTIMIZERS,
@@ -33,6 +34,7 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "sampling": SAMPLINGS,
     "binarize": BINARIZE,
+    "dtype": DTYPES,
 }
 
 

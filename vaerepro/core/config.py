@@ -21,6 +21,7 @@ BINARIZE = ("none", "dynamic", "fixed")
 LIKELIHOODS = ("bernoulli", "gaussian")
 METHODS = ("aevb", "wakesleep")
 DREAMS = ("sampled", "mean")
+DTYPES = ("float32", "float64")
 
 
 def model_label(method: str, nz: int) -> str:
@@ -109,6 +110,11 @@ class TrainConfig:
         "the evaluation noise is seeded with (seed * stride + samples) mod 2^63, so it depends "
         "only on (seed, samples) and a resumed run evaluates identically",
     )
+    dtype: str = _field(
+        "float32",
+        "floating point of training and evaluation: float32, or float64 (the authors' "
+        "precision; CPU and CUDA)",
+    )
     seed: int = _field(0, "seed of init, minibatches and noise")
 
     def validate(self) -> None:
@@ -148,6 +154,7 @@ class TrainConfig:
             (self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}"),
             (self.method in METHODS, f"method must be one of {METHODS}"),
             (self.dreams in DREAMS, f"dreams must be one of {DREAMS}"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (self.eval_seed_stride >= 1, "eval_seed_stride must be >= 1"),
@@ -291,6 +298,7 @@ ADDED_FIELDS = (
     "eval_seed_stride",
     "method",
     "dreams",
+    "dtype",
 )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vaerepro.core.model import VAE, gaussian_kl_per_dim
+from vaerepro.core.model import VAE, gaussian_kl_per_dim, standard_normal
 
 
 @dataclass
@@ -46,9 +46,7 @@ def evaluate(
         xb = x[start : start + batch_size]
         if binarize:
             xb = torch.bernoulli(xb, generator=generator)
-        eps = torch.randn(
-            (z_draws, xb.shape[0], model.nz), generator=generator, device=x.device, dtype=x.dtype
-        )
+        eps = standard_normal((z_draws, xb.shape[0], model.nz), generator, x)
         for c in range(0, xb.shape[0], chunk):
             out = model(xb[c : c + chunk], z_draws, eps=eps[:, c : c + chunk])
             totals += torch.stack([out.loglik.sum(), out.kl.sum()]).to(totals.dtype)

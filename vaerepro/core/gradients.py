@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from vaerepro.core import model as vae
-from vaerepro.core.model import VAE, Activations
+from vaerepro.core.model import VAE, Activations, standard_normal
 
 tanh_backward = torch.ops.aten.tanh_backward  # (grad, tanh output) -> grad * (1 - out^2)
 
@@ -132,7 +132,7 @@ class BernoulliGradients:
         # model; `covers` checks that this still equals the model's own forward
         vae.hidden_layer(xs, self.enc_w, self.enc_b, out=self.h1)
         for lat, gen in zip(self.latents, generators, strict=True):
-            torch.randn(lat.act.eps.shape, generator=gen, out=lat.act.eps)
+            standard_normal(lat.act.eps.shape, gen, lat.act.eps, out=lat.act.eps)
             lat.model.latent_pass(lat.act.h1, lat.act.eps, into=lat.act)
         logits = vae.linear(self.h3, self.out_w, self.out_b, out=self.logits)
 

@@ -66,6 +66,24 @@ def _affine(inputs: Tensor, weight: Tensor, bias: Tensor, out: Tensor | None, sc
     return torch.baddbmm(b, inputs, w_t, beta=scale, alpha=scale, out=out)
 
 
+def standard_normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    like: Tensor,
+    out: Tensor | None = None,
+) -> Tensor:
+    """eps ~ N(0, I) of `shape` on `like`'s device and in its dtype (into `out` if given),
+    drawn in torch's default dtype: a --dtype float64 run draws the float32 run's numbers,
+    cast, so that the two precisions differ only by rounding."""
+    dtype = torch.get_default_dtype()
+    if like.dtype == dtype:
+        if out is not None:
+            return torch.randn(shape, generator=generator, out=out)
+        return torch.randn(shape, generator=generator, device=like.device, dtype=dtype)
+    eps = torch.randn(shape, generator=generator, device=like.device, dtype=dtype)
+    return eps.to(like.dtype) if out is None else out.copy_(eps)
+
+
 def bernoulli_loglik(logits: Tensor, x: Tensor) -> Tensor:
     """log p(x|logits) for x in [0, 1] (grey levels allowed), summed over pixels.
 
@@ -199,7 +217,7 @@ class VAE(nn.Module):
     ) -> Tensor:
         """eps ~ N(0, I) of shape (L, B, N_z) for x (B, 784), drawn from `generator`."""
         shape = (z_draws, x.shape[0], self.nz)
-        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return standard_normal(shape, generator, x)
 
     def forward(
         self,

@@ -82,7 +82,7 @@ def make_train_step(
         if len(models) > 1:
             raise UsageError(f"--stacked needs the hand-written gradient, but {reason}")
         grads, gradient = None, f"autograd ({reason})" if not autograd else "autograd (--autograd)"
-    xs = torch.empty((len(models), cfg.batch_size, train_x.shape[1]), device=train_x.device)
+    xs = train_x.new_empty((len(models), cfg.batch_size, train_x.shape[1]))
     binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
     def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:

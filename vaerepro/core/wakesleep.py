@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vaerepro.core import model as vae
 from vaerepro.core.gradients import affine_grads, tanh_backward
-from vaerepro.core.model import VAE
+from vaerepro.core.model import VAE, standard_normal
 
 
 def gaussian_logpdf(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def dream(model: VAE, m: int, dreams: str, gen: torch.Generator | None, like: Te
     """M dreams from the generative model: z (M, N_z) ~ N(0, I) and x (M, 784) ~ p(x|z)
     (Bernoulli samples; dreams="mean": the probabilities). No gradient."""
     with torch.no_grad():
-        z = torch.randn((m, model.nz), generator=gen, device=like.device, dtype=like.dtype)
+        z = standard_normal((m, model.nz), gen, like)
         p = model.mean_image(z)
         return z, (torch.bernoulli(p, generator=gen) if dreams == "sampled" else p)
 
@@ -90,7 +90,7 @@ class WakeSleepGradients:
         enc, enc_out, dec, dec_out = model.enc, model.enc_out, model.dec, model.dec_out
 
         # wake: z ~ q(z|x) through the model's forward, then the generative model's gradient
-        torch.randn(act.eps.shape, generator=gen, out=act.eps)
+        standard_normal(act.eps.shape, gen, act.eps, out=act.eps)
         model.latent_pass(model.encoder_hidden(x, out=act.h1), act.eps, into=act)
         logits = model.decoder_output(act.h3, out=self.logits)
         d_logits = logits.sigmoid_().view(draws, m, -1).sub_(x).div_(draws * m).view(draws * m, -1)
@@ -99,7 +99,7 @@ class WakeSleepGradients:
         affine_grads(d_a3, act.z.view(-1, nz), dec.weight.grad, dec.bias.grad)
 
         # sleep: dreams from the generative model, then the recognition model's gradient
-        z = torch.randn((m, nz), generator=gen, out=self.z_dream)
+        z = standard_normal((m, nz), gen, self.z_dream, out=self.z_dream)
         h3 = vae.hidden_layer(z, dec.weight, dec.bias, out=self.h3_dream)
         p = vae.linear(h3, dec_out.weight, dec_out.bias, out=self.p_dream).sigmoid_()
         x_dream = p

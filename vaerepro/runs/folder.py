@@ -372,7 +372,7 @@ def load_model(files: RunFiles, device: torch.device | str = "cpu") -> VAE:
     parse_config(state["config"], files.weights)
     if diff := config_diff(state["config"], meta["config"]):
         raise RunFolderError(f"{files.weights} is of another config than its JSON: {diff[0]}")
-    model = VAE.from_config(cfg)
+    model = VAE.from_config(cfg).to(getattr(torch, cfg.dtype))  # the precision it trained in
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as err:

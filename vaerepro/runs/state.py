@@ -8,7 +8,7 @@ import torch
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
 from vaerepro.core.device import get_rng_state, set_rng_state
-from vaerepro.core.errors import TrainingDiverged
+from vaerepro.core.errors import TrainingDiverged, UsageError
 from vaerepro.core.evaluate import active_units, evaluate, kl_per_dimension
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
@@ -21,12 +21,17 @@ class TrainingState:
 
     def __init__(self, cfg: TrainConfig, data: MnistSplits, device: torch.device):
         cfg.validate()
+        if cfg.dtype == "float64" and device.type == "mps":
+            raise UsageError("--dtype float64: MPS has no float64; use the CPU or CUDA")
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
         self.model = VAE.from_config(cfg).to(device)
+        self.train_x, self.test_x = data.train_x[: cfg.train_size], data.test_x
+        if cfg.dtype == "float64":  # the float32 initial weights, exactly: both start alike
+            self.model = self.model.double()
+            self.train_x, self.test_x = self.train_x.double(), self.test_x.double()
         self.opt = make_optimizer(cfg, self.model)
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.train_x, self.test_x = data.train_x[: cfg.train_size], data.test_x
         self.report_x = data.test_x  # grey levels, as the report's per-model figures use
         if cfg.binarize == "fixed":
             self.train_x = binarize_fixed(self.train_x, cfg.seed)
@@ -82,7 +87,7 @@ class TrainingState:
         """What the report shows of the final model beyond the CSV, recorded in its JSON so
         that a report redrawn without the weights keeps it: the average KL of each latent
         dimension over the test set (nats) and the active units."""
-        kl = kl_per_dimension(self.model, self.report_x)
+        kl = kl_per_dimension(self.model, self.report_x.to(self.test_x.dtype))
         return {"kl_per_dim": [float(v) for v in kl.cpu()], "active_units": active_units(kl)}
 
     def check_finite(self, since: int, samples: int) -> None:

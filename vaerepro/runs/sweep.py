@@ -117,6 +117,8 @@ def plan_sweep(
 ) -> SweepPlan:
     """Plan `sweep` into `out` (RunFolderError, before any work, when its files say no)."""
     configs = sweep.configs
+    if device.type == "mps" and any(c.dtype == "float64" for c in configs):
+        raise UsageError("--dtype float64: MPS has no float64; use the CPU or CUDA")
     status = {
         c: run_status(RunFiles.of_config(out, c), c, resume, overwrite, device) for c in configs
     }

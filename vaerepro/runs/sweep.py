@@ -18,9 +18,10 @@ from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.records import logged_samples
 
 # A --jobs worker's start before its first step (a new Python, torch's import, MNIST from the
-# verified cache, the gradient check), which the in-process estimate does not see; measured
-# on the 2-core EPYC at 4-6 s per worker, the larger value kept
-WORKER_STARTUP_S = 6.0
+# verified cache, the gradient check), which the in-process estimate does not see: 2.3 s
+# measured by bench/worker_startup.py on a quiet 2-core Intel Xeon (2026-12-02), rounded up
+# for a machine that is not quiet
+WORKER_STARTUP_S = 3.0
 
 
 @dataclass

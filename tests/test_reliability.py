@@ -382,7 +382,9 @@ def test_a_parallel_sweep_stops_and_resumes(tmp_path, data_root, uninterrupted_s
     assert rc == (128 + signal.SIGINT if stop == signal.SIGINT else -signal.SIGKILL)
     wait_until(None, lambda: not _locked(out), timeout=60)  # SIGKILL: the workers wind down
     assert rows(out / "nz10-seed0.csv") == 0  # it was still queued
-    assert rows(out / "nz3-seed0.csv") < 10 and rows(out / "nz5-seed0.csv") < 10
+    # stopped mid-run: nz5 had 2 of its 10 rows (nz3, which started with it, may have ended
+    # on a loaded machine, where the two workers' speeds differ)
+    assert rows(out / "nz5-seed0.csv") < 10
     argv = ["reproduce", "--resume", str(out), "--jobs", "2", *RESUME]
     assert main([*argv, "--data-root", str(data_root)]) == 0
     for name in SWEEP_MODELS:

@@ -411,3 +411,25 @@ def test_resume_refuses_conflicting_options(unfinished, capsys, args, message):
     before = snapshot(unfinished)
     refused(["reproduce", "--resume", str(unfinished), "--no-progress", *args], capsys, message)
     assert snapshot(unfinished) == before
+
+
+def test_compare_at_and_trajectory_on_a_read_only_folder(tiny_run, tmp_path, data_root, capsys):
+    """compare --at only prints, so it works on a read-only run folder; trajectory refuses a
+    read-only OUT before its minutes of training (issue 24, low)."""
+    run = copy_run(tiny_run, tmp_path)
+    before = snapshot(run)
+    _make_read_only(run)
+    try:
+        assert main(["compare", str(run), "--at", "2e3"]) == 0
+        assert "| method | N_z | split | ours at 2e3 |" in capsys.readouterr().out
+        assert snapshot(run) == before
+        out = tmp_path / "ro-out"
+        out.mkdir()
+        _make_read_only(out)
+        try:
+            argv = ["trajectory", str(out), "--nz", "3", "--data-root", str(data_root)]
+            refused(argv, capsys, f"OUT {out}: cannot write into {out}")
+        finally:
+            _make_writable(out)
+    finally:
+        _make_writable(run)

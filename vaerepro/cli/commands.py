@@ -36,10 +36,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     refuse_links_in_run(run)
     with unchanging(run):
         comparison = compare_run(run)
-    detail, summary = write_comparison(run, comparison)
-    if args.at:
-        print(to_markdown(fidelity_table(detail, summary, args.at)), end="")
+    if args.at:  # the table only: nothing is written, so a read-only folder works too
+        print(to_markdown(fidelity_table(*comparison, args.at)), end="")
         return 0
+    detail, summary = write_comparison(run, comparison)
     with pd.option_context("display.width", 120, "display.max_rows", 500):
         print(detail.to_string(index=False, float_format="%.2f"))
         print("\nsummary (|ours - paper|, nats per datapoint):")
@@ -152,9 +152,8 @@ def cmd_make_reference(args: argparse.Namespace) -> int:
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"OUT {out} is a file; give a folder")
-    refuse_links([out, out / "trajectory.csv", out / "trajectory.json"])
+    check_output_folder(out, "OUT", plot=False)  # before minutes of training: writable?
+    refuse_links([out / "trajectory.csv", out / "trajectory.json"])
     data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
     values = run_trajectory(data, args.nz)
     write_trajectory(values, out)

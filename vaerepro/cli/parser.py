@@ -111,9 +111,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
             kw["action"] = argparse.BooleanOptionalAction
         elif f.name in CHOICES:
             kw["choices"] = CHOICES[f.name]
+        elif f.type.startswith("tuple["):  # e.g. --lr-select 0.01 0.02 0.1
+            kw |= {"nargs": "+", "type": float, "metavar": f.name.split("_")[0].upper()}
         else:
             kw["type"] = parse_count if f.type == "int" else float
-        if value is None:
+        if value is None or value == ():
             kw["help"] = f.metadata["help"]
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
 
@@ -282,9 +284,10 @@ def add_reading_parsers(sub) -> None:
         type=parse_count,
         nargs="+",
         metavar="SAMPLES",
-        help="print only a Markdown table at these sample counts (e.g. --at 1e6 1e7): per N_z "
-        "and split our mean ± sd, the paper, the distance in nats and in sds, and how many "
-        "logged points have the paper inside our band",
+        help="print only a Markdown table at these sample counts (e.g. --at 1e6 1e7), writing "
+        "nothing: per N_z and split our mean ± sd, the paper, the distance in nats and in sds, "
+        "and how many logged points have the paper inside our band and inside the 95%% "
+        "prediction interval for one more seed",
     )
     p = sub.add_parser(
         "plot",

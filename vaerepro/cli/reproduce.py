@@ -45,7 +45,7 @@ def requested_sweep(args: argparse.Namespace) -> Sweep:
             raise UsageError(f"--resume {args.resume}: no {RUN_JSON} there, so no run to resume")
         return read_run_json(record)[0]
     name = args.preset or "paper"
-    changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    changes = {k: _override(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     nzs = args.nz or list(PAPER_NZ)
     return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
@@ -56,7 +56,13 @@ def given_options(args: argparse.Namespace) -> dict[str, object]:
     seeds = args.seeds or ([args.seed] if args.seed is not None else None)
     given = {"--out": args.out, "--preset": args.preset, "--nz": args.nz}
     given |= {"--method": args.method, "--seed(s)": seeds}
-    return given | {"--" + k.replace("_", "-"): getattr(args, k) for k in OVERRIDES}
+    return given | {"--" + k.replace("_", "-"): _override(args, k) for k in OVERRIDES}
+
+
+def _override(args: argparse.Namespace, field: str):
+    """A config option's value as its field holds it (a list option: a tuple)."""
+    value = getattr(args, field)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def run_folder(args: argparse.Namespace, sweep: Sweep) -> Path:

@@ -71,6 +71,15 @@ class TrainConfig:
         "torch.optim.Adagrad's rule (optim.py)",
     )
     lr: float = _field(0.02, "Adagrad learning rate")
+    lr_select: tuple[float, ...] = _field(
+        (),
+        "the paper's step-size selection: per model, train each of these learning rates for "
+        "the first lr_select_samples samples and train the one with the best training ELBO "
+        "from the start (lr is then not used; the model's JSON records the choice)",
+    )
+    lr_select_samples: int = _field(
+        100_000, "samples each --lr-select candidate trains before the choice"
+    )
     adagrad_warmup: int = _field(
         100, "paper_adagrad: minibatches that only accumulate g^2 before the first step"
     )
@@ -166,6 +175,18 @@ class TrainConfig:
                 "adagrad_eps_inside and adagrad_eps_outside must be finite and >= 0",
             ),
             (self.adagrad_warmup >= 0, "adagrad_warmup must be >= 0"),
+            (
+                all(lr > 0 and math.isfinite(lr) for lr in self.lr_select)
+                and len(set(self.lr_select)) == len(self.lr_select),
+                f"lr_select must be distinct positive, finite rates, got {self.lr_select}",
+            ),
+            (
+                not self.lr_select
+                or 0 < self.lr_select_samples <= self.samples
+                and self.lr_select_samples % self.batch_size == 0,
+                f"lr_select_samples ({self.lr_select_samples}) must be a multiple of batch_size "
+                f"({self.batch_size}) and at most samples ({self.samples})",
+            ),
             # torch seeds are 64-bit; seed + 1 seeds the fixed binarization of the test set
             (0 <= self.seed < 2**63 - 1, f"seed must be in [0, 2**63 - 1), got {self.seed}"),
         ]
@@ -181,7 +202,10 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The JSON form: tuples as lists (as JSON reads them back)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -299,6 +323,8 @@ ADDED_FIELDS = (
     "method",
     "dreams",
     "dtype",
+    "lr_select",
+    "lr_select_samples",
 )
 
 
@@ -311,7 +337,7 @@ def upgrade(config: dict) -> dict:
     and the fields added since filled in with the value that reproduces the behaviour of the
     version that recorded it."""
     config = {RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig().to_dict()  # in JSON form, as `config` is
     return {**{k: defaults[k] for k in ADDED_FIELDS if k not in config}, **config}
 
 

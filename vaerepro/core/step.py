@@ -47,6 +47,8 @@ def stacking_problem(cfgs: list[TrainConfig], autograd: bool = False) -> str | N
     first = cfgs[0]
     if any(c.method != "aevb" for c in cfgs):
         return "--stacked trains AEVB models only; wake-sleep trains one at a time"
+    if first.lr_select:
+        return "--lr-select may choose another learning rate per model; they train one at a time"
     for other in cfgs[1:]:
         diff = [d for d in config_diff(first.to_dict(), other.to_dict()) if not d.startswith("nz:")]
         if diff:

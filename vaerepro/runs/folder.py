@@ -291,6 +291,21 @@ class ModelRecord:
             **environment_info(device),
         }
 
+    def recorded_selection(self) -> dict | None:
+        """The --lr-select choice of the run this model resumes (None without a checkpoint,
+        whose run is started afresh); RunFolderError when its JSON's choice is not one of the
+        config's candidates."""
+        if not self.files.ckpt.exists():
+            return None
+        selection = read_model_json(self.files.json).get("lr_selection")
+        chosen = selection.get("chosen") if isinstance(selection, dict) else None
+        if chosen not in self.cfg.lr_select or isinstance(chosen, bool):
+            raise RunFolderError(
+                f"{self.files.json} records no --lr-select choice among {list(self.cfg.lr_select)}"
+                f" (lr_selection: {selection!r:.100}). " + restart_hint(self.files, self.cfg)
+            )
+        return selection
+
     def discard_old(self) -> None:
         """A fresh start: remove an earlier run's checkpoint and weights, which must never be
         picked up later."""

@@ -20,6 +20,7 @@ from vaerepro.core.device import synchronize
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.core.step import TrainStep, make_train_step, stacking_problem
 from vaerepro.runs.folder import ModelRecord
+from vaerepro.runs.lrselect import select_lr
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.signals import Interrupted, stop_signals
 from vaerepro.runs.state import TrainingState
@@ -62,8 +63,9 @@ def train_together(
     if len(cfgs) > 1 and (problem := stacking_problem(cfgs, autograd)):
         raise UsageError(problem)
     cfg = cfgs[0]
-    states = [TrainingState(c, data, device) for c in cfgs]
     records = [ModelRecord(c, out_dir, device, preset) for c in cfgs]
+    lrs = [_learning_rate(r, data, device, resume, autograd) for r in records]
+    states = [TrainingState(c, data, device, lr) for c, lr in zip(cfgs, lrs, strict=True)]
     for state, record in zip(states, records, strict=True):
         record.resume_into(state) if resume else record.discard_old()
     samples = _common_samples(states)
@@ -86,6 +88,20 @@ def train_together(
     return [
         r.finish(s, samples, [c.nz for c in cfgs]) for s, r in zip(states, records, strict=True)
     ]
+
+
+def _learning_rate(
+    record: ModelRecord, data: MnistSplits, device: torch.device, resume: bool, autograd: bool
+) -> float | None:
+    """None (the config's lr), or with --lr-select the chosen one: the resumed run's recorded
+    choice, else a new selection; recorded in the model's JSON either way."""
+    if not record.cfg.lr_select:
+        return None
+    selection = (resume and record.recorded_selection()) or select_lr(
+        record.cfg, data, device, autograd
+    )
+    record.meta["lr_selection"] = selection
+    return selection["chosen"]
 
 
 def _loop(

@@ -63,7 +63,11 @@ _JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (boo
 
 
 def _field_ok(value, annotation: str) -> bool:
-    """Does a JSON value fit a TrainConfig field annotation such as "float | None"?"""
+    """Does a JSON value fit a TrainConfig field annotation such as "float | None" or
+    "tuple[float, ...]" (a JSON list)?"""
+    if annotation.startswith("tuple["):
+        item = annotation[len("tuple[") :].split(",")[0]
+        return isinstance(value, (list, tuple)) and all(_field_ok(v, item) for v in value)
     for name in annotation.replace(" ", "").split("|"):
         if name == "None" and value is None:
             return True
@@ -90,7 +94,7 @@ def parse_config(obj, source: Path) -> TrainConfig:
     bad = [k for k, t in fields.items() if not _field_ok(obj[k], str(t))]
     if bad:
         raise RunFolderError(f"{source}: config fields of the wrong type: {bad}")
-    cfg = TrainConfig(**obj)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()})
     try:
         cfg.validate()
     except ValueError as err:
@@ -127,6 +131,7 @@ MODEL_FIELDS: dict[str, tuple[type, ...]] = {
     "weights_sha256": (str,),
     "kl_per_dim": (list,),  # of the final model, over the test set (nats, one per N_z)
     "active_units": (int,),  # its dimensions with kl_per_dim over ACTIVE_UNIT_NATS
+    "lr_selection": (dict,),  # --lr-select: {"samples", "candidates", "chosen"} (lrselect.py)
 }
 
 

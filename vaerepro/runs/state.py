@@ -17,9 +17,12 @@ from vaerepro.core.optim import make_optimizer
 class TrainingState:
     """A model of `cfg` at its start (samples 0), on `device`; `load_state_dict` continues a
     checkpoint. train_x (train_size, 784) and test_x (10000, 784) are the splits it trains and
-    is evaluated on (binarized once for `binarize="fixed"`)."""
+    is evaluated on (binarized once for `binarize="fixed"`). `lr`: the learning rate when it
+    is not cfg.lr (the one --lr-select chose)."""
 
-    def __init__(self, cfg: TrainConfig, data: MnistSplits, device: torch.device):
+    def __init__(
+        self, cfg: TrainConfig, data: MnistSplits, device: torch.device, lr: float | None = None
+    ):
         cfg.validate()
         if cfg.dtype == "float64" and device.type == "mps":
             raise UsageError("--dtype float64: MPS has no float64; use the CPU or CUDA")
@@ -30,7 +33,7 @@ class TrainingState:
         if cfg.dtype == "float64":  # the float32 initial weights, exactly: both start alike
             self.model = self.model.double()
             self.train_x, self.test_x = self.train_x.double(), self.test_x.double()
-        self.opt = make_optimizer(cfg, self.model)
+        self.opt = make_optimizer(cfg if lr is None else cfg.replace(lr=lr), self.model)
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.report_x = data.test_x  # grey levels, as the report's per-model figures use
         if cfg.binarize == "fixed":

@@ -9,7 +9,9 @@ import pytest
 from helpers import DETERMINISTIC, TINY, refused
 
 from vaerepro.cli import main
+from vaerepro.core.config import TrainConfig
 from vaerepro.runs import folder, lrselect, writes
+from vaerepro.runs.estimate import Estimate
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.loop import train
 
@@ -79,6 +81,7 @@ def test_a_resumed_run_keeps_its_choice(mnist, tmp_path, tiny_cfg, monkeypatch):
         (["--lr-select", "0.01", "0.01"], "lr_select must be distinct positive"),
         (["--lr-select", "0.01", "--lr-select-samples", "150"], "must be a multiple of batch_size"),
         (["--lr-select", "0.01", "--lr-select-samples", "1e9"], "at most samples"),
+        (["--lr-select", "0.01", "--lr-select-samples", "500"], "must pass the Adagrad warm-up"),
         (
             [
                 "--lr-select",
@@ -98,3 +101,12 @@ def test_a_resumed_run_keeps_its_choice(mnist, tmp_path, tiny_cfg, monkeypatch):
 def test_bad_lr_select_options_are_refused_before_any_work(tmp_path, capsys, options, message):
     refused(["reproduce", *TINY, *options, "--out", str(tmp_path / "run")], capsys, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_estimate_counts_the_candidates():
+    estimate = Estimate(train_rate={3: 1000.0}, eval_rate=float("inf"))
+    cfg = TrainConfig(nz=3, samples=10_000, eval_every=10_000)
+    assert estimate.seconds(cfg) == 10.0
+    selecting = cfg.replace(lr_select=(0.01, 0.02), lr_select_samples=1000)
+    assert estimate.seconds(selecting) == 12.0  # two candidates of 1000 samples first
+    assert estimate.seconds(selecting, 5000) == 5.0  # a resumed model has chosen already

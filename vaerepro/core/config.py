@@ -187,6 +187,13 @@ class TrainConfig:
                 f"lr_select_samples ({self.lr_select_samples}) must be a multiple of batch_size "
                 f"({self.batch_size}) and at most samples ({self.samples})",
             ),
+            (  # during the warm-up every candidate has the same weights: a tie, no choice
+                not self.lr_select
+                or self.optimizer != "paper_adagrad"
+                or self.lr_select_samples > self.adagrad_warmup * self.batch_size,
+                f"lr_select_samples ({self.lr_select_samples}) must pass the Adagrad warm-up "
+                f"({self.adagrad_warmup} minibatches of {self.batch_size}), which takes no step",
+            ),
             # torch seeds are 64-bit; seed + 1 seeds the fixed binarization of the test set
             (0 <= self.seed < 2**63 - 1, f"seed must be in [0, 2**63 - 1), got {self.seed}"),
         ]

@@ -31,9 +31,13 @@ class Estimate:
 
     def seconds(self, cfg: TrainConfig, samples_done: int = 0) -> float:
         """Seconds left for a model of `cfg` that has trained `samples_done` samples: the
-        training steps plus a full train and test evaluation every `eval_every` samples."""
+        training steps plus a full train and test evaluation every `eval_every` samples (and
+        for a new model with --lr-select, its candidates' samples and evaluations)."""
         remaining = max(cfg.samples - samples_done, 0)
         evaluations = remaining // cfg.eval_every
+        if cfg.lr_select and samples_done == 0:  # each candidate's first samples, evaluated
+            remaining += len(cfg.lr_select) * cfg.lr_select_samples
+            evaluations += len(cfg.lr_select)
         rows = evaluations * (cfg.train_size + TEST_SIZE)
         return remaining / self.train_rate[cfg.nz] + rows / self.eval_rate
 

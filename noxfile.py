@@ -88,11 +88,14 @@ def tests(session: nox.Session) -> None:
     _install(session, "[test,bench]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("pytest", "-n", "auto", "--durations=15", *session.posargs, env=_data_env())
+    # worksteal: an idle process takes queued tests from a busy one, so the few 20-40 s tests
+    # do not leave one core idle at the end
+    xdist = ["-n", "auto", "--dist", "worksteal"]
+    session.run("pytest", *xdist, "--durations=15", *session.posargs, env=_data_env())
     # the benchmarks run (tiny sizes, no timing): speed is measured by `nox -s bench`; one
     # torch thread, as in the tests: 2 spin-waiting threads crawl beside any busy process
     smoke = {**_data_env(), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    session.run("pytest", "bench", "--quick", "--benchmark-disable", "-q", env=smoke)
+    session.run("pytest", "bench", *xdist, "--quick", "--benchmark-disable", "-q", env=smoke)
 
 
 BENCH_HELP = """nox -s bench -- [options]: throughput benchmarks (bench/, pytest-benchmark)

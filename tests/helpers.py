@@ -19,6 +19,7 @@ import pytest
 from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig, preset
+from vaerepro.runs import writes
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
@@ -176,3 +177,18 @@ def fake_ci_run(folder: Path, seed: int, elbo: float, nzs=(3,), trajectory=None)
         meta["device"]["threads"] = 2  # as the fake models: one rounding-run label
         (folder / "trajectory.json").write_text(json.dumps(meta))
     return folder
+
+
+def crash_at_the_second_checkpoint(monkeypatch) -> None:
+    """Make a run's second checkpoint write raise KeyboardInterrupt, a simulated crash: its
+    JSON has recorded that checkpoint, which with the CSV's new row has not landed."""
+    real_write, calls = writes.atomic_write_bytes, []
+
+    def crash(path, data):
+        if path.suffix == ".ckpt":
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("simulated crash")
+        real_write(path, data)
+
+    monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", crash)

@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import DETERMINISTIC, TINY, refused
+from helpers import DETERMINISTIC, TINY, crash_at_the_second_checkpoint, refused
 
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
-from vaerepro.runs import folder, lrselect, writes
+from vaerepro.runs import lrselect
 from vaerepro.runs.estimate import Estimate
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.loop import train
@@ -46,16 +46,7 @@ def test_lr_select_records_its_candidates_and_trains_the_chosen_one(tmp_path, da
 def test_a_resumed_run_keeps_its_choice(mnist, tmp_path, tiny_cfg, monkeypatch):
     cfg = tiny_cfg.replace(samples=4000, lr_select=(0.005, 0.02), lr_select_samples=1000)
     full = train(cfg, mnist, tmp_path / "full", progress=False)
-    real_write, calls = writes.atomic_write_bytes, []
-
-    def crash_on_second_checkpoint(path, data):
-        if path.suffix == ".ckpt":
-            calls.append(path)
-            if len(calls) == 2:
-                raise KeyboardInterrupt("simulated crash")
-        real_write(path, data)
-
-    monkeypatch.setattr(folder, "atomic_write_bytes", crash_on_second_checkpoint)
+    crash_at_the_second_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

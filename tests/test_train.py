@@ -4,11 +4,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import DETERMINISTIC
+from helpers import DETERMINISTIC, crash_at_the_second_checkpoint
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import TrainingDiverged
-from vaerepro.runs import writes
 from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
 from vaerepro.runs.loop import train
@@ -104,16 +103,7 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     cfg = tiny_cfg.replace(samples=4000)
     full = train(cfg, mnist, tmp_path / "full", progress=False)
 
-    real_write, calls = writes.atomic_write_bytes, []
-
-    def crash_on_second_checkpoint(path, data):
-        if path.suffix == ".ckpt":
-            calls.append(path)
-            if len(calls) == 2:
-                raise KeyboardInterrupt("simulated crash")
-        real_write(path, data)
-
-    monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", crash_on_second_checkpoint)
+    crash_at_the_second_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, mnist, tmp_path / "crashed", progress=False)
     monkeypatch.undo()

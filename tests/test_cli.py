@@ -179,3 +179,16 @@ def test_a_different_config_in_the_folder_is_refused(
     assert main(base) == 2  # the same config, finished: needs --overwrite
     assert main(["reproduce", "--resume", str(out), "--no-progress"]) == 0  # nothing left to do
     assert "skipped" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a process of its own
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`vaerepro compare RUN | head -1`: the reader leaves; vaerepro exits 141 (128 + SIGPIPE,
+    as a tool killed by it) without a message or a traceback."""
+    run = copy_run(Path(__file__).resolve().parents[1] / "results" / "paper-1e7", tmp_path)
+    cmd = [sys.executable, "-m", "vaerepro", "compare", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("method")
+    proc.stdout.close()  # the reader goes; the rest (600 lines) meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -3,6 +3,8 @@ parses nothing itself: it calls the layers below and prints."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from vaerepro.cli.commands import (
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except VaereproError as err:
         print(f"vaerepro {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `vaerepro compare RUN | head`: the reader has gone, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
     except OSError as err:  # the machine's, not a bug: a path, a permission, a full disk
         print(
             f"vaerepro {args.command}: error: {err.strerror or err}: {err.filename or ''} "

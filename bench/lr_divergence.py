@@ -12,6 +12,7 @@ import torch
 
 from vaerepro.core.config import preset
 from vaerepro.core.data import load_mnist
+from vaerepro.core.model import gaussian_kl
 from vaerepro.core.step import make_train_step
 from vaerepro.runs.state import TrainingState
 
@@ -29,7 +30,7 @@ def probe(dtype: str, data, steps: int = 400) -> None:
         step([idx], [state.gen])
         with torch.no_grad():
             mu, logvar = state.model.encode(state.train_x[idx])
-            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1).mean().item()
+            kl = gaussian_kl(mu, logvar).mean().item()
         if first is None and kl > 1e3:
             first = k
         if k in SHOWN:

@@ -1,4 +1,5 @@
-"""`--stacked`: several N_z trained in one stacked step give the numbers of separate runs."""
+"""`--stacked`: several models (N_z and seeds) trained in one batched step (core/batched.py)
+give the numbers of separate runs: gradients and updates equal in float64, CSVs in float32."""
 
 import pandas as pd
 import pytest
@@ -6,9 +7,12 @@ import torch
 from helpers import DETERMINISTIC, tiny
 
 from vaerepro.cli import main
+from vaerepro.core.batched import PARAMS, BatchedAEVB
+from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.gradients import BernoulliGradients
 from vaerepro.core.model import VAE
+from vaerepro.core.optim import make_optimizer
 from vaerepro.runs import writes
 from vaerepro.runs.loop import train, train_together
 from vaerepro.runs.records import read_json
@@ -56,13 +60,14 @@ def test_stacked_training_matches_separate_runs(mnist, tmp_path, tiny_cfg):
         alone = train(cfg, mnist, tmp_path / "alone", progress=False)
         pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
         meta = read_json(tmp_path / "stacked" / f"nz{cfg.nz}-seed0.json")
-        assert meta["stacked_with_nz"] == list(NZS) and meta["status"] == "finished"
+        assert meta["stacked_with"] == [f"N_z={nz} seed 0" for nz in NZS]
+        assert meta["status"] == "finished"
         weights = torch.load(tmp_path / "stacked" / f"nz{cfg.nz}-seed0.pt", weights_only=True)
         assert weights["model"]["enc.weight"].untyped_storage().nbytes() == 64 * 784 * 4  # own copy
 
 
 def test_stacked_needs_configs_equal_but_for_nz_and_seed(mnist, tmp_path, tiny_cfg):
-    with pytest.raises(ValueError, match="differ in nz only: lr"):
+    with pytest.raises(ValueError, match="differ in nz and seed only: lr"):
         train_together([tiny_cfg, tiny_cfg.replace(nz=5, lr=0.1)], mnist, tmp_path, progress=False)
     gaussian = tiny_cfg.replace(likelihood="gaussian")
     with pytest.raises(ValueError, match="Bernoulli"):
@@ -104,3 +109,102 @@ def test_cli_stacked(tiny_sweep, data_root, tmp_path, capsys):
         stacked, alone = (pd.read_csv(folder / name) for folder in (out, tiny_sweep.folder))
         assert len(stacked) == 2
         pd.testing.assert_frame_equal(stacked[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
+
+
+def _batched_and_separate(steps: int, warmup: int):
+    """The models of NZS (float64), trained `steps` steps by one BatchedAEVB and, copies of
+    them, one at a time by BernoulliGradients and their own Adagrad (warm-up `warmup`)."""
+    cfg = TrainConfig(adagrad_warmup=warmup, train_size=1000)
+    together, alone = _models(), _models()
+    opts_t = [make_optimizer(cfg, m) for m in together]
+    opts_a = [make_optimizer(cfg, m) for m in alone]
+    batched = BatchedAEVB(together, opts_t, 50, z_draws=2)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(steps):
+        xs = torch.rand((len(NZS), 50, 784), generator=gen, dtype=torch.float64).round()
+        batched(xs, [torch.Generator().manual_seed(100 * step + i) for i in range(len(NZS))])
+        for i, (model, opt) in enumerate(zip(alone, opts_a, strict=True)):
+            gens = [torch.Generator().manual_seed(100 * step + i)]
+            BernoulliGradients([model], 50, z_draws=2)(xs[i : i + 1], gens)
+            opt.step()
+    batched.write_back()
+    return batched, together, opts_t, alone, opts_a
+
+
+def test_batched_gradients_equal_autograd_in_float64():
+    """The batched gradient (all layers of 3 models of N_z 2, 5, 3 at once) equals autograd's
+    of -ELBO through each model's own forward, with the same noise."""
+    models = _models()
+    opts = [make_optimizer(TrainConfig(), m) for m in models]
+    batched = BatchedAEVB(models, opts, 40, z_draws=2)
+    xs = torch.rand((len(NZS), 40, 784), generator=torch.Generator().manual_seed(1)).double()
+    batched.draw_noise([torch.Generator().manual_seed(7 + i) for i in range(len(NZS))])
+    batched.gradients(xs)
+    for i, model in enumerate(_models()):
+        gen = torch.Generator().manual_seed(7 + i)
+        (-model(xs[i], 2, gen).elbo.mean()).backward()
+        for name in PARAMS:
+            stacked = batched.grad[name][i]
+            parts = {"enc_out.weight": 2, "enc_out.bias": 2}.get(name, 1)
+            expected = model.get_parameter(name).grad
+            if parts == 2:  # mu rows at [0, nz), log sigma^2 rows at [Z, Z + nz)
+                nz, z = NZS[i], max(NZS)
+                got = torch.cat([stacked[:nz], stacked[z : z + nz]])
+                padding = torch.cat([stacked[nz:z], stacked[z + nz :]])
+            elif name == "dec.weight":
+                got, padding = stacked[:, : NZS[i]], stacked[:, NZS[i] :]
+            else:
+                got, padding = stacked, stacked[:0]
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13, msg=name)
+            assert (padding == 0).all(), f"{name}: the padding's gradient is not 0"
+
+
+def test_batched_updates_equal_adagrad_one_model_at_a_time():
+    """Six steps through a warm-up of 2 (lr 0, then the update): weights, Adagrad sums and
+    steps taken equal those of each model stepped alone by its own Adagrad, in float64."""
+    batched, together, opts_t, alone, opts_a = _batched_and_separate(steps=6, warmup=2)
+    for a, b, oa, ob in zip(together, alone, opts_t, opts_a, strict=True):
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=name)
+            torch.testing.assert_close(oa.state[p]["sum"], ob.state[q]["sum"], msg=name)
+            assert not torch.equal(p, _models()[0].get_parameter(name)[: p.shape[0]])
+        assert [g["steps_taken"] for g in oa.param_groups] == [6, 6]
+    for name in PARAMS:  # the padding never moved
+        z = max(NZS)
+        for i, nz in enumerate(NZS):
+            if name == "dec.weight":
+                assert (batched.w[name][i][:, nz:] == 0).all()
+            elif name.startswith("enc_out"):
+                assert (batched.w[name][i][nz:z] == 0).all()
+                assert (batched.w[name][i][z + nz :] == 0).all()
+
+
+def test_batched_warmup_leaves_the_weights_exactly():
+    batched, together, *_ = _batched_and_separate(steps=2, warmup=2)
+    for model, start in zip(together, _models(), strict=True):
+        for p, q in zip(model.parameters(), start.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+def test_batched_training_of_several_nz_and_seeds_matches_separate_runs(mnist, tmp_path, tiny_cfg):
+    """N_z 2, 5, 3 with seeds 0, 1, 1 in one batched step: each model's CSV is that of its
+    separate run within float32 rounding."""
+    cfgs = [tiny_cfg.replace(nz=nz, seed=s) for nz, s in zip(NZS, (0, 1, 1), strict=True)]
+    stacked = train_together(cfgs, mnist, tmp_path / "stacked", progress=False)
+    for cfg, df in zip(cfgs, stacked, strict=True):
+        alone = train(cfg, mnist, tmp_path / "alone", progress=False)
+        pd.testing.assert_frame_equal(df[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
+        ckpt = torch.load(tmp_path / "stacked" / f"nz{cfg.nz}-seed{cfg.seed}.ckpt")
+        steps = cfg.samples // cfg.batch_size
+        assert all(g["steps_taken"] == steps for g in ckpt["optimizer"]["param_groups"])
+
+
+def test_cuda_graphs_need_cuda(mnist, tiny_cfg):
+    from vaerepro.core.errors import UsageError
+    from vaerepro.core.step import make_train_step
+
+    model = VAE.from_config(tiny_cfg)
+    with pytest.raises((UsageError, ValueError), match="CUDA"):
+        make_train_step(
+            [model], [make_optimizer(tiny_cfg, model)], tiny_cfg, mnist.train_x, cuda_graphs=True
+        )

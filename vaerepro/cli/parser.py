@@ -169,9 +169,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stacked",
         action="store_true",
-        help="train all N_z of a seed at once, their big layers stacked into one batched step: "
-        "the numbers of separate runs, fewer and larger kernels (meant for GPUs; on a CPU it is no "
-        "faster: the stacked product measured 8%% slower per model on 2 cores)",
+        help="train all N_z and seeds of a method at once, in one batched step (every layer and "
+        "Adagrad on stacks of the models): the numbers of separate runs, a few large kernels "
+        "instead of many small ones (meant for GPUs; see docs/benchmarks.md for the CPU)",
     )
     p.add_argument(
         "--jobs",
@@ -193,6 +193,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "(gradients.py); the same numbers up to float rounding, slower. Without it autograd "
         "is used only where the hand-written backward does not match the model's forward "
         "(an edited model.py, the Gaussian decoder); the log says which",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA only: capture the training step (batched, as --stacked) in a CUDA graph "
+        "once and replay it, which removes the launch overhead of its few dozen kernels; the "
+        "minibatches and noise are drawn outside the graph, so the numbers are those without it",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="CUDA only: let float32 matrix products use TF32 tensor cores (faster, about 3e-4 "
+        "relative error per product). Default: full float32, for fidelity. Recorded in each "
+        "model's JSON as device.matmul_precision",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -67,9 +67,9 @@ def _override(args: argparse.Namespace, field: str):
 
 def run_folder(args: argparse.Namespace, sweep: Sweep) -> Path:
     """Every check of the options that needs no data; returns the run folder."""
-    if args.stacked:  # each stacked group: the N_z of one method and seed
-        for key in {(c.method, c.seed) for c in sweep.configs}:
-            group = [c for c in sweep.configs if (c.method, c.seed) == key]
+    if args.stacked:  # each batched group: the N_z and seeds of one method
+        for method in sweep.methods:
+            group = [c for c in sweep.configs if c.method == method]
             if problem := stacking_problem(group, args.autograd):
                 raise UsageError(f"{problem}; train without --stacked")
     if args.resume:
@@ -93,6 +93,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     out = run_folder(args, sweep)
     folder_conflicts(out, sweep, bool(args.resume), args.overwrite)
     device = resolve_device(args.device)
+    cuda_options(args, device)
     # --resume reads the data where the run started unless told otherwise
     data_root = args.data_root or (recorded_data_root(out) if args.resume else None)
     return plan_sweep(
@@ -106,6 +107,16 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         threads=args.threads,
         data_root=data_root,
     )
+
+
+def cuda_options(args: argparse.Namespace, device: torch.device) -> None:
+    """--cuda-graphs and --tf32 need a CUDA device (UsageError); --tf32 takes effect here."""
+    for option, given in (("--cuda-graphs", args.cuda_graphs), ("--tf32", args.tf32)):
+        if given and device.type != "cuda":
+            raise UsageError(f"{option} needs a CUDA device, but the run is on {device.type}")
+    if args.cuda_graphs and args.executor == "slurm":
+        raise UsageError("--cuda-graphs is for the local executor")
+    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
 
 
 def settle(out: Path) -> None:
@@ -159,7 +170,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             start_folder(plan, args.overwrite)
             for line in plan.skipped_lines() + ([plan.describe(estimate)] if plan.pending else []):
                 progress.say(line)
-            status = make_runner(plan, data, args.autograd, slurm).run(plan, progress)
+            runner = make_runner(plan, data, args.autograd, slurm, args.cuda_graphs)
+            status = runner.run(plan, progress)
         executor = "" if slurm is None else " --executor slurm"
         if status:
             resume = f"{vaerepro_command('reproduce')} --resume {plan.out}{executor}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from vaerepro.core import wakesleep
+from vaerepro.core.batched import BatchedAEVB, CapturedStep
 from vaerepro.core.config import TrainConfig, config_diff
 from vaerepro.core.errors import UsageError
 from vaerepro.core.gradients import BernoulliGradients, covers
@@ -23,6 +24,12 @@ class TrainStep:
 
     step: Callable[[list[torch.Tensor], list[torch.Generator]], None]
     gradient: str  # "hand-written" or "autograd", with the reason when not the default
+    write_back: Callable[[], None] | None = None  # batched: the stacks into models, optimizers
+
+    def sync(self) -> None:
+        """Bring the models and their optimizers up to date (a no-op unless batched)."""
+        if self.write_back is not None:
+            self.write_back()
 
     def __call__(self, idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
         self.step(idxs, gens)
@@ -41,18 +48,22 @@ def gradient_pair(cfg: TrainConfig) -> tuple[Callable, Callable]:
 
 
 def stacking_problem(cfgs: list[TrainConfig], autograd: bool = False) -> str | None:
-    """Why the models of `cfgs` cannot train in one stacked step (None: they can). The one
-    place of the `--stacked` rule: AEVB models equal but for N_z, through the hand-written
-    gradient (which needs the Bernoulli decoder and a model it covers)."""
+    """Why the models of `cfgs` cannot train in one batched step (None: they can). The one
+    place of the `--stacked` rule: AEVB models equal but for N_z and seed, through the
+    hand-written gradient (which needs the Bernoulli decoder and a model it covers)."""
     first = cfgs[0]
     if any(c.method != "aevb" for c in cfgs):
         return "--stacked trains AEVB models only; wake-sleep trains one at a time"
     if first.lr_select:
         return "--lr-select may choose another learning rate per model; they train one at a time"
     for other in cfgs[1:]:
-        diff = [d for d in config_diff(first.to_dict(), other.to_dict()) if not d.startswith("nz:")]
+        diff = [
+            d
+            for d in config_diff(first.to_dict(), other.to_dict())
+            if not d.startswith(("nz:", "seed:"))
+        ]
         if diff:
-            return "models trained together may differ in nz only: " + "; ".join(diff)
+            return "models trained together may differ in nz and seed only: " + "; ".join(diff)
     reason = "--autograd was given" if autograd else covers(VAE.from_config(first), first.z_draws)
     if reason:
         return f"--stacked runs the hand-written gradient for several models at once, but {reason}"
@@ -63,36 +74,54 @@ def make_train_step(
     models: list[VAE],
     opts: list[torch.optim.Optimizer],
     cfg: TrainConfig,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | list[torch.Tensor],
     autograd: bool = False,
+    cuda_graphs: bool = False,
 ) -> TrainStep:
-    """The training step of `models` (configs `cfg`, N_z aside) for cfg's method (AEVB or
-    wake-sleep).
+    """The training step of `models` (configs `cfg`, N_z and seed aside) for cfg's method
+    (AEVB or wake-sleep), on train_x (N, 784), or one such split per model.
 
     The gradient is the hand-written one (gradients.py, wakesleep.py: autograd's numbers, far
     less overhead) when it covers the model: `gradients.covers` checks it against autograd
     through the model's forward, so an edited model (another activation, the Gaussian decoder)
-    trains through autograd, the same forward. `autograd=True` forces autograd (one model only;
-    several models need `stacking_problem` to be None).
+    trains through autograd, the same forward. `autograd=True` forces autograd (one model only).
+    Several models (`stacking_problem` None), or `cuda_graphs`, take the batched step
+    (batched.py): every layer and Adagrad on (K, ...) stacks, captured in a CUDA graph with
+    `cuda_graphs`. Its `write_back` must run before the models or optimizers are read.
     """
     loss, hand_written = gradient_pair(cfg)
     reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
-    if reason is None:
+    batched = len(models) > 1 or cuda_graphs
+    if reason is not None and batched:
+        option = "--cuda-graphs" if cuda_graphs else "--stacked"
+        raise UsageError(f"{option} needs the hand-written gradient, but {reason}")
+    if batched and cfg.method != "aevb":
+        raise UsageError("--stacked and --cuda-graphs train AEVB models only")
+    grads, gradient, update = None, "hand-written", None
+    if batched:
+        update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
+        if cuda_graphs:
+            update = CapturedStep(update, (len(models), cfg.batch_size, 784))
+            gradient = "hand-written, batched, in a CUDA graph"
+        else:
+            gradient = "hand-written, batched"
+    elif reason is None:
         grads = hand_written(models, cfg.batch_size, cfg.z_draws)
-        gradient = "hand-written"
     else:
-        if len(models) > 1:
-            raise UsageError(f"--stacked needs the hand-written gradient, but {reason}")
-        grads, gradient = None, f"autograd ({reason})" if not autograd else "autograd (--autograd)"
-    xs = train_x.new_empty((len(models), cfg.batch_size, train_x.shape[1]))
+        gradient = f"autograd ({reason})" if not autograd else "autograd (--autograd)"
+    splits = train_x if isinstance(train_x, list) else [train_x] * len(models)
+    xs = splits[0].new_empty((len(models), cfg.batch_size, splits[0].shape[1]))
     binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
     def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
-        for k, (idx, gen) in enumerate(zip(idxs, gens, strict=True)):
-            torch.index_select(train_x, 0, idx, out=xs[k])
+        for k, (split, idx, gen) in enumerate(zip(splits, idxs, gens, strict=True)):
+            torch.index_select(split, 0, idx, out=xs[k])
             if binary is not None:
                 torch.bernoulli(xs[k], generator=gen, out=binary[k])
         batch = xs if binary is None else binary
+        if update is not None:
+            update(batch, gens)
+            return
         if grads is not None:
             grads(batch, gens)
         else:
@@ -102,4 +131,5 @@ def make_train_step(
         for opt in opts:
             opt.step()
 
-    return TrainStep(step, gradient)
+    write_back = (update.batched if cuda_graphs else update).write_back if update else None
+    return TrainStep(step, gradient, write_back)

@@ -350,7 +350,7 @@ class ModelRecord:
         atomic_write_bytes(self.files.ckpt, data)
         write_csv(pd.DataFrame(state.rows, columns=CSV_COLUMNS), self.files.csv)
 
-    def finish(self, state: TrainingState, samples: int, trained_with: list[int]) -> pd.DataFrame:
+    def finish(self, state: TrainingState, samples: int, trained_with: list[str]) -> pd.DataFrame:
         """Write the final weights, then the JSON that records their checksum; the CSV rows."""
         data = torch_bytes({"model": state.weights(), "config": self.cfg.to_dict()})
         atomic_write_bytes(self.files.weights, data)
@@ -365,7 +365,7 @@ class ModelRecord:
             **state.latent_usage(),
         )
         if len(trained_with) > 1:
-            self.meta["stacked_with_nz"] = trained_with
+            self.meta["stacked_with"] = trained_with
         write_json(self.meta, self.files.json)
         return pd.DataFrame(state.rows, columns=CSV_COLUMNS)
 

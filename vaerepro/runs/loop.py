@@ -1,8 +1,8 @@
 """The training loop, top to bottom: set up each model (its `TrainingState` and `ModelRecord`,
 maybe resumed from its checkpoint) -> draw minibatches by index and step -> every `eval_every`
 samples evaluate both splits, append a CSV row, checkpoint -> write the final weights. Usually
-one model trains at a time; `--stacked` trains several (differing only in N_z) in lockstep,
-one step for all of them, with the same numbers as separate runs."""
+one model trains at a time; `--stacked` trains several (differing only in N_z and seed) in
+lockstep, one batched step for all of them, with the numbers of separate runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import TrainConfig
+from vaerepro.core.config import TrainConfig, model_label
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.device import synchronize
 from vaerepro.core.errors import RunFolderError, UsageError
@@ -54,11 +54,13 @@ def train_together(
     preset: str | None = None,
     label: str = "",
     autograd: bool = False,
+    cuda_graphs: bool = False,
 ) -> list[pd.DataFrame]:
-    """Train the VAEs of `cfgs` (configs equal but for N_z) in lockstep, one stacked step for
-    all; each model gets the files, and the numbers, of a separate `train` run. `progress`:
-    the sweep's reporter, or whether to show a bar of these models' own. `label` prefixes the
-    log (e.g. "model 2/5 "); `autograd` forces the autograd gradient."""
+    """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one batched
+    step for all; each model gets the files, and the numbers, of a separate `train` run.
+    `progress`: the sweep's reporter, or whether to show a bar of these models' own. `label`
+    prefixes the log (e.g. "model 2/5 "); `autograd` forces the autograd gradient;
+    `cuda_graphs` replays the step from a CUDA graph."""
     device = torch.device(device)
     if len(cfgs) > 1 and (problem := stacking_problem(cfgs, autograd)):
         raise UsageError(problem)
@@ -70,7 +72,12 @@ def train_together(
         record.resume_into(state) if resume else record.discard_old()
     samples = _common_samples(states)
     step = make_train_step(
-        [s.model for s in states], [s.opt for s in states], cfg, states[0].train_x, autograd
+        [s.model for s in states],
+        [s.opt for s in states],
+        cfg,
+        [s.train_x for s in states] if len(states) > 1 else states[0].train_x,
+        autograd,
+        cuda_graphs,
     )
     print(f"{label}gradient: {step.gradient}", file=sys.stderr)
     for state, record in zip(states, records, strict=True):
@@ -82,12 +89,12 @@ def train_together(
 
     try:
         samples = _loop(states, records, step, samples, report)
+        step.sync()
     finally:
         if own_bar:
             report.close()
-    return [
-        r.finish(s, samples, [c.nz for c in cfgs]) for s, r in zip(states, records, strict=True)
-    ]
+    together = [f"{model_label(c.method, c.nz)} seed {c.seed}" for c in cfgs]
+    return [r.finish(s, samples, together) for s, r in zip(states, records, strict=True)]
 
 
 def _learning_rate(
@@ -122,6 +129,7 @@ def _loop(
             step([s.batches.next() for s in states], [s.gen for s in states])
             samples += cfg.batch_size
             if samples % cfg.eval_every == 0:
+                step.sync()
                 for s in states:
                     s.check_finite(samples - cfg.eval_every, samples)
                 synchronize(device)  # the clock must see the queued steps
@@ -136,6 +144,7 @@ def _loop(
                 for s in states:
                     report.advance(s.cfg, samples)
             if signum := interrupted():
+                step.sync()
                 _stop(states, records, samples, time.perf_counter() - start, signum)
     return samples
 

@@ -30,6 +30,13 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def matmul_precision(device: torch.device) -> str:
+    """How float32 matrix products are computed: "float32", or "tf32" where CUDA may use TF32
+    tensor cores (torch.backends.cuda.matmul.allow_tf32, set by --tf32)."""
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 else "float32"
+
+
 def git_state() -> dict:
     """Commit and dirty flag of the source checkout this package runs from (None outside git)."""
     src = Path(__file__).resolve().parent
@@ -62,6 +69,7 @@ def environment_info(device: torch.device) -> dict:
             "cpu_count": os.cpu_count(),
             # the kernels torch dispatches to (AVX2, AVX512, ...): they set float32 rounding
             "capability": torch.backends.cpu.get_cpu_capability(),
+            "matmul_precision": matmul_precision(device),
         },
         "versions": {
             "python": platform.python_version(),

@@ -125,7 +125,8 @@ MODEL_FIELDS: dict[str, tuple[type, ...]] = {
     "samples_done": (int,),
     "wall_s": (int, float),
     "final": (dict,),
-    "stacked_with_nz": (list,),
+    "stacked_with": (list,),  # the models of its batched step, as "N_z=3 seed 0"
+    "stacked_with_nz": (list,),  # the older record: the N_z of one seed's batched step
     "fused_with_nz": (list,),  # the older name of stacked_with_nz
     "checkpoints": (list,),  # the last two: [{"samples": int, "sha256": hex}, ...]
     "weights_sha256": (str,),

@@ -33,8 +33,8 @@ class InProcessRunner:
     """Trains the plan's groups one after another in this process (the data already loaded
     on the plan's device)."""
 
-    def __init__(self, data: MnistSplits, autograd: bool = False):
-        self.data, self.autograd = data, autograd
+    def __init__(self, data: MnistSplits, autograd: bool = False, cuda_graphs: bool = False):
+        self.data, self.autograd, self.cuda_graphs = data, autograd, cuda_graphs
 
     def run(self, plan: SweepPlan, progress: SweepProgress) -> int:
         for i, group in enumerate(plan.groups, 1):
@@ -54,6 +54,7 @@ class InProcessRunner:
                     preset=plan.sweep.preset,
                     label=f"{label} ",
                     autograd=self.autograd,
+                    cuda_graphs=self.cuda_graphs,
                 )
             except Interrupted as err:
                 progress.say(str(err))
@@ -69,9 +70,15 @@ class InProcessRunner:
         return 0
 
 
-def make_runner(plan: SweepPlan, data: MnistSplits | None, autograd: bool, slurm=None) -> Runner:
+def make_runner(
+    plan: SweepPlan,
+    data: MnistSplits | None,
+    autograd: bool,
+    slurm=None,
+    cuda_graphs: bool = False,
+) -> Runner:
     """The runner the plan asks for: SLURM jobs with `slurm` (slurm.SlurmOptions), parallel
-    local jobs when plan.jobs > 1, else in-process."""
+    local jobs when plan.jobs > 1, else in-process (`cuda_graphs`: its steps in CUDA graphs)."""
     if slurm is not None:
         from vaerepro.runs.slurm import SlurmRunner
 
@@ -80,4 +87,4 @@ def make_runner(plan: SweepPlan, data: MnistSplits | None, autograd: bool, slurm
         from vaerepro.runs.jobs import LocalJobsRunner
 
         return LocalJobsRunner(autograd)
-    return InProcessRunner(data, autograd)
+    return InProcessRunner(data, autograd, cuda_graphs)

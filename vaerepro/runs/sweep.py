@@ -129,9 +129,8 @@ def plan_sweep(
         for c in pending
     }
     groups = [[c] for c in pending]
-    if stacked:  # per method and seed, all its pending N_z in one stacked step
-        keys = [(m, s) for m in sweep.methods for s in sweep.seeds]
-        groups = [[c for c in pending if (c.method, c.seed) == k] for k in keys]
+    if stacked:  # per method, all its pending N_z and seeds in one batched step
+        groups = [[c for c in pending if c.method == m] for m in sweep.methods]
         groups = [g for g in groups if g]
     jobs, threads = parallelism(device, stacked, len(pending), jobs, threads)
     return SweepPlan(sweep, out, device, status, done, groups, jobs, threads, data_root)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
@@ -192,3 +193,49 @@ def crash_at_the_second_checkpoint(monkeypatch) -> None:
         real_write(path, data)
 
     monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", crash)
+
+
+def seeded_models(nzs, device="cpu") -> list:
+    """Float64 VAEs of N_z `nzs` (hidden 32), weights ~ N(0, 0.1^2) seeded by position (away
+    from the near-zero init, so that every gradient term matters)."""
+    from vaerepro.core.model import VAE
+
+    models = []
+    for i, nz in enumerate(nzs):
+        torch.manual_seed(i)
+        model = VAE(nz=nz, hidden=32).double()
+        for p in model.parameters():
+            p.data.normal_(0.0, 0.1)
+        models.append(model.to(device))
+    return models
+
+
+def batched_and_separate(nzs, steps: int, warmup: int, device="cpu"):
+    """The `seeded_models(nzs)` trained `steps` steps by one BatchedAEVB and, copies of them,
+    one at a time by BernoulliGradients and their own Adagrad (warm-up `warmup`), on the same
+    random minibatches and noise. Returns (batched, its models, their optimizers, the separate
+    models, theirs), written back."""
+    from vaerepro.core.batched import BatchedAEVB
+    from vaerepro.core.config import TrainConfig
+    from vaerepro.core.gradients import BernoulliGradients
+    from vaerepro.core.optim import make_optimizer
+
+    cfg = TrainConfig(adagrad_warmup=warmup, train_size=1000)
+    together, alone = seeded_models(nzs, device), seeded_models(nzs, device)
+    opts_t = [make_optimizer(cfg, m) for m in together]
+    opts_a = [make_optimizer(cfg, m) for m in alone]
+    batched = BatchedAEVB(together, opts_t, 50, z_draws=2)
+    gen = torch.Generator().manual_seed(5)
+
+    def gens(step: int, i: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(100 * step + i)
+
+    for step in range(steps):
+        xs = torch.rand((len(nzs), 50, 784), generator=gen, dtype=torch.float64).round()
+        xs = xs.to(device)
+        batched(xs, [gens(step, i) for i in range(len(nzs))])
+        for i, (model, opt) in enumerate(zip(alone, opts_a, strict=True)):
+            BernoulliGradients([model], 50, z_draws=2)(xs[i : i + 1], [gens(step, i)])
+            opt.step()
+    batched.write_back()
+    return batched, together, opts_t, alone, opts_a

@@ -4,7 +4,7 @@ give the numbers of separate runs: gradients and updates equal in float64, CSVs 
 import pandas as pd
 import pytest
 import torch
-from helpers import DETERMINISTIC, tiny
+from helpers import DETERMINISTIC, batched_and_separate, seeded_models, tiny
 
 from vaerepro.cli import main
 from vaerepro.core.batched import PARAMS, BatchedAEVB
@@ -20,19 +20,8 @@ from vaerepro.runs.records import read_json
 NZS = (2, 5, 3)
 
 
-def _models(seed_offset: int = 0) -> list[VAE]:
-    models = []
-    for i, nz in enumerate(NZS):
-        torch.manual_seed(i + seed_offset)
-        model = VAE(nz=nz, hidden=32).double()
-        for p in model.parameters():
-            p.data.normal_(0.0, 0.1)
-        models.append(model)
-    return models
-
-
 def test_stacked_gradients_equal_one_model_at_a_time(mnist):
-    together, alone = _models(), _models()
+    together, alone = seeded_models(NZS), seeded_models(NZS)
     xs = torch.stack([mnist.train_x[i * 100 : (i + 1) * 100] for i in range(len(NZS))]).double()
     gens = [torch.Generator().manual_seed(10 + i) for i in range(len(NZS))]
     BernoulliGradients(together, 100, z_draws=2)(xs, gens)
@@ -111,36 +100,16 @@ def test_cli_stacked(tiny_sweep, data_root, tmp_path, capsys):
         pd.testing.assert_frame_equal(stacked[DETERMINISTIC], alone[DETERMINISTIC], rtol=1e-4)
 
 
-def _batched_and_separate(steps: int, warmup: int):
-    """The models of NZS (float64), trained `steps` steps by one BatchedAEVB and, copies of
-    them, one at a time by BernoulliGradients and their own Adagrad (warm-up `warmup`)."""
-    cfg = TrainConfig(adagrad_warmup=warmup, train_size=1000)
-    together, alone = _models(), _models()
-    opts_t = [make_optimizer(cfg, m) for m in together]
-    opts_a = [make_optimizer(cfg, m) for m in alone]
-    batched = BatchedAEVB(together, opts_t, 50, z_draws=2)
-    gen = torch.Generator().manual_seed(5)
-    for step in range(steps):
-        xs = torch.rand((len(NZS), 50, 784), generator=gen, dtype=torch.float64).round()
-        batched(xs, [torch.Generator().manual_seed(100 * step + i) for i in range(len(NZS))])
-        for i, (model, opt) in enumerate(zip(alone, opts_a, strict=True)):
-            gens = [torch.Generator().manual_seed(100 * step + i)]
-            BernoulliGradients([model], 50, z_draws=2)(xs[i : i + 1], gens)
-            opt.step()
-    batched.write_back()
-    return batched, together, opts_t, alone, opts_a
-
-
 def test_batched_gradients_equal_autograd_in_float64():
     """The batched gradient (all layers of 3 models of N_z 2, 5, 3 at once) equals autograd's
     of -ELBO through each model's own forward, with the same noise."""
-    models = _models()
+    models = seeded_models(NZS)
     opts = [make_optimizer(TrainConfig(), m) for m in models]
     batched = BatchedAEVB(models, opts, 40, z_draws=2)
     xs = torch.rand((len(NZS), 40, 784), generator=torch.Generator().manual_seed(1)).double()
     batched.draw_noise([torch.Generator().manual_seed(7 + i) for i in range(len(NZS))])
     batched.gradients(xs)
-    for i, model in enumerate(_models()):
+    for i, model in enumerate(seeded_models(NZS)):
         gen = torch.Generator().manual_seed(7 + i)
         (-model(xs[i], 2, gen).elbo.mean()).backward()
         for name in PARAMS:
@@ -162,12 +131,12 @@ def test_batched_gradients_equal_autograd_in_float64():
 def test_batched_updates_equal_adagrad_one_model_at_a_time():
     """Six steps through a warm-up of 2 (lr 0, then the update): weights, Adagrad sums and
     steps taken equal those of each model stepped alone by its own Adagrad, in float64."""
-    batched, together, opts_t, alone, opts_a = _batched_and_separate(steps=6, warmup=2)
+    batched, together, opts_t, alone, opts_a = batched_and_separate(NZS, steps=6, warmup=2)
     for a, b, oa, ob in zip(together, alone, opts_t, opts_a, strict=True):
         for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=name)
             torch.testing.assert_close(oa.state[p]["sum"], ob.state[q]["sum"], msg=name)
-            assert not torch.equal(p, _models()[0].get_parameter(name)[: p.shape[0]])
+            assert not torch.equal(p, seeded_models(NZS)[0].get_parameter(name)[: p.shape[0]])
         assert [g["steps_taken"] for g in oa.param_groups] == [6, 6]
     for name in PARAMS:  # the padding never moved
         z = max(NZS)
@@ -180,8 +149,8 @@ def test_batched_updates_equal_adagrad_one_model_at_a_time():
 
 
 def test_batched_warmup_leaves_the_weights_exactly():
-    batched, together, *_ = _batched_and_separate(steps=2, warmup=2)
-    for model, start in zip(together, _models(), strict=True):
+    batched, together, *_ = batched_and_separate(NZS, steps=2, warmup=2)
+    for model, start in zip(together, seeded_models(NZS), strict=True):
         for p, q in zip(model.parameters(), start.parameters(), strict=True):
             assert torch.equal(p, q)
 

@@ -192,43 +192,72 @@ def _affine_grads(d_out: Tensor, inputs: Tensor, weight_grad: Tensor, bias_grad:
 
 
 class CapturedStep:
-    """`BatchedAEVB` with its gradient and update captured once in a CUDA graph and replayed
-    (`--cuda-graphs`). The minibatch and the noise are drawn outside the graph, as in eager
-    mode, into the static buffers the graph reads, so that every model's random numbers are
-    those of a separate eager run."""
+    """A whole training step of K models captured once in a CUDA graph and replayed
+    (`--cuda-graphs`): the minibatch indices, the images they pick (and their dynamic
+    binarization), the noise, the gradient and the update. One replay launches everything;
+    the host only queues it.
 
-    def __init__(self, batched: BatchedAEVB, xs_shape: tuple[int, ...]):
+    The models' generators are registered with the graph (torch's graph-safe RNG: a replay
+    reads each generator's current offset and advances it by what the graph drew), so every
+    model draws the numbers an eager run draws, and checkpoints between replays save the right
+    generator states. Epoch sampling (a permutation with a Python position) cannot be
+    captured; sampling "replacement" (the paper's) can."""
+
+    def __init__(
+        self,
+        batched: BatchedAEVB,
+        splits: list[Tensor],
+        batches: list,
+        generators: list[torch.Generator],
+        binarize: bool,
+    ):
         if batched.w["enc.weight"].device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        self.batched = batched
-        self.xs = torch.zeros(xs_shape, device="cuda", dtype=batched.w["enc.weight"].dtype)
+            raise ValueError("--cuda-graphs needs a CUDA device")
+        if any(b.sampling != "replacement" for b in batches):
+            raise ValueError("--cuda-graphs draws minibatches with replacement only (--sampling)")
+        self.batched, self.splits, self.batches, self.gens = batched, splits, batches, generators
+        b = batched
+        self.xs = torch.empty_like(b.h1[..., :0]).new_empty((b.k, b.m, splits[0].shape[1]))
+        self.binary = torch.empty_like(self.xs) if binarize else None
         self.graph: torch.cuda.CUDAGraph | None = None
 
+    def _step(self) -> None:
+        """The step as it is captured: the eager step's operations in the same order."""
+        for k, (split, batches, gen) in enumerate(
+            zip(self.splits, self.batches, self.gens, strict=True)
+        ):
+            torch.index_select(split, 0, batches.next(), out=self.xs[k])
+            if self.binary is not None:
+                torch.bernoulli(self.xs[k], generator=gen, out=self.binary[k])
+        self.batched(self.xs if self.binary is None else self.binary, self.gens)
+
     def _capture(self) -> None:
+        """Warm up on a side stream (torch's advice before a capture), capture, then undo
+        what the warm-up changed: weights, Adagrad state, steps, generator states."""
         b = self.batched
         saved = {n: (b.w[n].clone(), b.sums[n].clone()) for n in PARAMS}
-        steps = b.steps.clone()
+        steps, states = b.steps.clone(), [g.get_state() for g in self.gens]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up runs, as torch's docs ask before a capture
+        with torch.cuda.stream(side):
             for _ in range(3):
-                b.gradients(self.xs)
-                b.update()
+                self._step()
         torch.cuda.current_stream().wait_stream(side)
+        for gen, state in zip(self.gens, states, strict=True):
+            gen.set_state(state)
         self.graph = torch.cuda.CUDAGraph()
+        for gen in self.gens:
+            self.graph.register_generator_state(gen)
         with torch.cuda.graph(self.graph):
-            b.gradients(self.xs)
-            b.update()
-        for n, (w, s) in saved.items():  # undo the warm-up and capture steps
+            self._step()
+        for n, (w, s) in saved.items():
             b.w[n].copy_(w)
             b.sums[n].copy_(s)
         b.steps.copy_(steps)
+        for gen, state in zip(self.gens, states, strict=True):
+            gen.set_state(state)
 
-    def __call__(self, xs: Tensor, generators: list[torch.Generator | None]) -> None:
-        self.xs.copy_(xs)
-        self.batched.draw_noise(generators)
+    def __call__(self) -> None:
         if self.graph is None:
-            eps = self.batched.eps.clone()
             self._capture()
-            self.batched.eps.copy_(eps)
         self.graph.replay()

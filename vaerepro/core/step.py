@@ -11,6 +11,7 @@ import torch
 from vaerepro.core import wakesleep
 from vaerepro.core.batched import BatchedAEVB, CapturedStep
 from vaerepro.core.config import TrainConfig, config_diff
+from vaerepro.core.data import MinibatchIndices
 from vaerepro.core.errors import UsageError
 from vaerepro.core.gradients import BernoulliGradients, covers
 from vaerepro.core.model import VAE
@@ -25,6 +26,10 @@ class TrainStep:
     step: Callable[[list[torch.Tensor], list[torch.Generator]], None]
     gradient: str  # "hand-written" or "autograd", with the reason when not the default
     write_back: Callable[[], None] | None = None  # batched: the stacks into models, optimizers
+    graphed: Callable | None = None  # --cuda-graphs: (samplers, gens) -> a CapturedStep
+
+    def __post_init__(self):
+        self._captured = None
 
     def sync(self) -> None:
         """Bring the models and their optimizers up to date (a no-op unless batched)."""
@@ -32,7 +37,19 @@ class TrainStep:
             self.write_back()
 
     def __call__(self, idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        if self.graphed is not None:
+            raise ValueError("a CUDA-graphed step draws its own minibatches: call .run")
         self.step(idxs, gens)
+
+    def run(self, batches: list[MinibatchIndices], gens: list[torch.Generator]) -> None:
+        """One step, model k on a minibatch drawn by batches[k] (its sampler): in a CUDA
+        graph with --cuda-graphs, where the draws are captured too."""
+        if self.graphed is None:
+            self.step([b.next() for b in batches], gens)
+            return
+        if self._captured is None:
+            self._captured = self.graphed(batches, gens)
+        self._captured()
 
 
 def gradient_pair(cfg: TrainConfig) -> tuple[Callable, Callable]:
@@ -97,19 +114,19 @@ def make_train_step(
         raise UsageError(f"{option} needs the hand-written gradient, but {reason}")
     if batched and cfg.method != "aevb":
         raise UsageError("--stacked and --cuda-graphs train AEVB models only")
+    if cuda_graphs and models[0].enc.weight.device.type != "cuda":
+        raise UsageError("--cuda-graphs needs a CUDA device")
+    if cuda_graphs and cfg.sampling != "replacement":
+        raise UsageError("--cuda-graphs draws minibatches with replacement only (--sampling)")
     grads, gradient, update = None, "hand-written", None
+    splits = train_x if isinstance(train_x, list) else [train_x] * len(models)
     if batched:
         update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
-        if cuda_graphs:
-            update = CapturedStep(update, (len(models), cfg.batch_size, 784))
-            gradient = "hand-written, batched, in a CUDA graph"
-        else:
-            gradient = "hand-written, batched"
+        gradient = "hand-written, batched"
     elif reason is None:
         grads = hand_written(models, cfg.batch_size, cfg.z_draws)
     else:
         gradient = f"autograd ({reason})" if not autograd else "autograd (--autograd)"
-    splits = train_x if isinstance(train_x, list) else [train_x] * len(models)
     xs = splits[0].new_empty((len(models), cfg.batch_size, splits[0].shape[1]))
     binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
@@ -131,5 +148,10 @@ def make_train_step(
         for opt in opts:
             opt.step()
 
-    write_back = (update.batched if cuda_graphs else update).write_back if update else None
-    return TrainStep(step, gradient, write_back)
+    def graphed(batches: list[MinibatchIndices], gens: list[torch.Generator]) -> CapturedStep:
+        return CapturedStep(update, splits, batches, gens, binary is not None)
+
+    if cuda_graphs:
+        gradient = "hand-written, batched, in a CUDA graph"
+    write_back = update.write_back if update is not None else None
+    return TrainStep(step, gradient, write_back, graphed if cuda_graphs else None)

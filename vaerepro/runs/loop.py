@@ -126,7 +126,7 @@ def _loop(
     interval_samples = samples
     with stop_signals() as interrupted:
         while samples < cfg.samples:
-            step([s.batches.next() for s in states], [s.gen for s in states])
+            step.run([s.batches for s in states], [s.gen for s in states])
             samples += cfg.batch_size
             if samples % cfg.eval_every == 0:
                 step.sync()

@@ -1,0 +1,40 @@
+"""bench/gpu_run.sh, the prepared run for a lent GPU, in its dry run: the whole script on the
+CPU with tiny sizes, both device calls, so that a GPU's 15 minutes are not spent on a typo."""
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FILES = 8  # what the GPU machine returns at most
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_writes_every_result(tmp_path, data_root):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "VAEREPRO_DATA": str(data_root)}
+    for stage in ("check", "sweep"):
+        proc = subprocess.run(
+            ["bash", str(ROOT / "bench" / "gpu_run.sh"), stage, str(out), "--dry-run"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+    summary = (out / "summary.txt").read_text().splitlines()
+    names = [line.split()[0] for line in summary]
+    assert names == ["tests", "steps", "baseline", "sweep-1e6", "paper-1e8"], summary
+    assert all(line.split()[2] == "0" for line in summary), (out / "log.txt").read_text()
+    assert len(list(out.iterdir())) <= MAX_FILES
+    assert "passed" in (out / "log.txt").read_text()
+    with tarfile.open(out / "paper-1e8.tar.gz") as tar:
+        members = tar.getnames()
+        assert "paper-1e8/figures/fig2.png" in members
+        assert not [m for m in members if m.endswith((".ckpt", ".pt"))]  # results only
+        csv = pd.read_csv(tar.extractfile("paper-1e8/nz200-seed1.csv"))
+    assert list(csv.samples) == [1000, 2000, 3000]

@@ -11,10 +11,10 @@ activations live in buffers made once, the gradients go straight into each param
 `.grad`, and the ELBO itself is never computed (the update needs only its gradient).
 On a 2-core CPU this takes the step from about half of the matmul limit to three quarters.
 
-Several models that differ only in N_z (`--stacked`) share one pass: their two big layers
-(enc 784->500, dec_out 500->784, 97% of the FLOPs at N_z = 20) are stacked into (K, ...)
-tensors, so one batched matrix product serves all K, and each model's parameters become views
-into the stack; the small latent layers run model by model. One model is the case K = 1.
+The two big layers (enc 784->500, dec_out 500->784, 97% of the FLOPs at N_z = 20) run on
+(K, ...) stacks whose rows the models' parameters become views of, the small latent layers
+model by model; training uses K = 1 (one model at a time), tests use K > 1. `--stacked`
+batches every layer and Adagrad too, with N_z padded: batched.py, the same formulas.
 
 With M datapoints, L draws of z, logits = dec_out(tanh(dec(z))) and
 dl = (sigmoid(logits) - x) / (L M):

@@ -12,6 +12,7 @@ from vaerepro.cli.commands import (
     cmd_compare,
     cmd_fig2,
     cmd_hwtable,
+    cmd_loglik,
     cmd_make_reference,
     cmd_plot,
     cmd_status,
@@ -25,6 +26,7 @@ from vaerepro.runs.signals import Stopped, stops_raise
 COMMANDS = {
     "reproduce": cmd_reproduce,
     "compare": cmd_compare,
+    "loglik": cmd_loglik,
     "plot": cmd_plot,
     "status": cmd_status,
     "fig2": cmd_fig2,

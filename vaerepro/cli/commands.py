@@ -28,6 +28,7 @@ from vaerepro.runs.writes import (
     refuse_links_in_run,
     settle_replaced,
     unchanging,
+    write_csv,
 )
 
 
@@ -45,6 +46,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("\nsummary (|ours - paper|, nats per datapoint):")
         print(summary.to_string(index=False, float_format="%.2f"))
     print(f"\nwrote {Path(args.run_dir) / 'comparison.csv'} and comparison.md", file=sys.stderr)
+    return 0
+
+
+def cmd_loglik(args: argparse.Namespace) -> int:
+    from vaerepro.analysis.loglik import (
+        LoglikOptions,
+        finished_models,
+        loglik_file,
+        run_loglik,
+        standard_error_note,
+    )
+
+    run = Path(args.run_dir)
+    for name, value in (("--k", args.k), ("--n", args.n)):
+        if value is not None and value < 2:
+            raise UsageError(f"{name} must be at least 2, got {value}")
+    opts = LoglikOptions(k=args.k, split=args.split, n=args.n, seed=args.seed)
+    check_output_folder(run, "RUN_DIR", plot=False)
+    refuse_links_in_run(run, loglik_file(run, opts).name)
+    with unchanging(run):
+        finished_models(run)  # every model's weights, before any work
+    data = load_mnist(args.data_root or recorded_data_root(run), "cpu")
+    with folder_lock(run):
+        table = run_loglik(run, data, opts, lambda line: print(line, file=sys.stderr))
+        write_csv(table, loglik_file(run, opts))
+    print(to_markdown(table.drop(columns=["split"]).round(3)), end="")
+    print(standard_error_note(table))
+    print(f"wrote {loglik_file(run, opts)}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,41 @@
+"""`vaerepro loglik`: the importance-sampled log p(x) of every model of a run folder, beside its
+ELBO on the same images (the estimators themselves: test_marginal.py)."""
+
+import pandas as pd
+from helpers import copy_run, refused
+
+from vaerepro.cli import main
+
+
+def test_loglik_of_every_model_with_its_gap_to_the_elbo(tiny_sweep, tmp_path, capsys):
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    assert main(["loglik", str(run), "--n", "50", "--k", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| aevb | 3 | 0 |" in out and "| aevb | 5 | 0 |" in out
+    table = pd.read_csv(run / "loglik-test-n50-k200.csv")
+    assert list(table.nz) == [3, 5] and (table.n == 50).all()
+    # log p(x) >= its importance-sampled estimate's expectation >= the ELBO (k >= 1)
+    assert (table.gap > 0).all() and (table.gap < 20).all(), table
+    assert (table.loglik_se > 0).all() and (table.loglik_se < 1).all()
+    assert (table.loglik < 0).all()
+
+
+def test_loglik_is_reproducible_per_seed(tiny_sweep, tmp_path, capsys):
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    tables = []
+    for seed in ("0", "0", "1"):
+        assert main(["loglik", str(run), "--n", "20", "--k", "100", "--seed", seed]) == 0
+        tables.append(pd.read_csv(run / "loglik-test-n20-k100.csv"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert not tables[0].loglik.equals(tables[2].loglik)
+
+
+def test_loglik_refuses_a_folder_without_weights_naming_it(tiny_sweep, tmp_path, capsys):
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    (run / "nz5-seed0.pt").unlink()
+    refused(["loglik", str(run)], capsys, f"{run / 'nz5-seed0.pt'} is missing", "final weights")
+    assert not list(run.glob("loglik-*"))  # refused before any work
+
+
+def test_loglik_refuses_bad_options(tiny_sweep, capsys):
+    refused(["loglik", str(tiny_sweep.folder), "--k", "1"], capsys, "--k must be at least 2")

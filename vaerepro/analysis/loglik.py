@@ -1,0 +1,124 @@
+"""`vaerepro loglik`: the marginal likelihood log p(x) of every finished model of a run folder,
+beside its ELBO on the same datapoints, in nats per datapoint (core/marginal.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vaerepro.core.config import TrainConfig
+from vaerepro.core.data import MnistSplits, binarize_fixed
+from vaerepro.core.errors import RunFolderError
+from vaerepro.core.evaluate import evaluate
+from vaerepro.core.marginal import hmc_estimate, importance_sampled
+from vaerepro.core.model import VAE
+from vaerepro.runs.folder import load_model
+from vaerepro.runs.layout import RunFiles
+from vaerepro.runs.records import load_run, parse_config
+
+COLUMNS = [
+    "method",
+    "nz",
+    "seed",
+    "samples",
+    "split",
+    "n",
+    "estimator",
+    "loglik",
+    "loglik_se",
+    "elbo",
+    "gap",
+]
+
+
+@dataclass(frozen=True)
+class LoglikOptions:
+    """k: importance samples per datapoint; split: train or test; n: its first n datapoints
+    (None: all); seed: of the estimator's and the ELBO's noise."""
+
+    k: int = 5000
+    split: str = "test"
+    n: int | None = None
+    seed: int = 0
+
+
+def finished_models(run: Path) -> list[tuple[TrainConfig, RunFiles, int]]:
+    """(config, files, samples trained) of every model of the run; RunFolderError naming the
+    first whose final weights are missing, before any work."""
+    models = []
+    for meta, _ in load_run(run):
+        cfg = parse_config(meta["config"], run)
+        files = RunFiles.of_config(run, cfg)
+        if meta.get("status") != "finished" or not files.weights.exists():
+            raise RunFolderError(
+                f"{files.weights} is missing: `loglik` needs each model's final weights "
+                f"(N_z={cfg.nz} seed {cfg.seed} is {meta.get('status', 'unfinished')}; weights "
+                "are not committed to results/, so retrain or point at the run's own folder)"
+            )
+        models.append((cfg, files, int(meta["samples_done"])))
+    return models
+
+
+def split_data(cfg: TrainConfig, data: MnistSplits, opts: LoglikOptions) -> torch.Tensor:
+    """The split's first n images as the model's ELBO evaluation saw them: grey levels, or
+    its fixed binarization; a dynamically binarized model gets one Bernoulli draw."""
+    x = data.test_x if opts.split == "test" else data.train_x[: cfg.train_size]
+    if cfg.binarize == "fixed":
+        x = binarize_fixed(x, cfg.seed + (1 if opts.split == "test" else 0))
+    x = x[: opts.n]
+    if cfg.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(opts.seed))
+    return x
+
+
+def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOptions) -> dict:
+    """One table row: log p(x) mean over x (N, 784) and the Monte Carlo standard error of that
+    mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint)."""
+    gen = torch.Generator().manual_seed(opts.seed)
+    if hasattr(model, "enc"):  # an encoder: q(z|x) is the proposal
+        est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
+    else:  # Monte Carlo EM trains no encoder: the paper's HMC estimator (Appendix D)
+        est, estimator = hmc_estimate(model, x, generator=gen), "HMC (Appendix D)"
+    elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
+    loglik = float(est.value.mean())
+    return {
+        "method": cfg.method,
+        "nz": cfg.nz,
+        "seed": cfg.seed,
+        "split": opts.split,
+        "n": len(x),
+        "estimator": estimator,
+        "loglik": loglik,
+        "loglik_se": float(est.stderr.square().sum().sqrt()) / len(x),
+        "elbo": elbo,
+        "gap": loglik - elbo,
+    }
+
+
+def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print) -> pd.DataFrame:
+    """Every finished model of the run, one row each (COLUMNS)."""
+    rows = []
+    for cfg, files, samples in finished_models(run):
+        model = load_model(files)
+        x = split_data(cfg, data, opts)
+        progress(f"N_z={cfg.nz} seed {cfg.seed}: {len(x)} {opts.split} images")
+        rows.append({**model_loglik(model, cfg, x, opts), "samples": samples})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def loglik_file(run: Path, opts: LoglikOptions) -> Path:
+    n = "all" if opts.n is None else str(opts.n)
+    return run / f"loglik-{opts.split}-n{n}-k{opts.k}.csv"
+
+
+def standard_error_note(df: pd.DataFrame) -> str:
+    worst = df.loglik_se.max() if len(df) else math.nan
+    return (
+        "log p(x) and ELBO: means over the datapoints, nats per datapoint; loglik_se: the "
+        f"Monte Carlo standard error of the mean log p(x) (largest {worst:.3f}); gap = "
+        "log p(x) - ELBO."
+    )

@@ -30,7 +30,7 @@ if [ "$dry" = "--dry-run" ]; then
     device=cpu
     export VAEREPRO_GPU_TESTS_DEVICE=cpu
     tiny=(--hidden 32 --train-size 1000 --eval-every 1000 --adagrad-warmup 5 --threads 1)
-    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-2} sweep_s=${SWEEP_S:-120}
+    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1} sweep_s=${SWEEP_S:-120}
     steps_args=(--hidden 32 --seeds 1 --rounds 2 --steps 3)
     baseline_args=(--samples 1000 --train-size 1000 --eval-every 1000)
     graphs=()

@@ -36,5 +36,5 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path, data_root):
         members = tar.getnames()
         assert "paper-1e8/figures/fig2.png" in members
         assert not [m for m in members if m.endswith((".ckpt", ".pt"))]  # results only
-        csv = pd.read_csv(tar.extractfile("paper-1e8/nz200-seed1.csv"))
+        csv = pd.read_csv(tar.extractfile("paper-1e8/nz200-seed0.csv"))
     assert list(csv.samples) == [1000, 2000, 3000]

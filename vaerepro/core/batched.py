@@ -217,7 +217,7 @@ class CapturedStep:
             raise ValueError("--cuda-graphs draws minibatches with replacement only (--sampling)")
         self.batched, self.splits, self.batches, self.gens = batched, splits, batches, generators
         b = batched
-        self.xs = torch.empty_like(b.h1[..., :0]).new_empty((b.k, b.m, splits[0].shape[1]))
+        self.xs = b.h1.new_empty((b.k, b.m, splits[0].shape[1]))
         self.binary = torch.empty_like(self.xs) if binarize else None
         self.graph: torch.cuda.CUDAGraph | None = None
 

@@ -4,6 +4,7 @@ beside its ELBO on the same datapoints, in nats per datapoint (core/marginal.py)
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MnistSplits, binarize_fixed
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import evaluate
-from vaerepro.core.marginal import hmc_estimate, importance_sampled
+from vaerepro.core.marginal import importance_sampled
 from vaerepro.core.model import VAE
+from vaerepro.core.numbers import format_duration
 from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import RunFiles
 from vaerepro.runs.records import load_run, parse_config
@@ -79,10 +81,7 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
     """One table row: log p(x) mean over x (N, 784) and the Monte Carlo standard error of that
     mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint)."""
     gen = torch.Generator().manual_seed(opts.seed)
-    if hasattr(model, "enc"):  # an encoder: q(z|x) is the proposal
-        est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
-    else:  # Monte Carlo EM trains no encoder: the paper's HMC estimator (Appendix D)
-        est, estimator = hmc_estimate(model, x, generator=gen), "HMC (Appendix D)"
+    est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
     elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
     loglik = float(est.value.mean())
     return {
@@ -101,12 +100,18 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
 
 def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print) -> pd.DataFrame:
     """Every finished model of the run, one row each (COLUMNS)."""
-    rows = []
-    for cfg, files, samples in finished_models(run):
+    rows, models = [], finished_models(run)
+    start = time.perf_counter()
+    for i, (cfg, files, samples) in enumerate(models, 1):
         model = load_model(files)
         x = split_data(cfg, data, opts)
-        progress(f"N_z={cfg.nz} seed {cfg.seed}: {len(x)} {opts.split} images")
         rows.append({**model_loglik(model, cfg, x, opts), "samples": samples})
+        elapsed = time.perf_counter() - start
+        left = elapsed / i * (len(models) - i)
+        progress(
+            f"model {i}/{len(models)} (N_z={cfg.nz} seed {cfg.seed}, {len(x)} {opts.split} "
+            f"images): {format_duration(elapsed)} elapsed, about {format_duration(left)} left"
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -304,26 +304,6 @@ def add_reading_parsers(sub) -> None:
         "prediction interval for one more seed",
     )
     p = sub.add_parser(
-        "loglik",
-        help="importance-sampled log p(x) of every finished model, with the gap to its ELBO",
-        description="Estimate the marginal likelihood log p(x) of every finished model of "
-        "RUN_DIR (its final weights must be there) on a split: log of the mean of p(x|z) p(z) "
-        "/ q(z|x) over K draws from the encoder's q(z|x), in float64 (Burda et al.'s k = 5000 "
-        "test log-likelihood). Prints per model log p(x), its Monte Carlo standard error, the "
-        "ELBO on the same images and the gap log p(x) - ELBO, nats per datapoint, and writes "
-        "the table to RUN_DIR/loglik-SPLIT-nN-kK.csv. Cost: about K times one ELBO "
-        "evaluation per image; for the paper's model at k = 5000 about 110 s per 1000 images "
-        "on one CPU core (docs/marginal.md).",
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--k", type=parse_count, default=5000, help="draws per image (default 5000)")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument(
-        "--n", type=parse_count, help="the split's first N images only (default: all of it)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    p.add_argument("--data-root", help="MNIST root (default: the run's, from its run.json)")
-    p = sub.add_parser(
         "plot",
         help="figures (Fig. 2 with the paper, diagnostics) and REPORT.md",
         description="Write RUN_DIR/figures/ (fig2.png/.pdf and components.png: the mean and "
@@ -372,6 +352,29 @@ def add_reading_parsers(sub) -> None:
         help="first save this pytest-benchmark JSON into FOLDER as "
         "<machine>-<device>-<host>.json (a --quick run is not saved)",
     )
+
+
+def add_loglik_parser(sub) -> None:
+    p = sub.add_parser(
+        "loglik",
+        help="importance-sampled log p(x) of every finished model, with the gap to its ELBO",
+        description="Estimate the marginal likelihood log p(x) of every finished model of "
+        "RUN_DIR (its final weights must be there) on a split: log of the mean of p(x|z) p(z) "
+        "/ q(z|x) over K draws from the encoder's q(z|x), in float64 (Burda et al.'s k = 5000 "
+        "test log-likelihood). Prints per model log p(x), its Monte Carlo standard error, the "
+        "ELBO on the same images and the gap log p(x) - ELBO, nats per datapoint, and writes "
+        "the table to RUN_DIR/loglik-SPLIT-nN-kK.csv. Cost: about K times one ELBO "
+        "evaluation per image; for the paper's model at k = 5000 about 110 s per 1000 images "
+        "on one CPU core (docs/marginal.md).",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--k", type=parse_count, default=5000, help="draws per image (default 5000)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument(
+        "--n", type=parse_count, help="the split's first N images only (default: all of it)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--data-root", help="MNIST root (default: the run's, from its run.json)")
 
 
 def add_gate_parsers(sub) -> None:
@@ -438,5 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_reproduce_parser(sub)
     add_reading_parsers(sub)
+    add_loglik_parser(sub)
     add_gate_parsers(sub)
     return parser

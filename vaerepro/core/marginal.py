@@ -49,6 +49,20 @@ def log_joint(model: VAE, x: Tensor, z: Tensor) -> Tensor:
     return model.log_likelihood(x, model.decode(z)) + log_prior
 
 
+def posterior_log_density(model: VAE, x: Tensor):
+    """log f(z) = log p(x|z) + log p(z) of x (B, 784) and its gradient in z, as HMC takes it:
+    z (B, N_z) -> (log f (B,), d log f / dz (B, N_z)), by autograd through the decoder."""
+
+    def log_density(z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            logf = log_joint(model, x, z)
+            (grad,) = torch.autograd.grad(logf.sum(), z)
+        return logf.detach(), grad
+
+    return log_density
+
+
 def log_mean_exp(logw: Tensor) -> LogLikelihood:
     """log of the mean of exp(logw) over dim 0, logw (n, B), with its delta-method standard
     error sd(w) / (sqrt(n) mean(w))."""
@@ -167,14 +181,7 @@ def hmc_estimate(
     x = x.double()
     if z0 is None:
         z0 = model.encode(x)[0]
-
-    def log_density(z: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            logf = log_joint(model, x, z)
-            (grad,) = torch.autograd.grad(logf.sum(), z)
-        return logf.detach(), grad
-
+    log_density = posterior_log_density(model, x)
     zs, logf, _ = hmc_chain(
         log_density, z0.double(), samples, burn_in, leapfrog_steps, 0.05, generator
     )

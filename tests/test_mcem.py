@@ -51,7 +51,8 @@ def test_chains_persist_per_datapoint(mnist):
 
 def test_mcem_raises_the_marginal_likelihood_of_its_training_data(mnist):
     """300 MCEM steps on 100 images (minibatches of 20): their mean log p(x), summed over a
-    grid of z, rises by more than 200 nats (from -543 to -161 seen); the E-step's acceptance settles near 90%."""
+    grid of z, rises by more than 200 nats (from -543 to -161 seen); the E-step's acceptance
+    settles near 90%."""
     model = _model()
     x = mnist.train_x[:100]
     opt = make_optimizer(TrainConfig(lr=0.05, adagrad_warmup=5, train_size=100), model)

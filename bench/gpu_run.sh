@@ -4,16 +4,18 @@
 #   bash bench/gpu_carry.sh                      # here, once: fills .gpu/ (MNIST, wheels)
 #   bash bench/gpu_run.sh check "$OUT"           # call 1: environment, GPU tests, step
 #                                                # benchmarks, pyautoencoder baseline, a 1e6
-#                                                # sweep end to end (about 5 min)
+#                                                # sweep end to end (BUDGET_S, default 300 s)
 #   bash bench/gpu_run.sh sweep "$OUT"           # call 2: the paper preset, 5 N_z x $SEEDS
-#                                                # seeds to 1e8, as far as $SWEEP_S allows
-#                                                # (GRAPHS=0: without --cuda-graphs)
+#                                                # seeds to 1e8, as far as BUDGET_S (default
+#                                                # 480 s) allows (GRAPHS=0: no --cuda-graphs)
 #   bash bench/gpu_run.sh check|sweep OUT --dry-run    # the same on the CPU, tiny sizes (CI)
 #
-# Every step runs under its own timeout and the script goes on after a failure; what each
-# step printed goes to OUT/log.txt, and a line per step (status, seconds) to OUT/summary.txt.
-# OUT receives at most 6 files: summary.txt, log.txt, env.txt, steps.json, and
-# sweep-1e6.tar.gz (check) or paper-1e8.tar.gz (sweep): CSVs, JSONs, figures, report.
+# Every step runs under its own timeout, cut to what is left of BUDGET_S (the device allows
+# 600 s per call), keeping 45 s to pack the results; the script goes on after a failure and
+# exits 1 if any step failed. What each step printed goes to OUT/log.txt, a line per step
+# (status, seconds) to OUT/summary.txt. OUT receives at most 6 files: summary.txt, log.txt,
+# env.txt, steps.json, and sweep-1e6.tar.gz (check) or paper-1e8.tar.gz (sweep): CSVs, JSONs,
+# figures, report.
 set -u
 stage=${1:?usage: gpu_run.sh check|sweep OUT [--dry-run]}
 out=${2:?usage: gpu_run.sh check|sweep OUT [--dry-run]}
@@ -23,7 +25,9 @@ cd "$here"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/vaerepro-gpu.XXXXXX")
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+# the baseline's pure-Python wheel is imported from the zip itself: no pip on the device
+wheels=$(ls "$here"/.gpu/wheels/*.whl 2>/dev/null | tr '\n' ':')
+export PYTHONPATH="$here:$wheels${PYTHONPATH:-}"
 export VAEREPRO_DATA=${VAEREPRO_DATA:-$here/.gpu/data}
 python=${PYTHON:-python3}
 
@@ -31,42 +35,55 @@ if [ "$dry" = "--dry-run" ]; then
     device=cpu
     export VAEREPRO_GPU_TESTS_DEVICE=cpu
     tiny=(--hidden 32 --train-size 1000 --eval-every 1000 --adagrad-warmup 5 --threads 1)
-    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1} sweep_s=${SWEEP_S:-120}
+    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1}
     steps_args=(--hidden 32 --seeds 1 --rounds 2 --steps 3)
     baseline_args=(--samples 1000 --train-size 1000 --eval-every 1000)
     graphs=()
 else
     device=cuda
     tiny=()
-    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-3} sweep_s=${SWEEP_S:-540}
+    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-3}
     steps_args=(--seeds 5 --tf32)
     baseline_args=(--samples 2e5 --eval-every 1e9)
     graphs=(--cuda-graphs)
     [ "${GRAPHS:-1}" = 0 ] && graphs=()  # call 2 without CUDA graphs, if call 1's graph tests failed
 fi
 
+if [ "$stage" = sweep ]; then budget=${BUDGET_S:-480}; else budget=${BUDGET_S:-300}; fi
+deadline=$((SECONDS + budget - 45))  # 45 s kept for packing
+failed=0
+
 step() {  # step NAME SECONDS COMMAND...: run it under a timeout, log it, summarize it
     local name=$1 limit=$2
     shift 2
+    [ $((deadline - SECONDS)) -lt "$limit" ] && limit=$((deadline - SECONDS))
+    if [ "$limit" -lt 5 ]; then
+        printf '%-12s skipped: no time left\n' "$name" | tee -a "$out/summary.txt"
+        failed=1
+        return 1
+    fi
     echo "=== $name: $* (timeout ${limit} s)" >>"$out/log.txt"
     local start=$SECONDS
-    timeout -s INT -k 20 "$limit" "$@" >>"$out/log.txt" 2>&1
+    timeout -s INT -k 15 "$limit" "$@" >>"$out/log.txt" 2>&1
     local rc=$?
     printf '%-12s rc %3d  %5d s\n' "$name" "$rc" $((SECONDS - start)) | tee -a "$out/summary.txt"
+    [ $rc -eq 0 ] || failed=1
     return $rc
 }
 
 seed_list=$(seq -s ' ' 0 $((seeds - 1)))
 sweep() {  # sweep NAME SAMPLES SECONDS: the paper preset, 5 N_z x the seeds, batched
+    # ${a[@]+"${a[@]}"}: an empty array under set -u on any bash
     step "$1" "$3" "$python" -m vaerepro reproduce --preset paper --nz 3 5 10 20 200 \
-        --seeds $seed_list --samples "$2" --device "$device" --stacked "${graphs[@]}" \
-        --out "$work/$1" --no-progress --no-estimate "${tiny[@]}"
+        --seeds $seed_list --samples "$2" --device "$device" --stacked \
+        ${graphs[@]+"${graphs[@]}"} --out "$work/$1" --no-progress --no-estimate \
+        ${tiny[@]+"${tiny[@]}"}
 }
 
 pack() {  # pack NAME: the run's results (no checkpoints or weights) as OUT/NAME.tar.gz
     [ -d "$work/$1" ] || return 0
-    "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1 || true
-    tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
+    timeout 30 "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1 || true
+    timeout 15 tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
         --exclude='.lock' "$1"
 }
 
@@ -78,24 +95,28 @@ check)
         "$python" -c 'import torch, platform
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 if torch.cuda.is_available():
-    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))'
+    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+import importlib.metadata as m
+for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", "tqdm"):
+    try:
+        print(name, m.version(name))
+    except m.PackageNotFoundError:
+        print(name, "MISSING")'
         git -C "$here" rev-parse HEAD 2>/dev/null || echo "commit: not a git checkout"
     } >"$out/env.txt" 2>&1
-    # a failed GPU test (the graph tests among them) leaves the 1e6 sweep without CUDA graphs
-    step tests 240 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py || graphs=()
-    step steps 150 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
+    pytest=("$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py)
+    step tests 90 "${pytest[@]}" -k "not graph"
+    # the graph tests decide whether the 1e6 sweep runs in CUDA graphs
+    step graphs 60 "${pytest[@]}" -k "graph" || graphs=()
+    step steps 60 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
         "${steps_args[@]}"
-    if ! "$python" -c 'import pyautoencoder' 2>/dev/null; then
-        "$python" -m pip install -q --no-index --no-deps .gpu/wheels/pyautoencoder-*.whl \
-            >>"$out/log.txt" 2>&1
-    fi
-    step baseline 120 "$python" bench/pyautoencoder_baseline.py --device "$device" --nz 20 \
+    step baseline 45 "$python" bench/pyautoencoder_baseline.py --device "$device" --nz 20 \
         --out "$work/baseline" "${baseline_args[@]}"
-    sweep sweep-1e6 "$samples_1e6" 300
+    sweep sweep-1e6 "$samples_1e6" 600
     pack sweep-1e6
     ;;
 sweep)
-    sweep paper-1e8 "$samples_1e8" "$sweep_s"
+    sweep paper-1e8 "$samples_1e8" 600
     pack paper-1e8
     ;;
 *)
@@ -104,4 +125,5 @@ sweep)
     ;;
 esac
 rm -rf "$work"
+exit $failed
 

@@ -28,7 +28,7 @@ def test_gpu_script_dry_run_writes_every_result(tmp_path, data_root):
         assert proc.returncode == 0, proc.stderr
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[0] for line in summary]
-    assert names == ["tests", "steps", "baseline", "sweep-1e6", "paper-1e8"], summary
+    assert names == ["tests", "graphs", "steps", "baseline", "sweep-1e6", "paper-1e8"], summary
     assert all(line.split()[2] == "0" for line in summary), (out / "log.txt").read_text()
     assert len(list(out.iterdir())) <= MAX_FILES
     assert "passed" in (out / "log.txt").read_text()

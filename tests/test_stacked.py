@@ -4,11 +4,16 @@ give the numbers of separate runs: gradients and updates equal in float64, CSVs 
 import pandas as pd
 import pytest
 import torch
-from helpers import DETERMINISTIC, batched_and_separate, seeded_models, tiny
+from helpers import (
+    DETERMINISTIC,
+    assert_batched_gradients_equal_autograd,
+    batched_and_separate,
+    seeded_models,
+    tiny,
+)
 
 from vaerepro.cli import main
-from vaerepro.core.batched import PARAMS, BatchedAEVB
-from vaerepro.core.config import TrainConfig
+from vaerepro.core.batched import PARAMS
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.gradients import BernoulliGradients
 from vaerepro.core.model import VAE
@@ -102,30 +107,8 @@ def test_cli_stacked(tiny_sweep, data_root, tmp_path, capsys):
 
 def test_batched_gradients_equal_autograd_in_float64():
     """The batched gradient (all layers of 3 models of N_z 2, 5, 3 at once) equals autograd's
-    of -ELBO through each model's own forward, with the same noise."""
-    models = seeded_models(NZS)
-    opts = [make_optimizer(TrainConfig(), m) for m in models]
-    batched = BatchedAEVB(models, opts, 40, z_draws=2)
-    xs = torch.rand((len(NZS), 40, 784), generator=torch.Generator().manual_seed(1)).double()
-    batched.draw_noise([torch.Generator().manual_seed(7 + i) for i in range(len(NZS))])
-    batched.gradients(xs)
-    for i, model in enumerate(seeded_models(NZS)):
-        gen = torch.Generator().manual_seed(7 + i)
-        (-model(xs[i], 2, gen).elbo.mean()).backward()
-        for name in PARAMS:
-            stacked = batched.grad[name][i]
-            parts = {"enc_out.weight": 2, "enc_out.bias": 2}.get(name, 1)
-            expected = model.get_parameter(name).grad
-            if parts == 2:  # mu rows at [0, nz), log sigma^2 rows at [Z, Z + nz)
-                nz, z = NZS[i], max(NZS)
-                got = torch.cat([stacked[:nz], stacked[z : z + nz]])
-                padding = torch.cat([stacked[nz:z], stacked[z + nz :]])
-            elif name == "dec.weight":
-                got, padding = stacked[:, : NZS[i]], stacked[:, NZS[i] :]
-            else:
-                got, padding = stacked, stacked[:0]
-            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13, msg=name)
-            assert (padding == 0).all(), f"{name}: the padding's gradient is not 0"
+    of -ELBO through each model's own forward, with the same noise; the padding's is 0."""
+    assert_batched_gradients_equal_autograd(NZS, "cpu")
 
 
 def test_batched_updates_equal_adagrad_one_model_at_a_time():

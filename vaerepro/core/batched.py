@@ -89,9 +89,11 @@ class BatchedAEVB:
         self.grad = {n: new(k, *s) for n, s in shapes.items()}
         self.sums = {n: new(k, *s, fill=1.0) for n, s in shapes.items()}  # padding: never 0/0
         col = (k,) + (1,) * 2  # per-model hyperparameters, broadcast over a (K, a, b) stack
-        self.lr, self.eps_outside, self.warmup = new(*col), new(*col), new(*col)
+        self.lr, self.eps_outside = new(*col), new(*col)
+        counts = dict(device=like.device, dtype=torch.int64)  # exact past 2^24 steps
+        self.warmup = torch.zeros(col, **counts)
         self.decay = {n: new(*col) for n in PARAMS}
-        self.steps = new(*col)  # steps taken, per model (equal in lockstep)
+        self.steps = torch.zeros(col, **counts)  # steps taken, per model (equal in lockstep)
         self.h1, self.d_h1 = new(k, m, hidden), new(k, m, hidden)
         self.posterior, self.d_posterior = new(k, m, 2 * z), new(k, m, 2 * z)
         self.sigma = new(k, m, z)
@@ -175,7 +177,7 @@ class BatchedAEVB:
     def update(self) -> None:
         """Adagrad (optim.Adagrad's rule) on every stack, per model: lr 0 during its warm-up."""
         step_lr = self.lr * (self.steps >= self.warmup)  # (K, 1, 1), a tensor: no branch
-        self.steps.add_(1.0)
+        self.steps.add_(1)
         for name in PARAMS:
             w, g, s = self.w[name], self.grad[name], self.sums[name]
             shape = (self.k,) + (1,) * (w.dim() - 1)
@@ -215,6 +217,10 @@ class CapturedStep:
             raise ValueError("--cuda-graphs needs a CUDA device")
         if any(b.sampling != "replacement" for b in batches):
             raise ValueError("--cuda-graphs draws minibatches with replacement only (--sampling)")
+        if any(b.gen is not g for b, g in zip(batches, generators, strict=True)):
+            raise ValueError(
+                "each model's sampler must draw from its own generator, which the graph registers"
+            )
         self.batched, self.splits, self.batches, self.gens = batched, splits, batches, generators
         b = batched
         self.xs = b.h1.new_empty((b.k, b.m, splits[0].shape[1]))
@@ -233,29 +239,36 @@ class CapturedStep:
 
     def _capture(self) -> None:
         """Warm up on a side stream (torch's advice before a capture), capture, then undo
-        what the warm-up changed: weights, Adagrad state, steps, generator states."""
+        what the warm-up changed (weights, Adagrad state, steps, generator states), also when
+        the capture fails."""
         b = self.batched
         saved = {n: (b.w[n].clone(), b.sums[n].clone()) for n in PARAMS}
         steps, states = b.steps.clone(), [g.get_state() for g in self.gens]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
+
+        def restore() -> None:
+            for n, (w, s) in saved.items():
+                b.w[n].copy_(w)
+                b.sums[n].copy_(s)
+            b.steps.copy_(steps)
+            for gen, state in zip(self.gens, states, strict=True):
+                gen.set_state(state)
+
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            restore()
+            graph = torch.cuda.CUDAGraph()
+            for gen in self.gens:
+                graph.register_generator_state(gen)
+            with torch.cuda.graph(graph):
                 self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        for gen, state in zip(self.gens, states, strict=True):
-            gen.set_state(state)
-        self.graph = torch.cuda.CUDAGraph()
-        for gen in self.gens:
-            self.graph.register_generator_state(gen)
-        with torch.cuda.graph(self.graph):
-            self._step()
-        for n, (w, s) in saved.items():
-            b.w[n].copy_(w)
-            b.sums[n].copy_(s)
-        b.steps.copy_(steps)
-        for gen, state in zip(self.gens, states, strict=True):
-            gen.set_state(state)
+        finally:
+            restore()
+        self.graph = graph
 
     def __call__(self) -> None:
         if self.graph is None:

@@ -35,14 +35,14 @@ if [ "$dry" = "--dry-run" ]; then
     device=cpu
     export VAEREPRO_GPU_TESTS_DEVICE=cpu
     tiny=(--hidden 32 --train-size 1000 --eval-every 1000 --adagrad-warmup 5 --threads 1)
-    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1}
+    samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1} every_1e6=1000 every_1e8=2000
     steps_args=(--hidden 32 --seeds 1 --rounds 2 --steps 3)
     baseline_args=(--samples 1000 --train-size 1000 --eval-every 1000)
     graphs=()
 else
     device=cuda
     tiny=()
-    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-3}
+    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-3} every_1e6=5e5 every_1e8=1e7
     steps_args=(--seeds 5 --tf32)
     baseline_args=(--samples 2e5 --eval-every 1e9)
     graphs=(--cuda-graphs)
@@ -72,10 +72,10 @@ step() {  # step NAME SECONDS COMMAND...: run it under a timeout, log it, summar
 }
 
 seed_list=$(seq -s ' ' 0 $((seeds - 1)))
-sweep() {  # sweep NAME SAMPLES SECONDS: the paper preset, 5 N_z x the seeds, batched
-    # ${a[@]+"${a[@]}"}: an empty array under set -u on any bash
+sweep() {  # sweep NAME SAMPLES SECONDS CHECKPOINT_EVERY: the paper preset, 5 N_z x the
+    # seeds, batched; ${a[@]+"${a[@]}"}: an empty array under set -u on any bash
     step "$1" "$3" "$python" -m vaerepro reproduce --preset paper --nz 3 5 10 20 200 \
-        --seeds $seed_list --samples "$2" --device "$device" --stacked \
+        --seeds $seed_list --samples "$2" --device "$device" --stacked --checkpoint-every "$4" \
         ${graphs[@]+"${graphs[@]}"} --out "$work/$1" --no-progress --no-estimate \
         ${tiny[@]+"${tiny[@]}"}
 }
@@ -112,11 +112,11 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
         "${steps_args[@]}"
     step baseline 45 "$python" bench/pyautoencoder_baseline.py --device "$device" --nz 20 \
         --out "$work/baseline" "${baseline_args[@]}"
-    sweep sweep-1e6 "$samples_1e6" 600
+    sweep sweep-1e6 "$samples_1e6" 600 "$every_1e6"
     pack sweep-1e6
     ;;
 sweep)
-    sweep paper-1e8 "$samples_1e8" 600
+    sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"
     pack paper-1e8
     ;;
 *)

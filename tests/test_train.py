@@ -4,13 +4,14 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import DETERMINISTIC, crash_at_the_second_checkpoint
+from helpers import DETERMINISTIC, crash_at_the_second_checkpoint, refused, tiny
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.errors import TrainingDiverged
+from vaerepro.runs import writes
 from vaerepro.runs.folder import load_model
 from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
-from vaerepro.runs.loop import train
+from vaerepro.runs.loop import train, train_together
 
 
 def _sha256(path) -> str:
@@ -112,6 +113,43 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
     _assert_finished_run(tmp_path / "crashed", cfg, resumed)
+
+
+def test_checkpoint_every_writes_fewer_checkpoints_and_resumes(
+    mnist, tmp_path, tiny_cfg, monkeypatch
+):
+    """--checkpoint-every 2000 of 6000 samples (an evaluation every 1000): checkpoints, CSV
+    and JSON at 2000, 4000, 6000 only, the CSV of a plain run; a crash at the second
+    checkpoint leaves the files of the first (2 rows) and resumes to the same CSV."""
+    cfg = tiny_cfg.replace(samples=6000)
+    full = train(cfg, mnist, tmp_path / "full", progress=False)
+    real_write, written = writes.atomic_write_bytes, []
+
+    def counting(path, data):
+        written.append(path.suffix)
+        real_write(path, data)
+
+    monkeypatch.setattr("vaerepro.runs.folder.atomic_write_bytes", counting)
+    sparse = train_together(
+        [cfg], mnist, tmp_path / "sparse", progress=False, checkpoint_every=2000
+    )
+    monkeypatch.undo()
+    assert written.count(".ckpt") == 3
+    pd.testing.assert_frame_equal(full[DETERMINISTIC], sparse[0][DETERMINISTIC])
+
+    crash_at_the_second_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_together([cfg], mnist, tmp_path / "crashed", progress=False, checkpoint_every=2000)
+    monkeypatch.undo()
+    assert len(pd.read_csv(tmp_path / "crashed" / "nz3-seed0.csv")) == 2
+    resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
+    pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
+
+
+def test_checkpoint_every_must_be_a_multiple_of_the_evaluation(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "run"
+    refused(tiny(out, None, "--checkpoint-every", "1500"), capsys, "multiple of the evaluation")
+    assert not out.exists()
 
 
 def test_divergence_stops_with_nz_and_sample_count(mnist, tmp_path, tiny_cfg):

@@ -169,9 +169,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stacked",
         action="store_true",
-        help="train all N_z and seeds of a method at once, in one batched step (every layer and "
-        "Adagrad on stacks of the models): the numbers of separate runs, a few large kernels "
-        "instead of many small ones (meant for GPUs; see docs/benchmarks.md for the CPU)",
+        help="train all N_z and seeds of a method in one batched step (every layer and Adagrad "
+        "on stacks of the models): the numbers of separate runs; for GPUs (docs/gpu.md)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=parse_count,
+        metavar="SAMPLES",
+        help="samples between checkpoints, a multiple of --eval-every (default: every "
+        "evaluation); the CSV and JSON are written with them, a stop signal checkpoints at "
+        "once. For fast GPUs, where writing checkpoints can cost more than training",
     )
     p.add_argument(
         "--jobs",
@@ -198,15 +205,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--cuda-graphs",
         action="store_true",
         help="CUDA only: capture the training step (batched, as --stacked) in a CUDA graph "
-        "once and replay it, which removes the launch overhead of its few dozen kernels; the "
-        "minibatches and noise are drawn outside the graph, so the numbers are those without it",
+        "once and replay it: one launch per step, the numbers of the step without it",
     )
     p.add_argument(
         "--tf32",
         action="store_true",
-        help="CUDA only: let float32 matrix products use TF32 tensor cores (faster, about 3e-4 "
-        "relative error per product). Default: full float32, for fidelity. Recorded in each "
-        "model's JSON as device.matmul_precision",
+        help="CUDA only: float32 matrix products on TF32 tensor cores (faster, about 3e-4 "
+        "relative error). Default: full float32. Recorded as device.matmul_precision",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -361,11 +366,10 @@ def add_loglik_parser(sub) -> None:
         description="Estimate the marginal likelihood log p(x) of every finished model of "
         "RUN_DIR (its final weights must be there) on a split: log of the mean of p(x|z) p(z) "
         "/ q(z|x) over K draws from the encoder's q(z|x), in float64 (Burda et al.'s k = 5000 "
-        "test log-likelihood). Prints per model log p(x), its Monte Carlo standard error, the "
-        "ELBO on the same images and the gap log p(x) - ELBO, nats per datapoint, and writes "
-        "the table to RUN_DIR/loglik-SPLIT-nN-kK.csv. Cost: about K times one ELBO "
-        "evaluation per image; for the paper's model at k = 5000 about 110 s per 1000 images "
-        "on one CPU core (docs/marginal.md).",
+        "test log-likelihood). Prints per model log p(x), its standard error, the ELBO on the "
+        "same images and the gap log p(x) - ELBO (nats per datapoint); writes the table to "
+        "RUN_DIR/loglik-SPLIT-nN-kK.csv. The paper's model at k = 5000: about 110 s per 1000 "
+        "images on one CPU core (docs/marginal.md).",
     )
     p.add_argument("run_dir")
     p.add_argument("--k", type=parse_count, default=5000, help="draws per image (default 5000)")

@@ -106,6 +106,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         jobs=args.jobs,
         threads=args.threads,
         data_root=data_root,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -143,9 +144,10 @@ def executor_options(args: argparse.Namespace) -> SlurmOptions | None:
             names = ", ".join("--" + o.replace("_", "-") for o in given)
             raise UsageError(f"{names}: only with --executor slurm")
         return None
-    if args.jobs is not None or args.stacked:
-        raise UsageError("--jobs and --stacked are for the local executor; SLURM runs one job "
-                         "per model (--slurm-array-parallelism: how many at once)")  # fmt: skip
+    if args.jobs is not None or args.stacked or args.checkpoint_every is not None:
+        raise UsageError("--jobs, --stacked and --checkpoint-every are for the local executor; "
+                         "SLURM runs one job per model (--slurm-array-parallelism: how many at "
+                         "once) and checkpoints at every evaluation")  # fmt: skip
     args.jobs, args.threads = 1, args.threads or args.slurm_cpus_per_task
     return SlurmOptions.from_args(args)
 

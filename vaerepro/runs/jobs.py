@@ -68,6 +68,7 @@ def _worker(cfg: TrainConfig, plan: SweepPlan, label: str, autograd: bool, paren
                 plan.sweep.preset,
                 f"{label} ",
                 autograd,
+                checkpoint_every=plan.checkpoint_every,
             )
     except Interrupted as err:
         print(err, file=sys.stderr)

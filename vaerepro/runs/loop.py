@@ -55,12 +55,14 @@ def train_together(
     label: str = "",
     autograd: bool = False,
     cuda_graphs: bool = False,
+    checkpoint_every: int | None = None,
 ) -> list[pd.DataFrame]:
     """Train the VAEs of `cfgs` (configs equal but for N_z and seed) in lockstep, one batched
     step for all; each model gets the files, and the numbers, of a separate `train` run.
     `progress`: the sweep's reporter, or whether to show a bar of these models' own. `label`
     prefixes the log (e.g. "model 2/5 "); `autograd` forces the autograd gradient;
-    `cuda_graphs` replays the step from a CUDA graph."""
+    `cuda_graphs` replays the step from a CUDA graph; `checkpoint_every`: samples between
+    checkpoints (the CSV and JSON are written with them), None: at every evaluation."""
     device = torch.device(device)
     if len(cfgs) > 1 and (problem := stacking_problem(cfgs, autograd)):
         raise UsageError(problem)
@@ -88,7 +90,7 @@ def train_together(
         report = SweepProgress(cfgs, {c: samples for c in cfgs}, None, bool(progress))
 
     try:
-        samples = _loop(states, records, step, samples, report)
+        samples = _loop(states, records, step, samples, report, checkpoint_every)
         step.sync()
     finally:
         if own_bar:
@@ -117,11 +119,14 @@ def _loop(
     step: TrainStep,
     samples: int,
     report: SweepProgress,
+    checkpoint_every: int | None = None,
 ) -> int:
-    """Step from `samples` to the models' budget, evaluating and checkpointing every
-    `eval_every` samples; returns the samples trained. A stop signal ends it at a step
-    boundary with a checkpoint (Interrupted)."""
+    """Step from `samples` to the models' budget, evaluating every `eval_every` samples and
+    checkpointing every `checkpoint_every` (default: at each evaluation; the CSV is written
+    with the checkpoint, never ahead of it); returns the samples trained. A stop signal ends
+    it at a step boundary with a checkpoint (Interrupted)."""
     cfg, device = states[0].cfg, states[0].device
+    checkpoint_every = checkpoint_every or cfg.eval_every
     start = interval_start = time.perf_counter()
     interval_samples = samples
     with stop_signals() as interrupted:
@@ -134,9 +139,11 @@ def _loop(
                     s.check_finite(samples - cfg.eval_every, samples)
                 synchronize(device)  # the clock must see the queued steps
                 rate = (samples - interval_samples) / (time.perf_counter() - interval_start)
+                save = samples % checkpoint_every == 0 or samples == cfg.samples
                 for state, record in zip(states, records, strict=True):
                     row = state.log_evaluation(samples, time.perf_counter() - start, rate)
-                    record.checkpoint(state, samples, time.perf_counter() - start, "running")
+                    if save:
+                        record.checkpoint(state, samples, time.perf_counter() - start, "running")
                     report.advance(state.cfg, samples, row)
                 drop_replaced(records[0].files.folder)  # --overwrite: the old sweep may go now
                 interval_start, interval_samples = time.perf_counter(), samples

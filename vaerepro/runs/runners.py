@@ -55,6 +55,7 @@ class InProcessRunner:
                     label=f"{label} ",
                     autograd=self.autograd,
                     cuda_graphs=self.cuda_graphs,
+                    checkpoint_every=plan.checkpoint_every,
                 )
             except Interrupted as err:
                 progress.say(str(err))

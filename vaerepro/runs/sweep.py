@@ -39,6 +39,7 @@ class SweepPlan:
     jobs: int
     threads: int
     data_root: str | None
+    checkpoint_every: int | None = None  # samples between checkpoints (None: every evaluation)
 
     @property
     def pending(self) -> list[TrainConfig]:
@@ -115,6 +116,7 @@ def plan_sweep(
     jobs: int | None = None,
     threads: int | None = None,
     data_root: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> SweepPlan:
     """Plan `sweep` into `out` (RunFolderError, before any work, when its files say no)."""
     configs = sweep.configs
@@ -133,4 +135,13 @@ def plan_sweep(
         groups = [[c for c in pending if c.method == m] for m in sweep.methods]
         groups = [g for g in groups if g]
     jobs, threads = parallelism(device, stacked, len(pending), jobs, threads)
-    return SweepPlan(sweep, out, device, status, done, groups, jobs, threads, data_root)
+    if checkpoint_every is not None and (
+        checkpoint_every <= 0 or any(checkpoint_every % c.eval_every for c in configs)
+    ):
+        raise UsageError(
+            f"--checkpoint-every {checkpoint_every} must be a multiple of the evaluation "
+            f"interval (--eval-every {configs[0].eval_every})"
+        )
+    return SweepPlan(
+        sweep, out, device, status, done, groups, jobs, threads, data_root, checkpoint_every
+    )

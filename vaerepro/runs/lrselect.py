@@ -11,7 +11,6 @@ stop being finite is recorded as diverged and never chosen."""
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 
@@ -19,6 +18,7 @@ from vaerepro.core.config import TrainConfig, model_label
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import TrainingDiverged
 from vaerepro.core.step import make_train_step
+from vaerepro.runs.progress import say
 from vaerepro.runs.state import TrainingState
 
 
@@ -45,10 +45,9 @@ def select_lr(
         f"lr {c['lr']}: " + ("diverged" if c["train_elbo"] is None else f"{c['train_elbo']:.2f}")
         for c in candidates
     )
-    print(
+    say(
         f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}: lr-select after "
-        f"{cfg.lr_select_samples} samples, train ELBO {said}; chosen lr {chosen}",
-        file=sys.stderr,
+        f"{cfg.lr_select_samples} samples, train ELBO {said}; chosen lr {chosen}"
     )
     return {"samples": cfg.lr_select_samples, "candidates": candidates, "chosen": chosen}
 

@@ -32,6 +32,12 @@ def time_left(
     return f", about {format_duration(left)} left"
 
 
+def say(line: str) -> None:
+    """A line on stderr, above any progress bar, not inside it."""
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(line, file=sys.stderr)
+
+
 class SweepProgress:
     """Reports the training of `configs`, of which `done` samples were trained before (resumed
     models). `expected`: the estimated seconds per model, for the time left. With `enabled`
@@ -60,9 +66,7 @@ class SweepProgress:
         )
 
     def say(self, line: str) -> None:
-        """A line above the bar, not inside it."""
-        with tqdm.external_write_mode(file=sys.stderr):
-            print(line, file=sys.stderr)
+        say(line)
 
     def elapsed(self) -> str:
         return f"{format_duration(self.seconds())} elapsed"

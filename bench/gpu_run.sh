@@ -31,8 +31,9 @@ export PYTHONPATH="$here:$wheels${PYTHONPATH:-}"
 export VAEREPRO_DATA=${VAEREPRO_DATA:-$here/.gpu/data}
 python=${PYTHON:-python3}
 
+scale=1  # the dry run's limits are 10x: a loaded CI machine must not time it out
 if [ "$dry" = "--dry-run" ]; then
-    device=cpu
+    device=cpu scale=10
     export VAEREPRO_GPU_TESTS_DEVICE=cpu
     tiny=(--hidden 32 --train-size 1000 --eval-every 1000 --adagrad-warmup 5 --threads 1)
     samples_1e6=2000 samples_1e8=3000 seeds=${SEEDS:-1} every_1e6=1000 every_1e8=2000
@@ -50,11 +51,12 @@ else
 fi
 
 if [ "$stage" = sweep ]; then budget=${BUDGET_S:-480}; else budget=${BUDGET_S:-300}; fi
+budget=$((budget * scale))
 deadline=$((SECONDS + budget - 45))  # 45 s kept for packing
 failed=0
 
 step() {  # step NAME SECONDS COMMAND...: run it under a timeout, log it, summarize it
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * scale))
     shift 2
     [ $((deadline - SECONDS)) -lt "$limit" ] && limit=$((deadline - SECONDS))
     if [ "$limit" -lt 5 ]; then
@@ -82,8 +84,8 @@ sweep() {  # sweep NAME SAMPLES SECONDS CHECKPOINT_EVERY: the paper preset, 5 N_
 
 pack() {  # pack NAME: the run's results (no checkpoints or weights) as OUT/NAME.tar.gz
     [ -d "$work/$1" ] || return 0
-    timeout 30 "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1 || true
-    timeout 15 tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
+    timeout $((30 * scale)) "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1 || true
+    timeout $((15 * scale)) tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
         --exclude='.lock' "$1"
 }
 

@@ -1,6 +1,8 @@
 """`vaerepro loglik`: the importance-sampled log p(x) of every model of a run folder, beside its
 ELBO on the same images (the estimators themselves: test_marginal.py)."""
 
+import json
+
 import pandas as pd
 from helpers import copy_run, refused
 
@@ -39,3 +41,12 @@ def test_loglik_refuses_a_folder_without_weights_naming_it(tiny_sweep, tmp_path,
 
 def test_loglik_refuses_bad_options(tiny_sweep, capsys):
     refused(["loglik", str(tiny_sweep.folder), "--k", "1"], capsys, "--k must be at least 2")
+
+
+def test_loglik_leaves_out_unfinished_models(tiny_sweep, tmp_path, capsys):
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    meta = json.loads((run / "nz5-seed0.json").read_text())
+    (run / "nz5-seed0.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    assert main(["loglik", str(run), "--n", "10", "--k", "10"]) == 0
+    assert "N_z=5 seed 0: interrupted, not finished: left out" in capsys.readouterr().err
+    assert list(pd.read_csv(run / "loglik-test-n10-k10.csv").nz) == [3]

@@ -48,20 +48,26 @@ class LoglikOptions:
     seed: int = 0
 
 
-def finished_models(run: Path) -> list[tuple[TrainConfig, RunFiles, int]]:
-    """(config, files, samples trained) of every model of the run; RunFolderError naming the
-    first whose final weights are missing, before any work."""
+def finished_models(run: Path, say=print) -> list[tuple[TrainConfig, RunFiles, int]]:
+    """(config, files, samples trained) of every finished model of the run (`say` names the
+    unfinished ones, which are left out); RunFolderError, before any work, naming the first
+    finished model whose final weights are missing, or when no model has finished."""
     models = []
     for meta, _ in load_run(run):
         cfg = parse_config(meta["config"], run)
         files = RunFiles.of_config(run, cfg)
-        if meta.get("status") != "finished" or not files.weights.exists():
+        if meta.get("status") != "finished":
+            say(f"N_z={cfg.nz} seed {cfg.seed}: {meta.get('status')}, not finished: left out")
+            continue
+        if not files.weights.exists():
             raise RunFolderError(
-                f"{files.weights} is missing: `loglik` needs each model's final weights "
-                f"(N_z={cfg.nz} seed {cfg.seed} is {meta.get('status', 'unfinished')}; weights "
-                "are not committed to results/, so retrain or point at the run's own folder)"
+                f"{files.weights} is missing: `loglik` needs each finished model's final "
+                "weights (they are not committed to results/: retrain, or point at the run's "
+                "own folder)"
             )
         models.append((cfg, files, int(meta["samples_done"])))
+    if not models:
+        raise RunFolderError(f"{run} has no finished model yet: nothing to estimate")
     return models
 
 
@@ -100,7 +106,7 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
 
 def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print) -> pd.DataFrame:
     """Every finished model of the run, one row each (COLUMNS)."""
-    rows, models = [], finished_models(run)
+    rows, models = [], finished_models(run, progress)
     start = time.perf_counter()
     for i, (cfg, files, samples) in enumerate(models, 1):
         model = load_model(files)

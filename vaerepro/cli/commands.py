@@ -66,7 +66,7 @@ def cmd_loglik(args: argparse.Namespace) -> int:
     check_output_folder(run, "RUN_DIR", plot=False)
     refuse_links_in_run(run, loglik_file(run, opts).name)
     with unchanging(run):
-        finished_models(run)  # every model's weights, before any work
+        finished_models(run, lambda line: None)  # every model's weights, before any work
     data = load_mnist(args.data_root or recorded_data_root(run), "cpu")
     with folder_lock(run):
         table = run_loglik(run, data, opts, lambda line: print(line, file=sys.stderr))

@@ -22,6 +22,8 @@ Adagrad warm-up is a tensor-valued multiplier), so that it can be captured in a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -208,34 +210,22 @@ class CapturedStep:
     def __init__(
         self,
         batched: BatchedAEVB,
-        splits: list[Tensor],
+        gather: Callable[[list[Tensor], list], Tensor],
         batches: list,
         generators: list[torch.Generator],
-        binarize: bool,
     ):
-        if batched.w["enc.weight"].device.type != "cuda":
-            raise ValueError("--cuda-graphs needs a CUDA device")
-        if any(b.sampling != "replacement" for b in batches):
-            raise ValueError("--cuda-graphs draws minibatches with replacement only (--sampling)")
+        """`gather(idxs, generators)`: the step's minibatches (K, M, 784) in static buffers
+        (step.make_train_step's, which also checks the device and the sampling)."""
         if any(b.gen is not g for b, g in zip(batches, generators, strict=True)):
             raise ValueError(
                 "each model's sampler must draw from its own generator, which the graph registers"
             )
-        self.batched, self.splits, self.batches, self.gens = batched, splits, batches, generators
-        b = batched
-        self.xs = b.h1.new_empty((b.k, b.m, splits[0].shape[1]))
-        self.binary = torch.empty_like(self.xs) if binarize else None
+        self.batched, self.gather, self.batches, self.gens = batched, gather, batches, generators
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _step(self) -> None:
         """The step as it is captured: the eager step's operations in the same order."""
-        for k, (split, batches, gen) in enumerate(
-            zip(self.splits, self.batches, self.gens, strict=True)
-        ):
-            torch.index_select(split, 0, batches.next(), out=self.xs[k])
-            if self.binary is not None:
-                torch.bernoulli(self.xs[k], generator=gen, out=self.binary[k])
-        self.batched(self.xs if self.binary is None else self.binary, self.gens)
+        self.batched(self.gather([b.next() for b in self.batches], self.gens), self.gens)
 
     def _capture(self) -> None:
         """Warm up on a side stream (torch's advice before a capture), capture, then undo

@@ -130,12 +130,16 @@ def make_train_step(
     xs = splits[0].new_empty((len(models), cfg.batch_size, splits[0].shape[1]))
     binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
 
-    def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+    def gather(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> torch.Tensor:
+        """The minibatches (K, M, 784), into static buffers (a CUDA graph captures this too)."""
         for k, (split, idx, gen) in enumerate(zip(splits, idxs, gens, strict=True)):
             torch.index_select(split, 0, idx, out=xs[k])
             if binary is not None:
                 torch.bernoulli(xs[k], generator=gen, out=binary[k])
-        batch = xs if binary is None else binary
+        return xs if binary is None else binary
+
+    def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        batch = gather(idxs, gens)
         if update is not None:
             update(batch, gens)
             return
@@ -149,7 +153,7 @@ def make_train_step(
             opt.step()
 
     def graphed(batches: list[MinibatchIndices], gens: list[torch.Generator]) -> CapturedStep:
-        return CapturedStep(update, splits, batches, gens, binary is not None)
+        return CapturedStep(update, gather, batches, gens)
 
     if cuda_graphs:
         gradient = "hand-written, batched, in a CUDA graph"

@@ -78,7 +78,7 @@ def test_estimate_extrapolates_the_measured_rates():
     from vaerepro.runs.estimate import Estimate
 
     cfg = TrainConfig(nz=3, samples=1_000_000, eval_every=100_000)
-    est = Estimate(train_rate={3: 20_000.0}, eval_rate=60_000.0)
+    est = Estimate(train_rate={("aevb", 3): 20_000.0}, eval_rate=60_000.0)
     # 50 s of training + 10 evaluations of 50,000 + 10,000 rows at 60k/s
     assert est.seconds(cfg) == pytest.approx(50 + 10)
     assert est.seconds(cfg, samples_done=500_000) == pytest.approx(25 + 5)

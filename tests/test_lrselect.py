@@ -95,7 +95,7 @@ def test_bad_lr_select_options_are_refused_before_any_work(tmp_path, capsys, opt
 
 
 def test_the_estimate_counts_the_candidates():
-    estimate = Estimate(train_rate={3: 1000.0}, eval_rate=float("inf"))
+    estimate = Estimate(train_rate={("aevb", 3): 1000.0}, eval_rate=float("inf"))
     cfg = TrainConfig(nz=3, samples=10_000, eval_every=10_000)
     assert estimate.seconds(cfg) == 10.0
     selecting = cfg.replace(lr_select=(0.01, 0.02), lr_select_samples=1000)

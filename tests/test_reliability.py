@@ -355,6 +355,31 @@ def test_wakesleep_resumes_after_sigkill(tmp_path, data_root, uninterrupted_wake
     _resume_and_compare(out, data_root, uninterrupted_wakesleep, WAKESLEEP_CSV)
 
 
+MCEM_CSV = "mcem-nz3-seed0.csv"
+MCEM = ["--method", "mcem", "--marginal-every", "4000", "--marginal-n", "20"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_mcem(tmp_path_factory, data_root) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("mcem") / "run"
+    _train_uninterrupted(out, data_root, *MCEM)
+    df = _csv(out, MCEM_CSV)
+    assert len(df) == ROWS and df.test_marginal.notna().tolist() == [False, True, False, True, False]
+    assert df.train_marginal.iloc[3] > df.train_marginal.iloc[1] + 1  # it trains
+    return df
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_seed", range(2))
+def test_mcem_resumes_after_sigkill(tmp_path, data_root, uninterrupted_mcem, kill_seed):
+    """The chains, the decoder's five updates per minibatch and the estimator's noise resume
+    with the numbers of the uninterrupted run."""
+    out = tmp_path / "run"
+    proc = cli_process(*_reproduce(out, data_root, *MCEM))
+    _kill_at_a_random_moment(proc, out / MCEM_CSV, uninterrupted_mcem, kill_seed)
+    _resume_and_compare(out, data_root, uninterrupted_mcem, MCEM_CSV)
+
+
 # the later --nz and --samples win; 20,000 samples keep nz10 queued when the sweep stops
 SWEEP = ["--nz", "3", "5", "10", "--samples", "20000"]
 SWEEP_MODELS = ("nz3-seed0.csv", "nz5-seed0.csv", "nz10-seed0.csv")

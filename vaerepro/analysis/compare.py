@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from vaerepro.analysis.reference import SOURCE, paper_elbo, paper_gap
+from vaerepro.analysis.reference import (
+    SOURCE,
+    SOURCE_FIG3,
+    paper_elbo,
+    paper_gap,
+    paper_marginal,
+    paper_marginal_gap,
+)
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.config import METHODS
 from vaerepro.core.numbers import format_count
@@ -19,10 +26,30 @@ from vaerepro.runs.writes import atomic_write_bytes, write_csv
 
 
 def seed_values(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.DataFrame:
-    """Every logged value of `term` (elbo, loglik or kl; nats per datapoint) of every model in
-    `runs` (load_run's), in long form (longform.COLUMNS)."""
+    """Every logged value of `term` (elbo, loglik, kl or marginal; nats per datapoint) of every
+    model in `runs` (load_run's), in long form (longform.COLUMNS)."""
     parts = [long_form(df, meta["config"], [term]) for meta, df in runs]
     return pd.concat(parts, ignore_index=True)
+
+
+def with_term(runs: list[tuple[dict, pd.DataFrame]], term: str) -> list[tuple[dict, pd.DataFrame]]:
+    """The models of `runs` that logged `term` at least once (MCEM has no ELBO; only models
+    with marginal_every have a marginal likelihood)."""
+    return [(meta, df) for meta, df in runs if df[f"train_{term}"].notna().any()]
+
+
+def paper_values(term: str, cfg: dict, split: str, samples, method: str) -> tuple:
+    """(the paper's values of `term` at `samples` for the model of `cfg`, why it has none
+    where NaN): Fig. 2 for the ELBO, Fig. 3 for the marginal likelihood."""
+    if term == "marginal":
+        return (
+            paper_marginal(cfg, split, samples, method),
+            paper_marginal_gap(cfg, split, samples, method),
+        )
+    return (
+        paper_elbo(cfg["nz"], split, samples, method),
+        paper_gap(cfg["nz"], split, samples, method),
+    )
 
 
 def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
@@ -55,13 +82,16 @@ def prediction_interval(
     return mean - half, mean + half
 
 
-def compare_run(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare_run(folder: str | Path, term: str = "elbo") -> tuple[pd.DataFrame, pd.DataFrame]:
     """compare_runs of the models of a run folder (validated by load_run)."""
-    return compare_runs(load_run(folder))
+    return compare_runs(load_run(folder), term)
 
 
-def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(detail, summary) for `runs` (load_run's: (metadata, CSV rows) per model), over seeds.
+def compare_runs(
+    runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(detail, summary) of `term` (elbo: against Fig. 2; marginal: against Fig. 3) for the
+    models of `runs` (load_run's: (metadata, CSV rows) per model) that log it, over seeds.
 
     detail, per method, nz, split and logged samples: seeds, mean, sd, min, max (over seeds); paper
     (its value; NaN where the printed curve shows none, paper_gap says why), diff = mean -
@@ -74,12 +104,16 @@ def compare_runs(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, p
     inside our band, `in_pi` the fraction inside the prediction interval, the mean |diff| and
     |diff_in_sd|, the max |diff|, and the diff at the last covered point.
     """
-    detail = seed_bands(seed_values(runs))
+    runs = with_term(runs, term)
+    if not runs:
+        raise ValueError(f"no model logs {term}")
+    configs = {(m["config"]["method"], m["config"]["nz"]): m["config"] for m, _ in runs}
+    detail = seed_bands(seed_values(runs, term))
     paper = np.full(len(detail), np.nan)
     gap = np.full(len(detail), "", dtype=object)
     for (method, nz, split), rows in detail.groupby(["method", "nz", "split"]).groups.items():
-        paper[rows] = paper_elbo(nz, split, detail.samples[rows], method)
-        gap[rows] = paper_gap(nz, split, detail.samples[rows], method)
+        cfg = configs[method, nz]
+        paper[rows], gap[rows] = paper_values(term, cfg, split, detail.samples[rows], method)
     diff = detail["mean"] - paper
     band = (detail.seeds >= 2) & ~np.isnan(paper)
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
@@ -149,28 +183,75 @@ def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -
     return pd.DataFrame(rows)
 
 
+def marginal_comparison(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """compare_runs of the marginal likelihood (against Fig. 3) per N_train (the models'
+    train_size), with an n_train column first in both tables."""
+    parts = {}
+    for meta, df in runs:
+        parts.setdefault(meta["config"]["train_size"], []).append((meta, df))
+    tables = [
+        [t.insert(0, "n_train", n) or t for t in compare_runs(group, "marginal")]
+        for n, group in sorted(parts.items())
+    ]
+    return tuple(pd.concat(t, ignore_index=True) for t in zip(*tables, strict=True))
+
+
+def marginal_summary(detail: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per N_train, method, N_z and split at the last point every seed logged: our mean ± sd
+    over seeds, the paper there (– past its curve), the distance, and at how many of the
+    logged points the paper lies in the 95% prediction interval for one more seed."""
+    rows = []
+    keys = ["n_train", "method", "nz", "split"]
+    for key, points in detail.groupby(keys, sort=False):
+        last = points[points.seeds == points.seeds.max()].iloc[-1]
+        s = summary.set_index(keys).loc[key]
+        rows.append(
+            {
+                **dict(zip(["N_train", "method", "N_z", "split"], key, strict=True)),
+                "seeds": int(last.seeds),
+                "samples": format_count(int(last.samples)),
+                "ours": f"{last['mean']:.2f}" + ("" if np.isnan(last.sd) else f" ± {last.sd:.2f}"),
+                "paper": "–" if np.isnan(last.paper) else f"{last.paper:.2f}",
+                "diff": "–" if np.isnan(last["diff"]) else f"{last['diff']:+.2f}",
+                "paper in the 95% PI (logged points)": _fraction(s.in_pi, s.banded),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def _fraction(share: float, of: int) -> str:
     """'12 / 40' for a share of `of` points; '–' without any."""
     return "–" if np.isnan(share) else f"{round(share * of)} / {int(of)}"
 
 
+COMPARISON_FILES = {"elbo": "comparison", "marginal": "comparison-marginal"}  # + .csv, .md
+
+
 def write_comparison(
-    folder: str | Path, comparison: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    folder: str | Path,
+    comparison: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    term: str = "elbo",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write comparison.csv (detail) and comparison.md (summary and detail) into the folder;
-    `comparison`: compare_run's (detail, summary) of it, when already computed."""
+    """Write comparison.csv (detail) and comparison.md (summary and detail) of the ELBO into
+    the folder, or comparison-marginal.csv and .md of the marginal likelihood; `comparison`:
+    compare_run's (detail, summary) of it, when already computed."""
     folder = Path(folder)
-    detail, summary = comparison if comparison is not None else compare_run(folder)
-    write_csv(detail, folder / "comparison.csv")
+    detail, summary = comparison if comparison is not None else compare_run(folder, term)
+    name = COMPARISON_FILES[term]
+    write_csv(detail, folder / f"{name}.csv")
+    source, what, axis = SOURCE, "bound", "log10(samples)"
+    if term == "marginal":
+        source, what, axis = SOURCE_FIG3, "marginal likelihood", "samples (Fig. 3's axis)"
     text = (
-        f"# Distance to the paper\n\nPaper: {SOURCE}. Ours over seeds: mean, sd (standard "
-        "deviation), and the band from min to max. diff = mean - paper, nats per datapoint "
-        "(positive: our bound is higher); diff_in_sd = diff / sd; inside: 1 where the paper "
+        f"# Distance to the paper ({what})\n\nPaper: {source}. Ours over seeds: mean, sd "
+        "(standard deviation), and the band from min to max. diff = mean - paper, nats per "
+        f"datapoint (positive: our {what} is higher); diff_in_sd = diff / sd; inside: 1 where "
+        "the paper "
         "lies in our band (blank with one seed); pi_low to pi_high: the 95% prediction "
         "interval for one more seed, mean -+ t(0.975, n-1) sd sqrt(1 + 1/n) over n seeds, and "
         "in_pi: 1 where the paper lies in it (the honest test of whether the paper could be "
         "one more of our seeds: with 3 seeds the min-max band is narrow). The paper's curve "
-        "is interpolated in log10(samples) along its visible part; where the printed figure "
+        f"is interpolated in {axis} along its visible part; where the printed figure "
         "shows no value, paper and diff are blank and paper_gap says why. Summary: `points` "
         "of the `logged` ones have a paper value, `banded` of those have two or more seeds; "
         "`inside` is the fraction of the banded ones where the paper lies in our band, "
@@ -179,5 +260,5 @@ def write_comparison(
         + "\n## Every logged point\n\n"
         + to_markdown(detail)
     )
-    atomic_write_bytes(folder / "comparison.md", text.encode())
+    atomic_write_bytes(folder / f"{name}.md", text.encode())
     return detail, summary

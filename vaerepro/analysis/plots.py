@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from vaerepro.analysis.compare import compare_runs, seed_bands, seed_values  # noqa: E402
 from vaerepro.analysis.reference import fig2 as paper_fig2  # noqa: E402
+from vaerepro.analysis.reference import fig3 as paper_fig3  # noqa: E402
 from vaerepro.core.evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
 from vaerepro.core.model import VAE  # noqa: E402
 from vaerepro.runs.writes import atomic_write_bytes  # noqa: E402
@@ -25,9 +26,11 @@ from vaerepro.runs.writes import atomic_write_bytes  # noqa: E402
 PAPER_COLOUR = "0.65"  # muted grey for the paper's curves
 OURS_COLOUR = "tab:red"  # the paper draws AEVB in red
 WAKESLEEP_COLOUR = "tab:green"  # and wake-sleep in green
-PAPER_COLOURS = {"aevb": PAPER_COLOUR, "wakesleep": "#9fd39f"}  # the paper's, muted
-OUR_COLOURS = {"aevb": OURS_COLOUR, "wakesleep": WAKESLEEP_COLOUR}
-NAMES = {"aevb": "AEVB", "wakesleep": "wake-sleep"}
+MCEM_COLOUR = "tab:blue"  # and MCEM (Fig. 3) in blue
+PAPER_COLOURS = {"aevb": PAPER_COLOUR, "wakesleep": "#9fd39f", "mcem": "#9fb8d8"}  # muted
+OUR_COLOURS = {"aevb": OURS_COLOUR, "wakesleep": WAKESLEEP_COLOUR, "mcem": MCEM_COLOUR}
+NAMES = {"aevb": "AEVB", "wakesleep": "wake-sleep", "mcem": "MCEM"}
+FIG3_AXES = {1000: ((0, 60e6), (-160, -100)), 50000: ((0, 68e6), (-160, -125))}  # the paper's
 PAPER_XLIM = (1e5, 10**8.39794)  # the paper's MNIST panels
 PAPER_YLIM = (-150, -95)
 PANEL_WIDTH = 2.9  # inches per N_z panel (fig2 and components)
@@ -117,6 +120,55 @@ def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     fig = fig2_figure(runs)
     _save_figure(fig, out / "fig2.png", dpi=150, bbox_inches="tight")
     _save_figure(fig, out / "fig2.pdf", bbox_inches="tight")
+    plt.close(fig)
+
+
+def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
+    """Fig. 3 redrawn: one panel per N_train (the models' train_size), the marginal likelihood
+    against training samples on a linear axis, the paper's curves muted (train solid, test
+    dashed), ours coloured by method (mean over seeds, min-to-max band with several). The
+    paper's axes, widened where ours leave them."""
+    values = pd.concat(
+        [seed_values([r], "marginal").assign(n_train=r[0]["config"]["train_size"]) for r in runs]
+    )
+    n_trains = sorted(values.n_train.unique())
+    fig, axes = plt.subplots(
+        1, len(n_trains), figsize=(4.2 * len(n_trains) + 1.8, 3.4), squeeze=False
+    )
+    for ax, n_train in zip(axes[0], n_trains, strict=True):
+        ours = values[values.n_train == n_train]
+        ref = paper_fig3()
+        ref = ref[ref.visible & (ref.n_train == n_train)]
+        for method in [m for m in NAMES if m in set(ours.method) | set(ref.method)]:
+            bands = seed_bands(ours[ours.method == method])
+            for split, style in (("train", "-"), ("test", "--")):
+                curve = ref[(ref.method == method) & (ref.split == split)]
+                label = f"paper {NAMES[method]} ({split})"
+                ax.plot(
+                    curve.samples, curve.loglik, style, color=PAPER_COLOURS[method], label=label
+                )
+                if len(bands):
+                    _draw_ours(ax, bands, split, style, method)
+        (x0, x1), (y0, y1) = FIG3_AXES.get(n_train, ((0, ours.samples.max()), (-160, -100)))
+        low = min(y0, 10 * np.floor(ours.value.min() / 10))
+        ax.set(xlim=(x0, max(x1, ours.samples.max())), ylim=(low, max(y1, ours.value.max() + 1)))
+        ax.set(
+            title=f"MNIST, $N_z = 3$, $N_{{train}} = {n_train}$",
+            xlabel="# Training samples evaluated",
+        )
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e6:g}M")
+        ax.grid(alpha=0.3, lw=0.5)
+    axes[0][0].set_ylabel("Marginal log-likelihood (nats)")
+    _legend_beside(axes[0])
+    fig.tight_layout()
+    return fig
+
+
+def plot_fig3(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
+    """`fig3_figure` into out/fig3.png and out/fig3.pdf."""
+    fig = fig3_figure(runs)
+    _save_figure(fig, out / "fig3.png", dpi=150, bbox_inches="tight")
+    _save_figure(fig, out / "fig3.pdf", bbox_inches="tight")
     plt.close(fig)
 
 

@@ -10,8 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vaerepro.analysis.compare import write_comparison
-from vaerepro.analysis.plots import plot_components, plot_fig2, plot_model, plot_recorded_kl
+from vaerepro.analysis.compare import (
+    marginal_comparison,
+    marginal_summary,
+    with_term,
+    write_comparison,
+)
+from vaerepro.analysis.plots import (
+    plot_components,
+    plot_fig2,
+    plot_fig3,
+    plot_model,
+    plot_recorded_kl,
+)
 from vaerepro.analysis.reference import SOURCE, paper_elbo
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.data import load_mnist
@@ -53,8 +64,11 @@ def _make_figures(
     seed: int | None,
     comparison: tuple[pd.DataFrame, pd.DataFrame] | None,
 ) -> Path:
-    runs = load_run(run_dir)
-    seed = _chosen_seed(run_dir, runs, seed)
+    everything = load_run(run_dir)
+    seed = _chosen_seed(run_dir, everything, seed)
+    runs = with_term(everything, "elbo")  # all but MCEM's, which has no encoder and no ELBO
+    if not runs:
+        raise RunFolderError(f"{run_dir} holds MCEM models only: draw them with `vaerepro fig3`")
     first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
     chosen = [
         m for m, _ in runs if m["config"]["seed"] == seed and m["config"]["method"] == first_method
@@ -66,6 +80,12 @@ def _make_figures(
     plot_fig2(runs, out)
     plot_components(runs, out)
     _, summary = write_comparison(run_dir, comparison)
+    fig3 = None
+    if marginal := with_term(everything, "marginal"):
+        plot_fig3(marginal, out)
+        fig3 = marginal_summary(
+            *write_comparison(run_dir, marginal_comparison(marginal), "marginal")
+        )
     skipped = [m for model, m in zip(models, chosen, strict=True) if not model]
     diagnostics = _recorded_diagnostics(skipped, run_dir, out)
     data = load_mnist(data_root, "cpu") if len(skipped) < len(chosen) else None
@@ -74,9 +94,32 @@ def _make_figures(
             nz = meta["config"]["nz"]
             diagnostics[nz] = plot_model(model, nz, data.test_x, data.test_y, out)
     report = run_dir / "REPORT.md"
-    text = render_report(run_dir, runs, summary, diagnostics, seed)
+    text = render_report(run_dir, runs, summary, diagnostics, seed) + _fig3_section(fig3)
     atomic_write_bytes(report, text.encode())
     return report
+
+
+def _fig3_section(summary: pd.DataFrame | None) -> str:
+    """REPORT.md's Fig. 3 part: the figure and the distance at the last point (or nothing)."""
+    if summary is None:
+        return ""
+    return "\n".join(
+        [
+            "",
+            "## Marginal likelihood (Fig. 3)",
+            "",
+            "![Fig. 3: ours (mean over seeds, shaded: min to max) and the paper's curves "
+            "(muted); train solid, test dashed](figures/fig3.png)",
+            "",
+            "The marginal likelihood log p(x) of the first marginal_n images of each split, by "
+            "the paper's HMC estimator (Appendix D; docs/marginal.md), nats per datapoint, at "
+            "the last point every seed logged: mean ± sd over seeds; the paper's Fig. 3 there, "
+            "linear in samples. Every logged point: "
+            "[comparison-marginal.md](comparison-marginal.md).",
+            "",
+            to_markdown(summary),
+        ]
+    )
 
 
 def _recorded_diagnostics(skipped: list[dict], run_dir: Path, out: Path) -> dict[int, dict]:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from vaerepro.analysis.check import check_run
-from vaerepro.analysis.compare import compare_run, fidelity_table, write_comparison
+from vaerepro.analysis.compare import (
+    compare_run,
+    fidelity_table,
+    marginal_comparison,
+    marginal_summary,
+    with_term,
+    write_comparison,
+)
 from vaerepro.analysis.hwtable import hardware_table, save_benchmark
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
@@ -93,18 +100,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fig2(args: argparse.Namespace) -> int:
-    """Fig. 2 from several run folders in one figure (e.g. an AEVB sweep and a wake-sleep
-    sweep); a model (method, N_z, seed) may come from one folder only."""
-    from vaerepro.analysis.plots import plot_fig2  # matplotlib: only for the commands that plot
-
+def _models_of(folders: list[str], fields: tuple[str, ...]) -> list[tuple[dict, pd.DataFrame]]:
+    """The models of several run folders; UsageError when two folders hold the same model,
+    a model being its config's `fields` (e.g. method, N_z and seed)."""
     runs, origin = [], {}
-    for folder in args.run_dirs:
+    for folder in folders:
         with unchanging(Path(folder)):
             models = load_run(folder)
         for meta, df in models:
             cfg = meta["config"]
-            key = (cfg["method"], cfg["nz"], cfg["seed"])
+            key = tuple(cfg[f] for f in fields)
             if key in origin:
                 raise UsageError(
                     f"{model_label(cfg['method'], cfg['nz'])} seed {cfg['seed']} is in both "
@@ -112,12 +117,51 @@ def cmd_fig2(args: argparse.Namespace) -> int:
                 )
             origin[key] = folder
             runs.append((meta, df))
-    out = Path(args.out)
+    return runs
+
+
+def _output_folder(out: str, names: list[str]) -> Path:
+    """--out, checked (a folder, no links where the files go) and made."""
+    out = Path(out)
     check_output_folder(out, "--out", plot=False)
-    refuse_links([out / "fig2.png", out / "fig2.pdf"])
+    refuse_links([out / n for n in names])
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_fig2(args: argparse.Namespace) -> int:
+    """Fig. 2 from several run folders in one figure (e.g. an AEVB sweep and a wake-sleep
+    sweep); a model (method, N_z, seed) may come from one folder only."""
+    from vaerepro.analysis.plots import plot_fig2  # matplotlib: only for the commands that plot
+
+    runs = with_term(_models_of(args.run_dirs, ("method", "nz", "seed")), "elbo")
+    if not runs:
+        raise UsageError("no model of these folders logs an ELBO (MCEM has none): see `fig3`")
+    out = _output_folder(args.out, ["fig2.png", "fig2.pdf"])
     plot_fig2(runs, out)
     print(f"wrote {out / 'fig2.png'} and {out / 'fig2.pdf'}", file=sys.stderr)
+    return 0
+
+
+def cmd_fig3(args: argparse.Namespace) -> int:
+    """Fig. 3 from run folders that logged the marginal likelihood, and its distance to the
+    paper per N_train; a model (N_train, method, N_z, seed) may come from one folder only."""
+    from vaerepro.analysis.plots import plot_fig3
+
+    fields = ("train_size", "method", "nz", "seed")
+    runs = with_term(_models_of(args.run_dirs, fields), "marginal")
+    if not runs:
+        raise UsageError(
+            "no model of these folders logged a marginal likelihood: train with --preset fig3 "
+            "or --marginal-every"
+        )
+    names = ["fig3.png", "fig3.pdf", "comparison-marginal.csv", "comparison-marginal.md"]
+    out = _output_folder(args.out, names)
+    plot_fig3(runs, out)
+    detail, summary = marginal_comparison(runs)
+    write_comparison(out, (detail, summary), "marginal")
+    print(to_markdown(marginal_summary(detail, summary)))
+    print(f"wrote {', '.join(str(out / n) for n in names)}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 
 from vaerepro.analysis.check import CHECK_MODES
+from vaerepro.cli.marginal_parser import add_marginal_parsers
 from vaerepro.core.config import (
     BINARIZE,
     DREAMS,
@@ -128,7 +129,7 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
         "--nz",
         type=int,
         nargs="+",
-        help=f"latent sizes N_z (default: {' '.join(map(str, PAPER_NZ))})",
+        help=f"latent sizes N_z (default: {' '.join(map(str, PAPER_NZ))}; fig3: 3)",
     )
     p.add_argument(
         "--method",
@@ -359,28 +360,6 @@ def add_reading_parsers(sub) -> None:
     )
 
 
-def add_loglik_parser(sub) -> None:
-    p = sub.add_parser(
-        "loglik",
-        help="importance-sampled log p(x) of every finished model, with the gap to its ELBO",
-        description="Estimate the marginal likelihood log p(x) of every finished model of "
-        "RUN_DIR (its final weights must be there) on a split: log of the mean of p(x|z) p(z) "
-        "/ q(z|x) over K draws from the encoder's q(z|x), in float64 (Burda et al.'s k = 5000 "
-        "test log-likelihood). Prints per model log p(x), its standard error, the ELBO on the "
-        "same images and the gap log p(x) - ELBO (nats per datapoint); writes the table to "
-        "RUN_DIR/loglik-SPLIT-nN-kK.csv. The paper's model at k = 5000: about 110 s per 1000 "
-        "images on one CPU core (docs/marginal.md).",
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--k", type=parse_count, default=5000, help="draws per image (default 5000)")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument(
-        "--n", type=parse_count, help="the split's first N images only (default: all of it)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    p.add_argument("--data-root", help="MNIST root (default: the run's, from its run.json)")
-
-
 def add_gate_parsers(sub) -> None:
     """check, trajectory and make-reference: the regression gate."""
     p = sub.add_parser(
@@ -445,6 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_reproduce_parser(sub)
     add_reading_parsers(sub)
-    add_loglik_parser(sub)
+    add_marginal_parsers(sub)
     add_gate_parsers(sub)
     return parser

@@ -12,7 +12,7 @@ import torch
 
 from vaerepro.analysis.compare import compare_run
 from vaerepro.cli.parser import OVERRIDES
-from vaerepro.core.config import PAPER_NZ, Sweep, preset
+from vaerepro.core.config import Sweep, preset, preset_nzs
 from vaerepro.core.data import load_mnist, resolve_data_root
 from vaerepro.core.device import resolve_device
 from vaerepro.core.errors import UsageError
@@ -47,7 +47,7 @@ def requested_sweep(args: argparse.Namespace) -> Sweep:
     name = args.preset or "paper"
     changes = {k: _override(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     seeds = args.seeds or [0 if args.seed is None else args.seed]
-    nzs = args.nz or list(PAPER_NZ)
+    nzs = args.nz or list(preset_nzs(name))
     return Sweep.of(name, preset(name).replace(**changes), nzs, seeds, args.method)
 
 

@@ -19,7 +19,7 @@ OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
 SAMPLINGS = ("replacement", "epoch")
 BINARIZE = ("none", "dynamic", "fixed")
 LIKELIHOODS = ("bernoulli", "gaussian")
-METHODS = ("aevb", "wakesleep")
+METHODS = ("aevb", "wakesleep", "mcem")
 DREAMS = ("sampled", "mean")
 DTYPES = ("float32", "float64")
 
@@ -53,7 +53,8 @@ class TrainConfig:
     method: str = _field(
         "aevb",
         "aevb: the paper's algorithm (the reparameterized ELBO gradient); wakesleep: its "
-        "baseline, the wake-sleep algorithm, on the same model (wakesleep.py)",
+        "baseline, the wake-sleep algorithm, on the same model (wakesleep.py); mcem: Monte "
+        "Carlo EM, the decoder alone, trained on HMC posterior samples (mcem.py; no ELBO)",
     )
     dreams: str = _field(
         "sampled",
@@ -119,6 +120,13 @@ class TrainConfig:
         "the evaluation noise is seeded with (seed * stride + samples) mod 2^63, so it depends "
         "only on (seed, samples) and a resumed run evaluates identically",
     )
+    marginal_every: int = _field(
+        0,
+        "training samples between estimates of the marginal likelihood log p(x) (the paper's "
+        "Appendix D estimator, Fig. 3) of the first marginal_n images of both splits, logged "
+        "in the CSV's train_marginal and test_marginal; 0: never (they stay empty)",
+    )
+    marginal_n: int = _field(1_000, "images per split of each marginal likelihood estimate")
     dtype: str = _field(
         "float32",
         "floating point of training and evaluation: float32, or float64 (the authors' "
@@ -197,9 +205,38 @@ class TrainConfig:
             # torch seeds are 64-bit; seed + 1 seeds the fixed binarization of the test set
             (0 <= self.seed < 2**63 - 1, f"seed must be in [0, 2**63 - 1), got {self.seed}"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._marginal_checks():
             if not ok:
                 raise UsageError(message)
+
+    def _marginal_checks(self) -> list[tuple[bool, str]]:
+        """The marginal likelihood's cadence and images, and what MCEM (no ELBO) needs."""
+        return [
+            (
+                self.marginal_every >= 0
+                and self.eval_every > 0
+                and self.marginal_every % self.eval_every == 0,
+                f"marginal_every ({self.marginal_every}) must be 0 or a multiple of eval_every "
+                f"({self.eval_every})",
+            ),
+            (
+                not self.marginal_every or 1 <= self.marginal_n <= min(self.train_size, 10_000),
+                f"marginal_n ({self.marginal_n}) must be in [1, train_size] and at most 10000 "
+                "(the test split)",
+            ),
+            (
+                self.method != "mcem" or self.marginal_every > 0,
+                "mcem has no ELBO: give it --marginal-every, or its CSV holds no estimate",
+            ),
+            (
+                self.method != "mcem" or not self.lr_select,
+                "--lr-select chooses by the training ELBO, which mcem does not have",
+            ),
+            (
+                self.method != "mcem" or self.likelihood == "bernoulli",
+                "mcem trains the Bernoulli decoder only (--likelihood bernoulli)",
+            ),
+        ]
 
     def eval_seed(self, samples: int) -> int:
         """The seed of the evaluation noise after `samples` training samples."""
@@ -224,9 +261,21 @@ PRESETS: dict[str, TrainConfig] = {
     "pyautoencoder": TrainConfig(
         optimizer="torch_adagrad", train_size=60_000, sampling="epoch", weight_decay=False
     ),
+    # Fig. 3: the marginal likelihood of small models (N_z 3, 100 hidden units) of every method
+    # on N_train = 1000 or 50000 (--train-size), estimated every 1e6 samples, to the paper's
+    # x range. Cadence and budget: docs/marginal.md.
+    "fig3": TrainConfig(nz=3, hidden=100, marginal_every=1_000_000, samples=60_000_000),
     # The CI regression gate: the paper protocol, 3e5 samples (three evaluation points).
     "ci": TrainConfig(samples=300_000),
 }
+
+
+# The N_z a preset sweeps when --nz is not given (Fig. 2's five, or the preset's own)
+PRESET_NZ: dict[str, tuple[int, ...]] = {"fig3": (3,)}
+
+
+def preset_nzs(name: str) -> tuple[int, ...]:
+    return PRESET_NZ.get(name, PAPER_NZ)
 
 
 def preset(name: str) -> TrainConfig:
@@ -332,6 +381,8 @@ ADDED_FIELDS = (
     "dtype",
     "lr_select",
     "lr_select_samples",
+    "marginal_every",
+    "marginal_n",
 )
 
 

@@ -141,10 +141,11 @@ def kde_log_density(fit: Tensor, at: Tensor, factor: Tensor) -> Tensor:
     cov = torch.einsum("nbi,nbj->bij", centered, centered) / (n - 1)
     cov = cov + 1e-12 * torch.eye(d, dtype=fit.dtype)  # a collapsed chain stays finite
     chol = torch.linalg.cholesky(cov) * factor.view(b, 1, 1)
-    diff = (at.unsqueeze(1) - fit.unsqueeze(0)).permute(2, 0, 1, 3)  # (B, m, n, D)
-    y = torch.linalg.solve_triangular(
-        chol.unsqueeze(1), diff.reshape(b, -1, d, 1), upper=False
-    ).view(b, at.shape[0], n, d)
+    diff = (at.unsqueeze(1) - fit.unsqueeze(0)).permute(2, 3, 0, 1)  # (B, D, m, n)
+    # one solve per datapoint with m * n right-hand sides (a (D, D) factor per pair would
+    # take B m n D^2 memory: 20 GB at N_z = 200)
+    y = torch.linalg.solve_triangular(chol, diff.reshape(b, d, -1), upper=False)
+    y = y.view(b, d, at.shape[0], n).permute(0, 2, 3, 1)  # (B, m, n, D)
     log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B,)
     log_kernel = -0.5 * y.square().sum(-1) - log_det.view(b, 1, 1) - 0.5 * d * LOG_2PI
     return (torch.logsumexp(log_kernel, -1) - math.log(n)).T
@@ -190,3 +191,21 @@ def hmc_estimate(
     log_q = kde_log_density(fit, at, kde_bandwidth(fit))
     inverse = log_mean_exp(log_q - logf[half:])  # estimates log (1 / p(x))
     return LogLikelihood(value=-inverse.value, stderr=inverse.stderr)
+
+
+def mean_hmc_log_likelihood(
+    model: VAE,
+    x: Tensor,
+    generator: torch.Generator | None,
+    encoder: bool = True,
+    batch_size: int = 1_000,
+) -> float:
+    """The mean of `hmc_estimate` over x (N, 784), in batches of `batch_size` datapoints (nats
+    per datapoint): the marginal likelihood a run logs every `marginal_every` samples. The
+    chains start at the encoder's mean, or at z = 0 for a model without one (MCEM)."""
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        z0 = None if encoder else xb.new_zeros((xb.shape[0], model.nz), dtype=torch.float64)
+        total += float(hmc_estimate(model, xb, generator=generator, z0=z0).value.sum())
+    return total / x.shape[0]

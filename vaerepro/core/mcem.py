@@ -6,8 +6,9 @@ then 5 Adagrad updates of the decoder on those z (the M-step).
 Where the paper is silent, the authors' code (anglepy's `wzoptim.step_batch_mcem`) answers: the
 chains persist per training datapoint between visits (it keeps `z_mcmc` from call to call).
 `MCEMChains` holds them: z (N_train, N_z), from the prior, and a step size per chain that keeps
-adapting (hmc.py's rule), as the posterior moves with the decoder. Wiring into runs (config,
-checkpoints, the marginal likelihood logged during training): issue 26, not yet done.
+adapting (hmc.py's rule), as the posterior moves with the decoder; they are part of the
+model's checkpoint. The model is a `VAE` whose encoder is never trained: its ELBO columns stay
+empty, and its marginal likelihood (`marginal_every`) starts its estimator's chains at z = 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from vaerepro.core.marginal import posterior_log_density
 from vaerepro.core.model import VAE
 
 INITIAL_STEP = 0.05
+LEAPFROG_STEPS = 10  # per E-step (the paper's Appendix E)
+UPDATES = 5  # Adagrad steps of the decoder per minibatch (the M-step)
 
 
 class MCEMChains:
@@ -50,8 +53,8 @@ def mcem_step(
     idx: Tensor,
     chains: MCEMChains,
     generator: torch.Generator | None,
-    leapfrog_steps: int = 10,
-    updates: int = 5,
+    leapfrog_steps: int = LEAPFROG_STEPS,
+    updates: int = UPDATES,
 ) -> Tensor:
     """One MCEM step on the minibatch x = train_x[idx] (M, 784): the E-step moves the chains
     of idx, the M-step updates the decoder `updates` times. Returns the acceptance (M,) bool.

@@ -14,6 +14,7 @@ from vaerepro.core.config import TrainConfig, config_diff
 from vaerepro.core.data import MinibatchIndices
 from vaerepro.core.errors import UsageError
 from vaerepro.core.gradients import BernoulliGradients, covers
+from vaerepro.core.mcem import MCEMChains, mcem_step
 from vaerepro.core.model import VAE
 from vaerepro.core.wakesleep import WakeSleepGradients
 
@@ -70,7 +71,7 @@ def stacking_problem(cfgs: list[TrainConfig], autograd: bool = False) -> str | N
     hand-written gradient (which needs the Bernoulli decoder and a model it covers)."""
     first = cfgs[0]
     if any(c.method != "aevb" for c in cfgs):
-        return "--stacked trains AEVB models only; wake-sleep trains one at a time"
+        return "--stacked trains AEVB models only; wake-sleep and mcem train one at a time"
     if first.lr_select:
         return "--lr-select may choose another learning rate per model; they train one at a time"
     for other in cfgs[1:]:
@@ -94,6 +95,7 @@ def make_train_step(
     train_x: torch.Tensor | list[torch.Tensor],
     autograd: bool = False,
     cuda_graphs: bool = False,
+    chains: MCEMChains | None = None,
 ) -> TrainStep:
     """The training step of `models` (configs `cfg`, N_z and seed aside) for cfg's method
     (AEVB or wake-sleep), on train_x (N, 784), or one such split per model.
@@ -105,7 +107,10 @@ def make_train_step(
     Several models (`stacking_problem` None), or `cuda_graphs`, take the batched step
     (batched.py): every layer and Adagrad on (K, ...) stacks, captured in a CUDA graph with
     `cuda_graphs`. Its `write_back` must run before the models or optimizers are read.
+    MCEM (one model, its `chains`) takes an HMC E-step and autograd M-steps (mcem.py).
     """
+    if cfg.method == "mcem":
+        return _mcem_train_step(models, opts, cfg, train_x, chains, cuda_graphs)
     loss, hand_written = gradient_pair(cfg)
     reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
     batched = len(models) > 1 or cuda_graphs
@@ -119,7 +124,6 @@ def make_train_step(
     if cuda_graphs and cfg.sampling != "replacement":
         raise UsageError("--cuda-graphs draws minibatches with replacement only (--sampling)")
     grads, gradient, update = None, "hand-written", None
-    splits = train_x if isinstance(train_x, list) else [train_x] * len(models)
     if batched:
         update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
         gradient = "hand-written, batched"
@@ -127,16 +131,7 @@ def make_train_step(
         grads = hand_written(models, cfg.batch_size, cfg.z_draws)
     else:
         gradient = f"autograd ({reason})" if not autograd else "autograd (--autograd)"
-    xs = splits[0].new_empty((len(models), cfg.batch_size, splits[0].shape[1]))
-    binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
-
-    def gather(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> torch.Tensor:
-        """The minibatches (K, M, 784), into static buffers (a CUDA graph captures this too)."""
-        for k, (split, idx, gen) in enumerate(zip(splits, idxs, gens, strict=True)):
-            torch.index_select(split, 0, idx, out=xs[k])
-            if binary is not None:
-                torch.bernoulli(xs[k], generator=gen, out=binary[k])
-        return xs if binary is None else binary
+    gather = minibatch_gather(cfg, train_x, len(models))
 
     def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
         batch = gather(idxs, gens)
@@ -159,3 +154,43 @@ def make_train_step(
         gradient = "hand-written, batched, in a CUDA graph"
     write_back = update.write_back if update is not None else None
     return TrainStep(step, gradient, write_back, graphed if cuda_graphs else None)
+
+
+def minibatch_gather(
+    cfg: TrainConfig, train_x: torch.Tensor | list[torch.Tensor], k: int
+) -> Callable[[list[torch.Tensor], list[torch.Generator]], torch.Tensor]:
+    """gather(idxs, gens): the K minibatches train_x[idxs[k]] (K, M, 784) into static buffers
+    (a CUDA graph captures this too), dynamically binarized with gens[k] where cfg says so."""
+    splits = train_x if isinstance(train_x, list) else [train_x] * k
+    xs = splits[0].new_empty((k, cfg.batch_size, splits[0].shape[1]))
+    binary = torch.empty_like(xs) if cfg.binarize == "dynamic" else None
+
+    def gather(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> torch.Tensor:
+        for k, (split, idx, gen) in enumerate(zip(splits, idxs, gens, strict=True)):
+            torch.index_select(split, 0, idx, out=xs[k])
+            if binary is not None:
+                torch.bernoulli(xs[k], generator=gen, out=binary[k])
+        return xs if binary is None else binary
+
+    return gather
+
+
+def _mcem_train_step(
+    models: list[VAE],
+    opts: list[torch.optim.Optimizer],
+    cfg: TrainConfig,
+    train_x: torch.Tensor | list[torch.Tensor],
+    chains: MCEMChains | None,
+    cuda_graphs: bool,
+) -> TrainStep:
+    """MCEM's step of one model: `mcem_step` on each minibatch, moving the chains it visits."""
+    if len(models) > 1 or cuda_graphs:
+        raise UsageError("--stacked and --cuda-graphs train AEVB models only")
+    if chains is None:
+        raise ValueError("an MCEM step needs the model's chains")
+    gather = minibatch_gather(cfg, train_x, 1)
+
+    def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        mcem_step(models[0], opts[0], gather(idxs, gens)[0], idxs[0], chains, gens[0])
+
+    return TrainStep(step, "autograd (MCEM: HMC E-step, decoder M-steps)")

@@ -15,11 +15,13 @@ import torch
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.files import MB
 from vaerepro.core.model import VAE
-from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.layout import CSV_COLUMNS, ESTIMATE_COLUMNS, MARGINAL_COLUMNS
 
 JSON_CAP = 4 * MB  # a run.json of thousands of models is well under this
 CSV_ROW_BYTES = 512  # a row of CSV_COLUMNS, written with 6 decimals, is about 150 bytes
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+OLD_COLUMNS = [c for c in CSV_COLUMNS if c not in MARGINAL_COLUMNS]  # a checkpoint's rows
+# before the marginal likelihood columns
 
 
 def evaluations(cfg: TrainConfig) -> int:
@@ -41,17 +43,25 @@ def parameter_shapes(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
 
 def torch_cap(cfg: TrainConfig) -> int:
     """The largest checkpoint or weights file a model of `cfg` can need: parameters and
-    optimizer state in float64, the sampler's permutation, the CSV rows, 1 MB of overhead."""
+    optimizer state in float64, the sampler's permutation and MCEM's chains, the CSV rows,
+    1 MB of overhead."""
     params = sum(math.prod(s) for s in parameter_shapes(cfg).values())
-    return MB + 32 * params + 8 * cfg.train_size + 1024 * evaluations(cfg)
+    return MB + 32 * params + 8 * cfg.train_size * (cfg.nz + 2) + 1024 * evaluations(cfg)
 
 
 def _row_name(i: int, df: pd.DataFrame) -> str:
     return f"row {i + 1} (line {i + 2}, samples={df.samples.iloc[i]})"
 
 
+def with_marginal_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A CSV written before the marginal likelihood columns, with them (empty)."""
+    missing = [c for c in MARGINAL_COLUMNS if c not in df.columns]
+    return df.assign(**{c: np.nan for c in missing}) if missing else df
+
+
 def csv_problem(df: pd.DataFrame) -> str | None:
-    """Columns, numbers, finiteness, positive and strictly increasing integer samples."""
+    """Columns, numbers, finiteness (an estimate may be empty, never infinite), positive and
+    strictly increasing integer samples."""
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
         return f"lacks columns {missing}"
@@ -60,7 +70,8 @@ def csv_problem(df: pd.DataFrame) -> str | None:
     for c in CSV_COLUMNS:
         if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
             return f"has non-numeric values in column {c}"
-        bad = np.flatnonzero(~np.isfinite(df[c].to_numpy(dtype=float)))
+        values = df[c].to_numpy(dtype=float)
+        bad = np.flatnonzero(np.isinf(values) | (np.isnan(values) & (c not in ESTIMATE_COLUMNS)))
         if len(bad):
             return f"{_row_name(bad[0], df)}: {c} is {df[c].iloc[bad[0]]} (not finite)"
     samples = df.samples.to_numpy(dtype=float)
@@ -83,6 +94,8 @@ def rows_problem(df: pd.DataFrame, cfg: TrainConfig, meta: dict) -> str | None:
                 f"{_row_name(i, df)} is off the evaluation grid: expected samples="
                 f"{(i + 1) * cfg.eval_every} (an evaluation every {cfg.eval_every} samples)"
             )
+    if problem := _estimates_problem(df, cfg):
+        return problem
     status = meta.get("status", "finished")
     recorded = [c["samples"] for c in meta.get("checkpoints", [])]
     if status == "finished":
@@ -100,8 +113,34 @@ def rows_problem(df: pd.DataFrame, cfg: TrainConfig, meta: dict) -> str | None:
     return None
 
 
+def _estimates_problem(df: pd.DataFrame, cfg: TrainConfig) -> str | None:
+    """The ELBO terms are numbers unless the method is MCEM (none: it has no encoder); the
+    marginal likelihood is a number exactly every `marginal_every` samples."""
+    elbo = [c for c in ESTIMATE_COLUMNS if c not in MARGINAL_COLUMNS]
+    marginal = (df.samples % cfg.marginal_every == 0) if cfg.marginal_every else df.samples < 0
+    for columns, expected in (
+        (elbo, pd.Series(cfg.method != "mcem", df.index)),
+        (MARGINAL_COLUMNS, marginal),
+    ):
+        for c in columns:
+            wrong = np.flatnonzero(df[c].notna().to_numpy() != expected.to_numpy())
+            if len(wrong):
+                i = wrong[0]
+                what = "empty" if expected.iloc[i] else f"{df[c].iloc[i]}"
+                return (
+                    f"{_row_name(i, df)}: {c} is {what}, but the {cfg.method} model of its "
+                    f"config (marginal_every={cfg.marginal_every}) "
+                    + ("logs it there" if expected.iloc[i] else "leaves it empty there")
+                )
+    return None
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def _is_count(v, low: int, high: int) -> bool:
@@ -115,9 +154,9 @@ def _ckpt_rows_problem(rows, samples: int, cfg: TrainConfig, csv: pd.DataFrame) 
         n = samples // cfg.eval_every
         return f"rows must be a list of {n} evaluations at samples={samples}"
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) != set(CSV_COLUMNS):
+        if not isinstance(row, dict) or set(row) - set(MARGINAL_COLUMNS) != set(OLD_COLUMNS):
             return f"row {i + 1} is not a dict of the CSV columns"
-        if not all(_is_number(row[c]) for c in CSV_COLUMNS):
+        if not all(_is_number(v) or c in ESTIMATE_COLUMNS and _is_nan(v) for c, v in row.items()):
             return f"row {i + 1} holds a value that is not a finite number"
         if row["samples"] != (i + 1) * cfg.eval_every:
             return f"row {i + 1} has samples={row['samples']}, off the evaluation grid"
@@ -126,7 +165,8 @@ def _ckpt_rows_problem(rows, samples: int, cfg: TrainConfig, csv: pd.DataFrame) 
     if len(csv):
         ours = pd.DataFrame(rows[: len(csv)], columns=CSV_COLUMNS).to_numpy(dtype=float)
         theirs = csv[CSV_COLUMNS].to_numpy(dtype=float)
-        differ = np.flatnonzero(~np.isclose(ours, theirs, rtol=1e-9, atol=1e-6).all(axis=1))
+        close = np.isclose(ours, theirs, rtol=1e-9, atol=1e-6, equal_nan=True)
+        differ = np.flatnonzero(~close.all(axis=1))
         if len(differ):
             return f"row {differ[0] + 1} differs from the CSV's row {differ[0] + 1}"
     return None
@@ -192,4 +232,24 @@ def checkpoint_problem(ckpt: dict, cfg: TrainConfig, meta: dict, csv: pd.DataFra
         _ckpt_rows_problem(ckpt["rows"], samples, cfg, csv)
         or _tensors_problem(ckpt["model"], cfg)
         or _sampler_problem(ckpt["batches"], ckpt["rng"], cfg)
+        or (_chains_problem(ckpt["chains"], cfg) if cfg.method == "mcem" else None)
     )
+
+
+def _chains_problem(chains, cfg: TrainConfig) -> str | None:
+    """MCEM's chains (mcem.py): z (train_size, N_z) and positive step sizes (train_size,)."""
+    n = cfg.train_size
+    if not isinstance(chains, dict) or set(chains) != {"z", "step_size"}:
+        return "chains must hold z and step_size"
+    for key, shape in (("z", (n, cfg.nz)), ("step_size", (n,))):
+        t = chains[key]
+        if not (
+            isinstance(t, torch.Tensor)
+            and t.is_floating_point()
+            and t.shape == shape
+            and t.isfinite().all()
+        ):
+            return f"chains[{key!r}] must be a finite floating tensor of shape {list(shape)}"
+    if not (chains["step_size"] > 0).all():
+        return "chains['step_size'] must be positive"
+    return None

@@ -3,6 +3,7 @@ evaluation, extrapolated to every model's remaining samples."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits
 from vaerepro.core.device import synchronize
 from vaerepro.core.evaluate import evaluate
+from vaerepro.core.marginal import mean_hmc_log_likelihood
+from vaerepro.core.mcem import MCEMChains
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
 from vaerepro.core.step import make_train_step
@@ -19,37 +22,46 @@ from vaerepro.core.step import make_train_step
 WARMUP_STEPS = 3  # untimed: first calls allocate and pick kernels
 TIMED_STEPS = 30  # about 0.1-0.3 s per N_z on a 2-core CPU
 TIMED_EVAL_ROWS = 2_000
+TIMED_MARGINAL_ROWS = 50  # the estimator's cost is linear in the images (about 0.2 s here)
 TEST_SIZE = 10_000
 
 
 @dataclass
 class Estimate:
-    """Measured speeds: training samples/s per N_z, and evaluated datapoints/s."""
+    """Measured speeds: training samples/s per (method, N_z), evaluated datapoints/s, and
+    datapoints/s of the marginal likelihood estimator (inf: no model estimates it)."""
 
-    train_rate: dict[int, float]
+    train_rate: dict[tuple[str, int], float]
     eval_rate: float
+    marginal_rate: float = math.inf
 
     def seconds(self, cfg: TrainConfig, samples_done: int = 0) -> float:
         """Seconds left for a model of `cfg` that has trained `samples_done` samples: the
         training steps plus a full train and test evaluation every `eval_every` samples (and
-        for a new model with --lr-select, its candidates' samples and evaluations)."""
+        for a new model with --lr-select, its candidates' samples and evaluations), and the
+        marginal likelihood of marginal_n images of both splits every `marginal_every`."""
         remaining = max(cfg.samples - samples_done, 0)
         evaluations = remaining // cfg.eval_every
         if cfg.lr_select and samples_done == 0:  # each candidate's first samples, evaluated
             remaining += len(cfg.lr_select) * cfg.lr_select_samples
             evaluations += len(cfg.lr_select)
-        rows = evaluations * (cfg.train_size + TEST_SIZE)
-        return remaining / self.train_rate[cfg.nz] + rows / self.eval_rate
+        rows = evaluations * (cfg.train_size + TEST_SIZE) if cfg.method != "mcem" else 0
+        estimates = remaining // cfg.marginal_every if cfg.marginal_every else 0
+        marginal = estimates * 2 * cfg.marginal_n / self.marginal_rate
+        return remaining / self.train_rate[cfg.method, cfg.nz] + rows / self.eval_rate + marginal
 
 
 def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device) -> Estimate:
-    """Time TIMED_STEPS training steps per distinct N_z and one evaluation pass, on throwaway
-    models (no files, the run's own seeds untouched)."""
+    """Time TIMED_STEPS training steps per distinct (method, N_z), one evaluation pass and,
+    where a model estimates it, the marginal likelihood of a few images, on throwaway models
+    (no files, the run's own seeds untouched)."""
     rates = {}
-    for cfg in {c.nz: c for c in configs}.values():
+    for cfg in {(c.method, c.nz): c for c in configs}.values():
         model = VAE.from_config(cfg).to(device)
-        step = make_train_step([model], [make_optimizer(cfg, model)], cfg, data.train_x)
         gen = torch.Generator(device=device).manual_seed(0)
+        train_x = data.train_x[: cfg.train_size]
+        chains = MCEMChains(cfg.train_size, cfg.nz, gen, train_x) if cfg.method == "mcem" else None
+        step = make_train_step([model], [make_optimizer(cfg, model)], cfg, train_x, chains=chains)
         batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
         for _ in range(WARMUP_STEPS):
             step([batches.next()], [gen])
@@ -58,7 +70,7 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
         for _ in range(TIMED_STEPS):
             step([batches.next()], [gen])
         synchronize(device)
-        rates[cfg.nz] = TIMED_STEPS * cfg.batch_size / (time.perf_counter() - start)
+        rates[cfg.method, cfg.nz] = TIMED_STEPS * cfg.batch_size / (time.perf_counter() - start)
     widest = max(configs, key=lambda c: c.nz)
     model = VAE.from_config(widest).to(device)
     x = data.test_x[:TIMED_EVAL_ROWS]
@@ -66,4 +78,18 @@ def measure(configs: list[TrainConfig], data: MnistSplits, device: torch.device)
     evaluate(model, x[:100], generator=torch.Generator(device=device).manual_seed(0), **kw)
     start = time.perf_counter()
     evaluate(model, x, generator=torch.Generator(device=device).manual_seed(0), **kw)  # syncs
-    return Estimate(rates, len(x) / (time.perf_counter() - start))
+    eval_rate = len(x) / (time.perf_counter() - start)
+    return Estimate(rates, eval_rate, _marginal_rate(configs, data, device))
+
+
+def _marginal_rate(configs: list[TrainConfig], data: MnistSplits, device: torch.device) -> float:
+    """Datapoints/s of the marginal likelihood estimator on the widest model that logs it."""
+    logging = [c for c in configs if c.marginal_every]
+    if not logging:
+        return math.inf
+    cfg = max(logging, key=lambda c: (c.nz, c.hidden))
+    model = VAE.from_config(cfg).to(device)
+    x = data.test_x[:TIMED_MARGINAL_ROWS]
+    start = time.perf_counter()
+    mean_hmc_log_likelihood(model, x, torch.Generator(device=device).manual_seed(0))  # syncs
+    return len(x) / (time.perf_counter() - start)

@@ -5,6 +5,7 @@ consistent."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import tempfile
 from datetime import datetime, timezone
@@ -29,6 +30,10 @@ from vaerepro.runs.writes import (
     write_csv,
     write_json,
 )
+
+# What a finished model's JSON keeps of its last row (MCEM has no ELBO; the marginal likelihood
+# is there when it was estimated at the end)
+FINAL_KEYS = ("train_elbo", "test_elbo", "train_marginal", "test_marginal")
 
 CHECKPOINT_KEYS = {
     "model",
@@ -87,9 +92,10 @@ def load_checkpoint(
         ckpt = load_torch(files.ckpt, [c["sha256"] for c in meta["checkpoints"]], cfg)
     except RunFolderError as err:
         raise RunFolderError(f"{err}. {_trusted_rows(files, meta)} {hint}") from err
-    if set(ckpt) != CHECKPOINT_KEYS:
-        missing = sorted(CHECKPOINT_KEYS - set(ckpt))
-        unknown = ", ".join(sorted(map(repr, set(ckpt) - CHECKPOINT_KEYS)))[:200]
+    keys = CHECKPOINT_KEYS | ({"chains"} if cfg.method == "mcem" else set())
+    if set(ckpt) != keys:
+        missing = sorted(keys - set(ckpt))
+        unknown = ", ".join(sorted(map(repr, set(ckpt) - keys)))[:200]
         raise RunFolderError(f"{files.ckpt} lacks {missing} or has unknown keys {unknown}. {hint}")
     parse_config(ckpt["config"], files.ckpt)
     if diff := config_diff(ckpt["config"], cfg.to_dict()):
@@ -361,7 +367,7 @@ class ModelRecord:
             samples_done=samples,
             wall_s=last["wall_s"],
             finished=now(),
-            final={k: last[k] for k in ("train_elbo", "test_elbo")},
+            final={k: last[k] for k in FINAL_KEYS if math.isfinite(last[k])},
             **state.latent_usage(),
         )
         if len(trained_with) > 1:

@@ -23,6 +23,23 @@ CSV_COLUMNS = [
     "test_kl",
     "wall_s",
     "train_samples_per_s",
+    "train_marginal",
+    "test_marginal",
+]
+
+# Added with Fig. 3: CSVs written before them lack them (read as empty).
+MARGINAL_COLUMNS = ["train_marginal", "test_marginal"]
+
+# Estimates, nats per datapoint, that may be empty (NaN): the marginal likelihood between its
+# estimates (`marginal_every`), and the ELBO terms of Monte Carlo EM, which has no encoder.
+ESTIMATE_COLUMNS = [
+    "train_elbo",
+    "test_elbo",
+    "train_loglik",
+    "train_kl",
+    "test_loglik",
+    "test_kl",
+    *MARGINAL_COLUMNS,
 ]
 
 
@@ -30,7 +47,7 @@ OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")
 
 
 # What `reproduce` writes into a run folder (and `--overwrite` may therefore remove).
-OWN_MODEL_FILE = re.compile(r"^(wakesleep-)?nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
+OWN_MODEL_FILE = re.compile(r"^((wakesleep|mcem)-)?nz\d+-seed\d+\.(csv|json|ckpt|pt)$")
 
 
 RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per model
@@ -40,11 +57,18 @@ RUN_JSON = "run.json"  # the sweep (Sweep): preset, N_z, seeds, one config per m
 REPLACED = ".vaerepro-replaced"
 
 
-OWN_RUN_FILES = (RUN_JSON, "REPORT.md", "comparison.csv", "comparison.md")
+OWN_RUN_FILES = (
+    RUN_JSON,
+    "REPORT.md",
+    "comparison.csv",
+    "comparison.md",
+    "comparison-marginal.csv",
+    "comparison-marginal.md",
+)
 
 
 OWN_FIGURE = re.compile(
-    r"^(fig2\.(png|pdf)|components\.png|"
+    r"^(fig[23]\.(png|pdf)|components\.png|"
     r"(recon|samples|interpolation|latent|kl_per_dim)_nz\d+\.png)$"
 )
 
@@ -54,7 +78,7 @@ class RunFiles:
     """The files of one model (one method, N_z and seed) in a run folder."""
 
     folder: Path
-    stem: str  # "nz{N_z}-seed{seed}", prefixed "wakesleep-" for wake-sleep
+    stem: str  # "nz{N_z}-seed{seed}", prefixed "wakesleep-" or "mcem-" for those methods
 
     @classmethod
     def of(cls, folder: str | os.PathLike, nz: int, seed: int, method: str = "aevb") -> RunFiles:

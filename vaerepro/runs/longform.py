@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 SPLITS = ("train", "test")
-TERMS = ("elbo", "loglik", "kl")  # nats per datapoint
+TERMS = ("elbo", "loglik", "kl")  # nats per datapoint; also "marginal", where estimated
 KEYS = ["method", "nz", "split", "samples", "term"]  # a point of one model and method
 COLUMNS = ["method", "nz", "seed", "split", "samples", "term", "value"]
 
@@ -21,8 +21,9 @@ COLUMNS = ["method", "nz", "seed", "split", "samples", "term", "value"]
 def long_form(rows: pd.DataFrame, cfg: dict, terms: Iterable[str] = TERMS) -> pd.DataFrame:
     """The CSV `rows` of the model with config `cfg` (a config dict: its method, nz and
     seed) as COLUMNS rows, per split (train, then test) and term (in the order of `terms`)
-    the logged values in order of samples. A config without a method (written before
-    wake-sleep) is AEVB's."""
+    the logged values in order of samples; empty values (a term the model does not log
+    there: MCEM's ELBO, the marginal likelihood between its estimates) are left out. A config
+    without a method (written before wake-sleep) is AEVB's."""
     method, nz, seed = cfg.get("method", "aevb"), cfg["nz"], cfg["seed"]
     parts = [
         pd.DataFrame(
@@ -39,4 +40,4 @@ def long_form(rows: pd.DataFrame, cfg: dict, terms: Iterable[str] = TERMS) -> pd
         for split in SPLITS
         for term in terms
     ]
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).dropna(subset=["value"]).reset_index(drop=True)

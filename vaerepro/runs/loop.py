@@ -80,6 +80,7 @@ def train_together(
         [s.train_x for s in states] if len(states) > 1 else states[0].train_x,
         autograd,
         cuda_graphs,
+        states[0].chains,
     )
     print(f"{label}gradient: {step.gradient}", file=sys.stderr)
     for state, record in zip(states, records, strict=True):

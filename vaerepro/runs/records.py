@@ -18,7 +18,14 @@ from vaerepro.core.config import METHODS, Sweep, TrainConfig, config_diff, upgra
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import ACTIVE_UNIT_NATS
 from vaerepro.core.files import read_regular, sha256
-from vaerepro.runs.contents import JSON_CAP, csv_cap, csv_problem, rows_problem, torch_cap
+from vaerepro.runs.contents import (
+    JSON_CAP,
+    csv_cap,
+    csv_problem,
+    rows_problem,
+    torch_cap,
+    with_marginal_columns,
+)
 from vaerepro.runs.layout import RUN_JSON, RunFiles
 from vaerepro.runs.writes import write_json
 
@@ -251,6 +258,7 @@ def read_csv(path: Path, cfg: TrainConfig | None = None, meta: dict | None = Non
         df = pd.read_csv(io.BytesIO(data))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise RunFolderError(f"cannot read run CSV {path}: {err}") from err
+    df = with_marginal_columns(df)
     if df.empty and not (cfg and meta):
         raise RunFolderError(f"run CSV {path} has no rows")
     problem = csv_problem(df) or (rows_problem(df, cfg, meta) if cfg and meta else None)

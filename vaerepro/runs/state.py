@@ -3,13 +3,17 @@ samples trained and the CSV rows so far. Its `state_dict` is what a checkpoint h
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
 from vaerepro.core.device import get_rng_state, set_rng_state
 from vaerepro.core.errors import TrainingDiverged, UsageError
-from vaerepro.core.evaluate import active_units, evaluate, kl_per_dimension
+from vaerepro.core.evaluate import SplitELBO, active_units, evaluate, kl_per_dimension
+from vaerepro.core.marginal import mean_hmc_log_likelihood
+from vaerepro.core.mcem import UPDATES, MCEMChains
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
 
@@ -40,6 +44,9 @@ class TrainingState:
             self.train_x = binarize_fixed(self.train_x, cfg.seed)
             self.test_x = binarize_fixed(self.test_x, cfg.seed + 1)
         self.batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, self.gen)
+        self.chains = None  # MCEM's posterior samples, one per training image
+        if cfg.method == "mcem":
+            self.chains = MCEMChains(cfg.train_size, cfg.nz, self.gen, self.train_x)
         self.rows: list[dict] = []  # one per evaluation: the CSV's rows
         self.samples, self.wall_before = 0, 0.0  # wall_before: seconds of earlier sessions
 
@@ -49,7 +56,9 @@ class TrainingState:
 
     def state_dict(self, samples: int, wall_s: float) -> dict:
         """The checkpoint's contents at `samples`, `wall_s` seconds into this session."""
+        chains = {} if self.chains is None else {"chains": self.chains.state_dict()}
         return {
+            **chains,
             "model": self.weights(),
             "optimizer": self.opt.state_dict(),
             "batches": self.batches.state_dict(),
@@ -69,7 +78,7 @@ class TrainingState:
         fresh = self.opt.state_dict()["param_groups"]
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        steps = ckpt["samples"] // self.cfg.batch_size
+        steps = ckpt["samples"] // self.cfg.batch_size * optimizer_steps_per_minibatch(self.cfg)
         for ours, theirs in zip(fresh, self.opt.state_dict()["param_groups"], strict=True):
             ours = {**ours, "steps_taken": steps} if "steps_taken" in ours else ours
             if differ := [k for k in set(ours) & set(theirs) - {"params"} if ours[k] != theirs[k]]:
@@ -84,12 +93,16 @@ class TrainingState:
             batches["perm"] = batches["perm"].to(self.device)
         self.batches.load_state_dict(batches)
         set_rng_state(ckpt["rng"])
+        if self.chains is not None:
+            self.chains.load_state_dict({k: v.to(self.device) for k, v in ckpt["chains"].items()})
         self.samples, self.wall_before, self.rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
 
     def latent_usage(self) -> dict:
         """What the report shows of the final model beyond the CSV, recorded in its JSON so
         that a report redrawn without the weights keeps it: the average KL of each latent
-        dimension over the test set (nats) and the active units."""
+        dimension over the test set (nats) and the active units. MCEM has no encoder: none."""
+        if self.cfg.method == "mcem":
+            return {}
         kl = kl_per_dimension(self.model, self.report_x.to(self.test_x.dtype))
         return {"kl_per_dim": [float(v) for v in kl.cpu()], "active_units": active_units(kl)}
 
@@ -105,16 +118,26 @@ class TrainingState:
             )
 
     def log_evaluation(self, samples: int, wall_s: float, train_rate: float) -> dict:
-        """Evaluate both splits (ELBO, loglik, KL in nats per datapoint) and append the row."""
+        """Evaluate both splits (ELBO, loglik, KL in nats per datapoint; not for MCEM) and,
+        every `marginal_every` samples, their marginal likelihood; append the row."""
         cfg = self.cfg
+        gen = torch.Generator(device=self.device).manual_seed(cfg.eval_seed(samples))
         kw = dict(
             batch_size=cfg.eval_batch_size,
             chunk=cfg.eval_chunk,
             z_draws=cfg.z_draws,
-            generator=torch.Generator(device=self.device).manual_seed(cfg.eval_seed(samples)),
+            generator=gen,
             binarize=cfg.binarize == "dynamic",
         )
-        tr, te = evaluate(self.model, self.train_x, **kw), evaluate(self.model, self.test_x, **kw)
+        tr = te = SplitELBO(math.nan, math.nan, math.nan)
+        if cfg.method != "mcem":
+            tr, te = (
+                evaluate(self.model, self.train_x, **kw),
+                evaluate(self.model, self.test_x, **kw),
+            )
+        marginal = [math.nan, math.nan]
+        if cfg.marginal_every and samples % cfg.marginal_every == 0:
+            marginal = [self._marginal(x, gen) for x in (self.train_x, self.test_x)]
         row = {
             "samples": samples,
             "train_elbo": tr.elbo,
@@ -125,6 +148,21 @@ class TrainingState:
             "test_kl": te.kl,
             "wall_s": self.wall_before + wall_s,
             "train_samples_per_s": train_rate,
+            "train_marginal": marginal[0],
+            "test_marginal": marginal[1],
         }
         self.rows.append(row)
         return row
+
+    def _marginal(self, x: torch.Tensor, gen: torch.Generator) -> float:
+        """The marginal likelihood estimate of the first marginal_n images of x (N, 784)."""
+        x = x[: self.cfg.marginal_n]
+        if self.cfg.binarize == "dynamic":
+            x = torch.bernoulli(x, generator=gen)
+        encoder = self.cfg.method != "mcem"
+        return mean_hmc_log_likelihood(self.model, x, gen, encoder)
+
+
+def optimizer_steps_per_minibatch(cfg: TrainConfig) -> int:
+    """Optimizer steps per minibatch: MCEM's M-step takes UPDATES, the others one."""
+    return UPDATES if cfg.method == "mcem" else 1

@@ -4,6 +4,7 @@ threads train them, and how long that should take. A runner (runners.py) then tr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +68,17 @@ class SweepPlan:
             return f"{line} (no time estimate: --no-estimate); {self._workers()}"
         seconds = self.expected(estimate)
         total = sum(max(seconds[c] for c in g) for g in self.groups) / self.jobs
-        rates = ", ".join(f"{nz}: {r / 1000:.1f}k" for nz, r in estimate.train_rate.items())
+        rates = ", ".join(
+            f"{nz if m == 'aevb' else f'{m} {nz}'}: {r / 1000:.1f}k"
+            for (m, nz), r in estimate.train_rate.items()
+        )
+        marginal = ""
+        if math.isfinite(estimate.marginal_rate):
+            marginal = f"; marginal likelihood {estimate.marginal_rate:.0f} datapoints/s"
         return (
             f"{line}; estimated {format_duration(total)} (measured just now: training "
             f"samples/s by N_z {rates}; evaluation {estimate.eval_rate / 1000:.0f}k "
-            f"datapoints/s); {self._workers()}"
+            f"datapoints/s{marginal}); {self._workers()}"
         )
 
     def _workers(self) -> str:

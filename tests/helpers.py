@@ -21,7 +21,7 @@ from vaerepro.analysis.reference import paper_elbo
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig, preset
 from vaerepro.runs import writes
-from vaerepro.runs.layout import CSV_COLUMNS, RunFiles
+from vaerepro.runs.layout import CSV_COLUMNS, MARGINAL_COLUMNS, RunFiles
 from vaerepro.runs.trajectory import TRAJECTORY, write_trajectory
 
 # The CSV columns a run reproduces to the last bit (under the same thread count): all but
@@ -138,7 +138,7 @@ def synthetic_sweep(folder: Path, nz: int, offsets, samples, method: str = "aevb
         for s in range(len(offsets))
     ]
     for cfg, offset in zip(configs, offsets, strict=True):
-        rows = {c: np.zeros(len(grid)) for c in CSV_COLUMNS}
+        rows = {c: np.zeros(len(grid)) for c in CSV_COLUMNS if c not in MARGINAL_COLUMNS}
         rows["samples"] = grid
         rows["train_elbo"] = np.nan_to_num(paper_elbo(nz, "train", grid, method), nan=-150) + offset
         rows["test_elbo"] = np.nan_to_num(paper_elbo(nz, "test", grid, method), nan=-150) - offset

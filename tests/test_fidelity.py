@@ -14,7 +14,7 @@ from vaerepro.core.data import MnistSplits
 from vaerepro.core.model import gaussian_kl
 from vaerepro.core.optim import make_optimizer
 from vaerepro.core.step import make_train_step
-from vaerepro.runs.layout import CSV_COLUMNS
+from vaerepro.runs.layout import CSV_COLUMNS, MARGINAL_COLUMNS
 from vaerepro.runs.loop import train
 from vaerepro.runs.state import TrainingState
 
@@ -63,7 +63,7 @@ def test_reference_curves_are_shipped():
 def _synthetic_run(nz, samples, offset, elbo=None) -> tuple[dict, pd.DataFrame]:
     """One model in memory, as load_run gives it: the paper's curve + offset on train and
     - offset on test (or `elbo` on both), logged at `samples` (any points, not only a grid)."""
-    rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS}
+    rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS if c not in MARGINAL_COLUMNS}
     rows["samples"] = samples
     rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset if elbo is None else elbo
     rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset if elbo is None else elbo
@@ -138,7 +138,9 @@ def test_long_form_is_one_row_per_logged_value():
     tier-1 trajectory read them through it): per split, then term, the values in order."""
     from vaerepro.runs.longform import COLUMNS, long_form
 
-    rows = pd.DataFrame({c: [0.0, 0.0] for c in CSV_COLUMNS}).assign(samples=[100, 200])
+    rows = pd.DataFrame({c: [0.0, 0.0] for c in CSV_COLUMNS if c not in MARGINAL_COLUMNS}).assign(
+        samples=[100, 200]
+    )
     rows = rows.assign(train_elbo=[-3.0, -2.0], test_elbo=[-4.0, -3.5], test_kl=[1.0, 1.5])
     cfg = TrainConfig(nz=5, seed=7, method="wakesleep").to_dict()
     long = long_form(rows, cfg, ["elbo", "kl"])

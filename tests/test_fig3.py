@@ -9,8 +9,8 @@ import math
 
 import pandas as pd
 import pytest
-
 from helpers import copy_run, tiny
+
 from vaerepro.analysis.reference import paper_marginal
 from vaerepro.cli import main
 from vaerepro.core.config import preset

@@ -364,7 +364,13 @@ def uninterrupted_mcem(tmp_path_factory, data_root) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("mcem") / "run"
     _train_uninterrupted(out, data_root, *MCEM)
     df = _csv(out, MCEM_CSV)
-    assert len(df) == ROWS and df.test_marginal.notna().tolist() == [False, True, False, True, False]
+    assert len(df) == ROWS and df.test_marginal.notna().tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
     assert df.train_marginal.iloc[3] > df.train_marginal.iloc[1] + 1  # it trains
     return df
 

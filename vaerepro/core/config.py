@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from vaerepro.core.errors import UsageError
 
 PAPER_NZ: tuple[int, ...] = (3, 5, 10, 20, 200)
+# The HMC estimator (marginal.py) fits its kernel density to 25 samples per image: at N_z >= 25
+# their covariance is singular.
+MARGINAL_MAX_NZ = 25
 
 OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
 SAMPLINGS = ("replacement", "epoch")
@@ -223,6 +226,12 @@ class TrainConfig:
                 not self.marginal_every or 1 <= self.marginal_n <= min(self.train_size, 10_000),
                 f"marginal_n ({self.marginal_n}) must be in [1, train_size] and at most 10000 "
                 "(the test split)",
+            ),
+            (
+                not self.marginal_every or self.nz < MARGINAL_MAX_NZ,
+                f"the marginal likelihood estimator needs N_z < {MARGINAL_MAX_NZ}, got "
+                f"{self.nz}: its kernel density is fitted to {MARGINAL_MAX_NZ} posterior samples "
+                "per image (the paper used it at N_z = 3; docs/marginal.md)",
             ),
             (
                 self.method != "mcem" or self.marginal_every > 0,

@@ -1,15 +1,17 @@
 """Tier 1 of the regression gate: a short float64 trajectory of the real training code.
 
-For each method (AEVB and wake-sleep) and N_z the `ci` protocol, scaled down (`TRAJECTORY`:
-the first 1,000 training images drawn with replacement, a 10-minibatch Adagrad warm-up, 40
-minibatches of 100), runs through `train.train` itself: the hand-written gradient (AEVB's,
-or wake-sleep's two phases), `optim.Adagrad` with the weight prior and its warm-up, the
-minibatch sampler, the noise generators and `evaluate` (on the 1,000
-training images and the first 1,000 test images), all in float64 on the CPU. Each of the
-four evaluations gives the ELBO, the log-likelihood and the KL term (nats per datapoint) of
-both splits. In float64, rounding (thread counts, SIMD kernels, BLAS code paths) moves these
-numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to the math or the
-code does still never fires by accident (README, "ELBO regression gate").
+For each method (AEVB, wake-sleep and MCEM) and N_z the `ci` protocol, scaled down
+(`TRAJECTORY`: the first 1,000 training images drawn with replacement, a 10-minibatch Adagrad
+warm-up, 40 minibatches of 100), runs through `train.train` itself: the hand-written gradient
+(AEVB's, or wake-sleep's two phases) or MCEM's HMC E-step and decoder updates, `optim.Adagrad`
+with the weight prior and its warm-up, the minibatch sampler, the noise generators and
+`evaluate` (on the 1,000 training images and the first 1,000 test images), all in float64 on
+the CPU. Each of the four evaluations gives the ELBO, the log-likelihood and the KL term (nats
+per datapoint) of both splits; MCEM, which has no ELBO, gives the marginal likelihood at two
+(`MCEM_TRAJECTORY`; not at N_z = 200, beyond its estimator). In float64, rounding (thread
+counts, SIMD kernels, BLAS code paths) moves
+these numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to the math or
+the code does still never fires by accident (README, "ELBO regression gate").
 
 A run folder or reference holds the values in `trajectory.csv` (long format, full precision:
 method, nz, split, samples, term, value) and the config and environment in `trajectory.json`.
@@ -26,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import METHODS, PAPER_NZ, TrainConfig, preset
+from vaerepro.core.config import MARGINAL_MAX_NZ, METHODS, PAPER_NZ, TrainConfig, preset
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import RunFolderError, WriteFailed
-from vaerepro.runs.longform import KEYS, long_form
+from vaerepro.runs.longform import KEYS, TERMS, long_form
 from vaerepro.runs.loop import train
 from vaerepro.runs.provenance import environment_info
 from vaerepro.runs.records import read_json
@@ -41,6 +43,9 @@ TRAJECTORY: TrainConfig = preset("ci").replace(
     train_size=1_000, adagrad_warmup=10, samples=4_000, eval_every=1_000
 )
 TEST_ROWS = 1_000  # the first test images
+# MCEM has no ELBO: its trajectory is the marginal likelihood of 20 images of each split after
+# 20 and 40 minibatches (the HMC estimator's own noise included).
+MCEM_TRAJECTORY = {"marginal_every": 2_000, "marginal_n": 20}
 CSV_NAME, JSON_NAME = "trajectory.csv", "trajectory.json"
 
 
@@ -80,10 +85,11 @@ def run_trajectory(
     try:
         with float64_defaults(), tempfile.TemporaryDirectory(prefix="vaerepro-trajectory-") as tmp:
             for method in methods:
-                for n in nz:
-                    run_cfg = cfg.replace(method=method, nz=n)
+                extra = MCEM_TRAJECTORY if method == "mcem" else {}
+                for n in [n for n in nz if n < MARGINAL_MAX_NZ or method != "mcem"]:
+                    run_cfg = cfg.replace(method=method, nz=n, **extra)
                     rows = train(run_cfg, data64, tmp, device="cpu", progress=False)
-                    parts.append(long_form(rows, run_cfg.to_dict()))
+                    parts.append(long_form(rows, run_cfg.to_dict(), (*TERMS, "marginal")))
     except (WriteFailed, OSError) as err:  # the temporary folder, not the user's: say where
         raise WriteFailed(
             f"cannot write the trajectory's temporary files in {tempfile.gettempdir()} "

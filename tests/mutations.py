@@ -106,6 +106,12 @@ WAKESLEEP_MUTATIONS = {
     "weight_prior_removed": MUTATIONS["weight_prior_removed"],
 }
 
+MCEM_MUTATIONS = {
+    "step_size_not_adapted": ("vaerepro.core.mcem.adapt_step_size", lambda step, accepted: step),
+    "lr_times_10": MUTATIONS["lr_times_10"],
+    "weight_prior_removed": MUTATIONS["weight_prior_removed"],
+}
+
 # Breakages of the hand-written backward only: `gradients.covers` must see each, so that the
 # run trains through autograd instead.
 BACKWARD_BREAKAGES = {

@@ -15,6 +15,7 @@ from vaerepro.core.model import gaussian_kl
 from vaerepro.core.optim import make_optimizer
 from vaerepro.core.step import make_train_step
 from vaerepro.runs.layout import CSV_COLUMNS, MARGINAL_COLUMNS
+from vaerepro.runs.longform import SPLITS
 from vaerepro.runs.loop import train
 from vaerepro.runs.state import TrainingState
 
@@ -65,8 +66,9 @@ def _synthetic_run(nz, samples, offset, elbo=None) -> tuple[dict, pd.DataFrame]:
     - offset on test (or `elbo` on both), logged at `samples` (any points, not only a grid)."""
     rows = {c: np.zeros(len(samples)) for c in CSV_COLUMNS if c not in MARGINAL_COLUMNS}
     rows["samples"] = samples
-    rows["train_elbo"] = paper_elbo(nz, "train", samples) + offset if elbo is None else elbo
-    rows["test_elbo"] = paper_elbo(nz, "test", samples) - offset if elbo is None else elbo
+    paper_train, paper_test = (np.nan_to_num(paper_elbo(nz, s, samples), nan=-150) for s in SPLITS)
+    rows["train_elbo"] = paper_train + offset if elbo is None else elbo
+    rows["test_elbo"] = paper_test - offset if elbo is None else elbo
     return {"config": TrainConfig(nz=nz).to_dict()}, pd.DataFrame(rows)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from mutations import MUTATIONS, WAKESLEEP_MUTATIONS
+from mutations import MCEM_MUTATIONS, MUTATIONS, WAKESLEEP_MUTATIONS
 
 from vaerepro.analysis.check import check_run
 from vaerepro.cli import main
@@ -67,8 +67,9 @@ def test_unbroken_trajectory_passes_tier1(mnist, tmp_path, threads, n_threads):
     result = check_run(_tier1_run(mnist, tmp_path), REFERENCE, nz=[TIER1_NZ])
     assert result.ok, (result.problems, result.failures)
     tier1 = result.points[result.points.tier == 1]
-    assert len(tier1) == 2 * 2 * 3 * 4  # methods x splits x terms x evaluations
-    assert set(tier1.method) == {"aevb", "wakesleep"}
+    # AEVB and wake-sleep: splits x terms x evaluations; MCEM: splits x 2 marginal likelihoods
+    assert len(tier1) == 2 * 2 * 3 * 4 + 2 * 2
+    assert set(tier1.method) == {"aevb", "wakesleep", "mcem"}
     assert (tier1["diff"].abs() <= 1e-8).all()  # float64: nothing near the tolerance
 
 
@@ -78,7 +79,7 @@ def test_trajectory_command_writes_tier1(data_root, tmp_path, capsys):
     argv = ["trajectory", str(run), "--nz", "3", "--data-root", str(data_root)]
     assert main(argv) == 0
     assert main(["check", str(run), "--reference", str(REFERENCE), "--nz", "3"]) == 0
-    assert "OK: tier 1: 48 points, tier 2: 6 points" in capsys.readouterr().out
+    assert "OK: tier 1: 52 points, tier 2: 6 points" in capsys.readouterr().out
 
 
 def _check_breakage(mnist, tmp_path, monkeypatch, method: str, mutation) -> None:
@@ -113,6 +114,12 @@ def test_breakage_fails_tier1_on_its_numbers(mnist, tmp_path, monkeypatch, threa
 def test_wake_sleep_breakage_fails_tier1(mnist, tmp_path, monkeypatch, threads, mutation):
     threads(1)
     _check_breakage(mnist, tmp_path, monkeypatch, "wakesleep", WAKESLEEP_MUTATIONS[mutation])
+
+
+@pytest.mark.parametrize("mutation", list(MCEM_MUTATIONS))
+def test_mcem_breakage_fails_tier1(mnist, tmp_path, monkeypatch, threads, mutation):
+    threads(1)
+    _check_breakage(mnist, tmp_path, monkeypatch, "mcem", MCEM_MUTATIONS[mutation])
 
 
 def _tier2_run(mnist, folder: Path) -> Path:
@@ -159,7 +166,7 @@ def test_the_reference_itself_passes(tmp_path, capsys):
     run = _copy_reference_run(tmp_path)
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 0
     out = capsys.readouterr().out
-    assert "OK: tier 1: 240 points, tier 2: 30 points within the rounding" in out
+    assert "OK: tier 1: 256 points, tier 2: 30 points within the rounding" in out
 
 
 def test_half_a_nat_at_any_tier2_point_fails(tmp_path):
@@ -192,8 +199,8 @@ def test_failure_names_tier_point_diff_and_tolerance(tmp_path, capsys):
     assert main(["check", str(run), "--reference", str(REFERENCE)]) == 1
     out = capsys.readouterr().out
     assert re.search(
-        r"FAIL tier 2: N_z=200 test elbo at 300000 samples: ours -155\.79\d+, reference "
-        r"-155\.29\d+, diff -0\.5 nats, tolerance 0\.\d+ \(rounding\)",
+        r"FAIL tier 2: N_z=200 test elbo at 300000 samples: ours -155\.5\d+, reference "
+        r"-155\.0\d+, diff -0\.5 nats, tolerance 0\.\d+ \(rounding\)",
         out,
     )
     assert re.search(r"FAIL tier 1: N_z=3 train elbo at 1000 samples: .* diff \+0\.0001 nats", out)

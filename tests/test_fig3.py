@@ -113,3 +113,15 @@ def test_a_csv_written_before_the_marginal_columns_loads(tiny_run, tmp_path):
     [(meta, loaded)] = load_run(run)
     assert loaded.test_marginal.isna().all() and len(loaded) == len(df)
     assert json.loads((run / "nz3-seed0.json").read_text())["status"] == "finished"
+
+
+def test_loglik_uses_the_hmc_estimator_for_mcem_and_says_so(fig3_run, tmp_path, capsys):
+    run = copy_run(fig3_run, tmp_path)
+    assert main(["loglik", str(run), "--k", "50", "--n", "10"]) == 0
+    table = pd.read_csv(run / "loglik-test-n10-k50.csv")
+    mcem = table[table.method == "mcem"]
+    assert len(mcem) == 2 and (mcem.estimator == "HMC").all()
+    assert mcem.elbo.isna().all() and mcem.gap.isna().all() and mcem.loglik.between(-800, 0).all()
+    others = table[table.method != "mcem"]
+    assert len(others) == 4 and (others.estimator == "IS k=50").all() and (others.gap > -1).all()
+    assert "| mcem | 3 | 0 |" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MnistSplits, binarize_fixed
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import evaluate
-from vaerepro.core.marginal import importance_sampled
+from vaerepro.core.marginal import hmc_estimate, importance_sampled
 from vaerepro.core.model import VAE
 from vaerepro.core.numbers import format_duration
 from vaerepro.runs.folder import load_model
@@ -85,10 +85,16 @@ def split_data(cfg: TrainConfig, data: MnistSplits, opts: LoglikOptions) -> torc
 
 def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOptions) -> dict:
     """One table row: log p(x) mean over x (N, 784) and the Monte Carlo standard error of that
-    mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint)."""
+    mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint). A Monte
+    Carlo EM model has no encoder, hence no proposal and no ELBO: its log p(x) is the paper's
+    HMC estimator (chains from z = 0; `k` does not apply), its ELBO and gap NaN."""
     gen = torch.Generator().manual_seed(opts.seed)
-    est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
-    elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
+    if cfg.method == "mcem":
+        z0 = x.new_zeros((x.shape[0], cfg.nz), dtype=torch.float64)
+        est, estimator, elbo = hmc_estimate(model, x, generator=gen, z0=z0), "HMC", math.nan
+    else:
+        est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
+        elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
     loglik = float(est.value.mean())
     return {
         "method": cfg.method,

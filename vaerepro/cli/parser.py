@@ -135,8 +135,9 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
         "--method",
         nargs="+",
         choices=METHODS,
-        help="aevb (the paper's algorithm), wakesleep (its baseline in Fig. 2), or both: "
-        "every N_z and seed under each (default: aevb)",
+        help="aevb (the paper's algorithm), wakesleep (its baseline in Fig. 2), mcem (Monte "
+        "Carlo EM, Fig. 3; needs --marginal-every), or several: every N_z and seed under each "
+        "(default: aevb)",
     )
     seeds = p.add_mutually_exclusive_group()
     seed_help = next(f for f in dataclasses.fields(TrainConfig) if f.name == "seed").metadata

@@ -117,9 +117,13 @@ def fig2_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
 
 def plot_fig2(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     """`fig2_figure` into out/fig2.png and out/fig2.pdf."""
-    fig = fig2_figure(runs)
-    _save_figure(fig, out / "fig2.png", dpi=150, bbox_inches="tight")
-    _save_figure(fig, out / "fig2.pdf", bbox_inches="tight")
+    _save_png_and_pdf(fig2_figure(runs), out / "fig2")
+
+
+def _save_png_and_pdf(fig: Figure, stem: Path) -> None:
+    """The figure as stem.png (150 dpi) and stem.pdf, then closed."""
+    _save_figure(fig, stem.with_suffix(".png"), dpi=150, bbox_inches="tight")
+    _save_figure(fig, stem.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
 
 
@@ -166,10 +170,7 @@ def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
 
 def plot_fig3(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     """`fig3_figure` into out/fig3.png and out/fig3.pdf."""
-    fig = fig3_figure(runs)
-    _save_figure(fig, out / "fig3.png", dpi=150, bbox_inches="tight")
-    _save_figure(fig, out / "fig3.pdf", bbox_inches="tight")
-    plt.close(fig)
+    _save_png_and_pdf(fig3_figure(runs), out / "fig3")
 
 
 def _draw_fig2_curves(ax, nz: int, method: str, ours: pd.DataFrame) -> None:

@@ -32,15 +32,7 @@ MARGINAL_COLUMNS = ["train_marginal", "test_marginal"]
 
 # Estimates, nats per datapoint, that may be empty (NaN): the marginal likelihood between its
 # estimates (`marginal_every`), and the ELBO terms of Monte Carlo EM, which has no encoder.
-ESTIMATE_COLUMNS = [
-    "train_elbo",
-    "test_elbo",
-    "train_loglik",
-    "train_kl",
-    "test_loglik",
-    "test_kl",
-    *MARGINAL_COLUMNS,
-]
+ESTIMATE_COLUMNS = [c for c in CSV_COLUMNS if c not in ("samples", "wall_s", "train_samples_per_s")]
 
 
 OWN_TEMP = re.compile(r"^\..+\.vaerepro-[A-Za-z0-9_]+\.tmp$")

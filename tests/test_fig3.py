@@ -122,3 +122,21 @@ def test_loglik_uses_the_hmc_estimator_for_mcem_and_says_so(fig3_run, tmp_path, 
     others = table[table.method != "mcem"]
     assert len(others) == 4 and (others.estimator == "IS k=50").all() and (others.gap > -1).all()
     assert "| mcem | 3 | 0 |" in capsys.readouterr().out
+
+
+def test_status_shows_no_elbo_for_mcem(fig3_run, capsys):
+    assert main(["status", str(fig3_run)]) == 0
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("mcem N_z=3 seed 0")
+    )
+    assert line.split()[-1] == "–"
+
+
+def test_an_mcem_only_sweep_ends_with_fig3_and_its_report(tmp_path, data_root, capsys):
+    """No ELBO at all: the end of `reproduce` summarizes and draws the marginal likelihood."""
+    out = tmp_path / "run"
+    argv = tiny(out, data_root, *FIG3, plot=True)
+    assert main([*argv, "--method", "mcem", "--seeds", "0", "--train-size", "500"]) == 0
+    assert "| 500 | mcem | 3 | test | 1 | 2e3 |" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig3.pdf", "fig3.png"]
+    assert "## Marginal likelihood (Fig. 3)" in (out / "REPORT.md").read_text()

@@ -66,26 +66,28 @@ def _make_figures(
 ) -> Path:
     everything = load_run(run_dir)
     seed = _chosen_seed(run_dir, everything, seed)
-    runs = with_term(everything, "elbo")  # all but MCEM's, which has no encoder and no ELBO
-    if not runs:
-        raise RunFolderError(f"{run_dir} holds MCEM models only: draw them with `vaerepro fig3`")
-    first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
-    chosen = [
-        m for m, _ in runs if m["config"]["seed"] == seed and m["config"]["method"] == first_method
-    ]
-    files = [RunFiles.of_config(run_dir, m["config"]) for m in chosen]
-    models = [load_model(f) if f.weights.exists() else None for f in files]
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
-    plot_fig2(runs, out)
-    plot_components(runs, out)
-    _, summary = write_comparison(run_dir, comparison)
     fig3 = None
     if marginal := with_term(everything, "marginal"):
         plot_fig3(marginal, out)
         fig3 = marginal_summary(
             *write_comparison(run_dir, marginal_comparison(marginal), "marginal")
         )
+    runs = with_term(everything, "elbo")  # all but MCEM's, which has no encoder and no ELBO
+    report = run_dir / "REPORT.md"
+    if not runs:  # MCEM only: Fig. 3 is all there is
+        atomic_write_bytes(report, (f"# Report: {run_dir.name}\n" + _fig3_section(fig3)).encode())
+        return report
+    first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
+    chosen = [
+        m for m, _ in runs if m["config"]["seed"] == seed and m["config"]["method"] == first_method
+    ]
+    files = [RunFiles.of_config(run_dir, m["config"]) for m in chosen]
+    models = [load_model(f) if f.weights.exists() else None for f in files]
+    plot_fig2(runs, out)
+    plot_components(runs, out)
+    _, summary = write_comparison(run_dir, comparison)
     skipped = [m for model, m in zip(models, chosen, strict=True) if not model]
     diagnostics = _recorded_diagnostics(skipped, run_dir, out)
     data = load_mnist(data_root, "cpu") if len(skipped) < len(chosen) else None
@@ -93,7 +95,6 @@ def _make_figures(
         if model:
             nz = meta["config"]["nz"]
             diagnostics[nz] = plot_model(model, nz, data.test_x, data.test_y, out)
-    report = run_dir / "REPORT.md"
     text = render_report(run_dir, runs, summary, diagnostics, seed) + _fig3_section(fig3)
     atomic_write_bytes(report, text.encode())
     return report

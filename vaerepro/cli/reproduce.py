@@ -10,7 +10,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.analysis.compare import compare_run
+from vaerepro.analysis.compare import (
+    compare_runs,
+    marginal_comparison,
+    marginal_summary,
+    with_term,
+)
+from vaerepro.analysis.tables import to_markdown
 from vaerepro.cli.parser import OVERRIDES
 from vaerepro.core.config import Sweep, preset, preset_nzs
 from vaerepro.core.data import load_mnist, resolve_data_root
@@ -24,7 +30,7 @@ from vaerepro.runs.folder import check_output_folder, folder_conflicts, resume_c
 from vaerepro.runs.layout import REPLACED, RUN_JSON
 from vaerepro.runs.progress import SweepProgress
 from vaerepro.runs.provenance import vaerepro_command
-from vaerepro.runs.records import read_run_json, write_run_json
+from vaerepro.runs.records import load_run, read_run_json, write_run_json
 from vaerepro.runs.runners import make_runner
 from vaerepro.runs.slurm import SlurmOptions
 from vaerepro.runs.sweep import SweepPlan, plan_sweep
@@ -184,8 +190,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 f"submitted; watch with: {vaerepro_command('status')} {plan.out}", file=sys.stderr
             )
             return 0
-        comparison = compare_run(plan.out)
-        print_summary(comparison[0], plan.out, progress.seconds())
+        comparison = print_summaries(plan.out, progress.seconds())
         if not args.no_plot:
             from vaerepro.analysis.report import make_figures  # matplotlib's imports: 1.4 s
 
@@ -231,6 +236,19 @@ def final_summary(detail: pd.DataFrame) -> pd.DataFrame:
         table[f"paper {split}"] = wide["paper"][split].to_numpy()
         table[f"{split} diff"] = wide["diff"][split].to_numpy()
     return pd.DataFrame(table)
+
+
+def print_summaries(out: Path, seconds: float) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The ELBO summary (none for an MCEM-only sweep) and, where the models logged it, the
+    marginal likelihood's; returns the ELBO comparison (compare_runs') for the figures."""
+    runs = load_run(out)
+    comparison = compare_runs(runs) if with_term(runs, "elbo") else None
+    if comparison is not None:
+        print_summary(comparison[0], out, seconds)
+    if marginal := with_term(runs, "marginal"):
+        table = to_markdown(marginal_summary(*marginal_comparison(marginal)))
+        print(f"marginal likelihood (Fig. 3; nats per datapoint):\n{table}", file=sys.stderr)
+    return comparison
 
 
 def print_summary(detail: pd.DataFrame, out: Path, seconds: float) -> None:

@@ -4,6 +4,7 @@ end, with the time elapsed and left."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -84,9 +85,10 @@ class SweepProgress:
         if row is not None:
             # train_speed is the CSV's train_samples_per_s (the bar's own rate counts
             # evaluations and checkpoints too), comparable with `nox -s bench`'s step
+            # (MCEM has no ELBO; the marginal likelihood shows where it was estimated)
+            shown = {"train": "train_elbo", "test": "test_elbo", "test_logp": "test_marginal"}
             self.bar.set_postfix(
-                train=f"{row['train_elbo']:.2f}",
-                test=f"{row['test_elbo']:.2f}",
+                **{k: f"{row[c]:.2f}" for k, c in shown.items() if math.isfinite(row[c])},
                 train_speed=f"{row['train_samples_per_s'] / 1e3:.1f}k/s",
             )
 

@@ -8,6 +8,7 @@ A model's files say what it has done (its JSON's status, its CSV's rows); RUN/jo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ class ModelStatus:
     error: tuple[str, ...] = ()
 
     def line(self) -> str:
-        elbo = "–" if self.test_elbo is None else f"{self.test_elbo:.2f}"
+        none = self.test_elbo is None or math.isnan(self.test_elbo)  # MCEM has no ELBO
+        elbo = "–" if none else f"{self.test_elbo:.2f}"
         job = f"  job {self.job_id}" if self.job_id else ""
         return (
             f"{self.name:<22} {self.state:<11} {format_count(self.samples):>6} / "

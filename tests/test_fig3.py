@@ -9,13 +9,17 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 from helpers import copy_run, tiny
 
 from vaerepro.analysis.reference import paper_marginal
 from vaerepro.cli import main
 from vaerepro.core.config import preset
 from vaerepro.core.errors import RunFolderError
+from vaerepro.runs.contents import OLD_COLUMNS
+from vaerepro.runs.layout import CSV_COLUMNS
 from vaerepro.runs.records import load_run
+from vaerepro.runs.state import TrainingState
 
 # 2000 samples, an evaluation every 1000, the marginal likelihood of 20 images at 2000
 FIG3 = ["--preset", "fig3", "--method", "aevb", "wakesleep", "mcem", "--seeds", "0", "1"]
@@ -140,3 +144,23 @@ def test_an_mcem_only_sweep_ends_with_fig3_and_its_report(tmp_path, data_root, c
     assert "| 500 | mcem | 3 | test | 1 | 2e3 |" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig3.pdf", "fig3.png"]
     assert "## Marginal likelihood (Fig. 3)" in (out / "REPORT.md").read_text()
+
+
+def test_checkpoint_rows_from_before_the_marginal_columns_resume_and_finish(mnist, tiny_cfg):
+    """An old checkpoint's rows lack the marginal keys: read as empty, so `finish` and the CSV
+    writes find every column."""
+    state = TrainingState(tiny_cfg, mnist, torch.device("cpu"))
+    state.rows = [dict.fromkeys(OLD_COLUMNS, -100.0) | {"samples": 1000}]
+    again = TrainingState(tiny_cfg, mnist, torch.device("cpu"))
+    again.load_state_dict(state.state_dict(0, 1.0))  # (rows as they were at some checkpoint)
+    assert set(again.rows[0]) == set(CSV_COLUMNS) and math.isnan(again.rows[0]["test_marginal"])
+
+
+def test_fig3_refuses_one_curve_of_two_configs(fig3_run, tmp_path, data_root, capsys):
+    other = tmp_path / "other"
+    argv = tiny(other, data_root, *FIG3, "--seeds", "5", "--hidden", "32", "--method", "aevb")
+    assert main(argv) == 0
+    assert main(["fig3", str(fig3_run), str(other), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err
+    assert "the N_z=3 models of N_train = 2000 differ in more than their seed (hidden:" in err
+    assert not (tmp_path / "fig").exists()

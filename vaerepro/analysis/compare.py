@@ -19,6 +19,7 @@ from vaerepro.analysis.reference import (
 )
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.core.config import METHODS
+from vaerepro.core.errors import UsageError
 from vaerepro.core.numbers import format_count
 from vaerepro.runs.longform import long_form
 from vaerepro.runs.records import load_run
@@ -106,7 +107,8 @@ def compare_runs(
     """
     runs = with_term(runs, term)
     if not runs:
-        raise ValueError(f"no model logs {term}")
+        what = "an ELBO (MCEM has none: see `vaerepro fig3`)" if term == "elbo" else term
+        raise UsageError(f"no model of the run logs {what}")
     configs = {(m["config"]["method"], m["config"]["nz"]): m["config"] for m, _ in runs}
     detail = seed_bands(seed_values(runs, term))
     paper = np.full(len(detail), np.nan)

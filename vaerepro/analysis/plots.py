@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from vaerepro.analysis.compare import compare_runs, seed_bands, seed_values  # noqa: E402
+from vaerepro.analysis.reference import FIG3_NZ  # noqa: E402
 from vaerepro.analysis.reference import fig2 as paper_fig2  # noqa: E402
 from vaerepro.analysis.reference import fig3 as paper_fig3  # noqa: E402
 from vaerepro.core.evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimension  # noqa: E402
@@ -128,21 +129,19 @@ def _save_png_and_pdf(fig: Figure, stem: Path) -> None:
 
 
 def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
-    """Fig. 3 redrawn: one panel per N_train (the models' train_size), the marginal likelihood
-    against training samples on a linear axis, the paper's curves muted (train solid, test
-    dashed), ours coloured by method (mean over seeds, min-to-max band with several). The
-    paper's axes, widened where ours leave them."""
+    """Fig. 3 redrawn: one panel per N_train (the models' train_size) and N_z, the marginal
+    likelihood against training samples on a linear axis, the paper's curves muted (train
+    solid, test dashed; N_z = 3 only), ours coloured by method (mean over seeds, min-to-max
+    band with several). The paper's axes, widened where ours leave them."""
     values = pd.concat(
         [seed_values([r], "marginal").assign(n_train=r[0]["config"]["train_size"]) for r in runs]
     )
-    n_trains = sorted(values.n_train.unique())
-    fig, axes = plt.subplots(
-        1, len(n_trains), figsize=(4.2 * len(n_trains) + 1.8, 3.4), squeeze=False
-    )
-    for ax, n_train in zip(axes[0], n_trains, strict=True):
-        ours = values[values.n_train == n_train]
+    panels = sorted(set(zip(values.n_train, values.nz, strict=True)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 3.4), squeeze=False)
+    for ax, (n_train, nz) in zip(axes[0], panels, strict=True):
+        ours = values[(values.n_train == n_train) & (values.nz == nz)]
         ref = paper_fig3()
-        ref = ref[ref.visible & (ref.n_train == n_train)]
+        ref = ref[ref.visible & (ref.n_train == n_train) & (nz == FIG3_NZ)]
         for method in [m for m in NAMES if m in set(ours.method) | set(ref.method)]:
             bands = seed_bands(ours[ours.method == method])
             for split, style in (("train", "-"), ("test", "--")):
@@ -157,7 +156,7 @@ def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
         low = min(y0, 10 * np.floor(ours.value.min() / 10))
         ax.set(xlim=(x0, max(x1, ours.samples.max())), ylim=(low, max(y1, ours.value.max() + 1)))
         ax.set(
-            title=f"MNIST, $N_z = 3$, $N_{{train}} = {n_train}$",
+            title=f"MNIST, $N_z = {nz}$, $N_{{train}} = {n_train}$",
             xlabel="# Training samples evaluated",
         )
         ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e6:g}M")

@@ -22,7 +22,7 @@ from vaerepro.analysis.hwtable import hardware_table, save_benchmark
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.cli.reproduce import recorded_data_root
-from vaerepro.core.config import model_label
+from vaerepro.core.config import config_diff, model_label
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import UsageError
 from vaerepro.runs.folder import check_output_folder
@@ -143,6 +143,22 @@ def cmd_fig2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_mixed_configs(runs: list[tuple[dict, pd.DataFrame]]) -> None:
+    """UsageError when the seeds of one curve (N_train, method, N_z) differ in their config:
+    their band would mix models."""
+    first = {}
+    for meta, _ in runs:
+        cfg = meta["config"]
+        key = (cfg["train_size"], cfg["method"], cfg["nz"])
+        other = first.setdefault(key, cfg)
+        if diff := [d for d in config_diff(other, cfg) if not d.startswith("seed:")]:
+            raise UsageError(
+                f"the {model_label(cfg['method'], cfg['nz'])} models of N_train = "
+                f"{cfg['train_size']} differ in more than their seed ({'; '.join(diff)}): "
+                "one curve would mix them; give folders of one config"
+            )
+
+
 def cmd_fig3(args: argparse.Namespace) -> int:
     """Fig. 3 from run folders that logged the marginal likelihood, and its distance to the
     paper per N_train; a model (N_train, method, N_z, seed) may come from one folder only."""
@@ -150,6 +166,7 @@ def cmd_fig3(args: argparse.Namespace) -> int:
 
     fields = ("train_size", "method", "nz", "seed")
     runs = with_term(_models_of(args.run_dirs, fields), "marginal")
+    _refuse_mixed_configs(runs)
     if not runs:
         raise UsageError(
             "no model of these folders logged a marginal likelihood: train with --preset fig3 "

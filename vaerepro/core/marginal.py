@@ -139,7 +139,8 @@ def kde_log_density(fit: Tensor, at: Tensor, factor: Tensor) -> Tensor:
     n, b, d = fit.shape
     centered = fit - fit.mean(0)
     cov = torch.einsum("nbi,nbj->bij", centered, centered) / (n - 1)
-    cov = cov + 1e-12 * torch.eye(d, dtype=fit.dtype)  # a collapsed chain stays finite
+    # the jitter keeps a collapsed chain's covariance finite
+    cov = cov + 1e-12 * torch.eye(d, dtype=fit.dtype, device=fit.device)
     chol = torch.linalg.cholesky(cov) * factor.view(b, 1, 1)
     diff = (at.unsqueeze(1) - fit.unsqueeze(0)).permute(2, 3, 0, 1)  # (B, D, m, n)
     # one solve per datapoint with m * n right-hand sides (a (D, D) factor per pair would
@@ -157,7 +158,7 @@ def kde_bandwidth(fit: Tensor) -> Tensor:
     likelihood under a KDE of its second half."""
     n, _, d = fit.shape
     scott = n ** (-1.0 / (d + 4))
-    factors = scott * torch.exp((torch.arange(10, dtype=fit.dtype) - 5) / 2)
+    factors = scott * torch.exp((torch.arange(10, dtype=fit.dtype, device=fit.device) - 5) / 2)
     half = n // 2
     scores = torch.stack(
         [kde_log_density(fit[half:], fit[:half], f.expand(fit.shape[1])).sum(0) for f in factors]

@@ -162,6 +162,8 @@ def _ckpt_rows_problem(rows, samples: int, cfg: TrainConfig, csv: pd.DataFrame) 
             return f"row {i + 1} has samples={row['samples']}, off the evaluation grid"
     if not len(rows) - 1 <= len(csv) <= len(rows):
         return f"has {len(rows)} rows, the CSV {len(csv)}: they belong to different runs"
+    if rows and (problem := _estimates_problem(pd.DataFrame(rows, columns=CSV_COLUMNS), cfg)):
+        return problem
     if len(csv):
         ours = pd.DataFrame(rows[: len(csv)], columns=CSV_COLUMNS).to_numpy(dtype=float)
         theirs = csv[CSV_COLUMNS].to_numpy(dtype=float)

@@ -16,6 +16,7 @@ from vaerepro.core.marginal import mean_hmc_log_likelihood
 from vaerepro.core.mcem import UPDATES, MCEMChains
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
+from vaerepro.runs.layout import MARGINAL_COLUMNS
 
 
 class TrainingState:
@@ -30,6 +31,11 @@ class TrainingState:
         cfg.validate()
         if cfg.dtype == "float64" and device.type == "mps":
             raise UsageError("--dtype float64: MPS has no float64; use the CPU or CUDA")
+        if cfg.marginal_every and device.type == "mps":
+            raise UsageError(
+                "--marginal-every (and mcem): the marginal likelihood is estimated in float64, "
+                "which MPS does not have; use the CPU or CUDA"
+            )
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
         self.model = VAE.from_config(cfg).to(device)
@@ -95,7 +101,9 @@ class TrainingState:
         set_rng_state(ckpt["rng"])
         if self.chains is not None:
             self.chains.load_state_dict({k: v.to(self.device) for k, v in ckpt["chains"].items()})
-        self.samples, self.wall_before, self.rows = ckpt["samples"], ckpt["wall_s"], ckpt["rows"]
+        self.samples, self.wall_before = ckpt["samples"], ckpt["wall_s"]
+        # rows of a checkpoint written before the marginal likelihood columns: empty there
+        self.rows = [{**dict.fromkeys(MARGINAL_COLUMNS, math.nan), **r} for r in ckpt["rows"]]
 
     def latent_usage(self) -> dict:
         """What the report shows of the final model beyond the CSV, recorded in its JSON so

@@ -22,7 +22,7 @@ from vaerepro.analysis.hwtable import hardware_table, save_benchmark
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.cli.reproduce import recorded_data_root
-from vaerepro.core.config import config_diff, model_label
+from vaerepro.core.config import MARGINAL_MAX_NZ, config_diff, model_label
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import UsageError
 from vaerepro.runs.folder import check_output_folder
@@ -245,6 +245,12 @@ def cmd_trajectory(args: argparse.Namespace) -> int:
     check_output_folder(out, "OUT", plot=False)  # before minutes of training: writable?
     refuse_links([out / "trajectory.csv", out / "trajectory.json"])
     data = load_mnist(args.data_root, "cpu")  # raises DataError before any training
+    if beyond := [n for n in args.nz if n >= MARGINAL_MAX_NZ]:
+        print(
+            f"MCEM's trajectory leaves out N_z={','.join(map(str, beyond))}: its marginal "
+            f"likelihood estimator needs N_z < {MARGINAL_MAX_NZ}",
+            file=sys.stderr,
+        )
     values = run_trajectory(data, args.nz)
     write_trajectory(values, out)
     print(f"wrote {out / 'trajectory.csv'} ({len(values)} values)")

@@ -389,10 +389,11 @@ def add_gate_parsers(sub) -> None:
     p = sub.add_parser(
         "trajectory",
         help="tier 1 of the regression gate: the float64 trajectory of the ci preset",
-        description="Run the ci preset scaled down (per method, AEVB and wake-sleep, and "
-        "N_z: 4,000 samples from 1,000 images) in float64 on the CPU, through the real "
+        description="Run the ci preset scaled down (per method, AEVB, wake-sleep and MCEM, "
+        "and N_z: 4,000 samples from 1,000 images) in float64 on the CPU, through the real "
         "training and evaluation code, and write trajectory.csv/.json into OUT for "
-        "`vaerepro check`. About 13 s for both methods and all five N_z on 2 cores.",
+        "`vaerepro check`. AEVB and wake-sleep take about 13 s for all five N_z on 2 cores; "
+        "MCEM (N_z < 25: its marginal likelihood is the value) adds its HMC steps.",
     )
     p.add_argument("out", help="the folder to write into (usually the ci run's)")
     p.add_argument("--nz", type=int, nargs="+", default=list(PAPER_NZ))

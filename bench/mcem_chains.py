@@ -20,7 +20,7 @@ import torch
 
 from vaerepro.core.config import preset
 from vaerepro.core.data import MinibatchIndices, load_mnist
-from vaerepro.core.marginal import mean_hmc_log_likelihood
+from vaerepro.core.marginal import hmc_estimate_batched
 from vaerepro.core.mcem import MCEMChains, mcem_step
 from vaerepro.core.model import VAE
 from vaerepro.core.numbers import parse_count
@@ -47,7 +47,9 @@ def train(data, seed: int, persistent: bool, args) -> list[dict]:
             row = {"seed": seed, "chains": "persistent" if persistent else "fresh"}
             row |= {"samples": samples, "s": round(time.perf_counter() - start)}
             for split, images in (("train", x), ("test", data.test_x)):
-                row[split] = mean_hmc_log_likelihood(model, images[: args.images], est, False)
+                row[split] = float(
+                    hmc_estimate_batched(model, images[: args.images], est, False).value.mean()
+                )
             rows.append(row)
             print(row, flush=True)
     return rows

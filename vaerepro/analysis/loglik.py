@@ -15,7 +15,7 @@ from vaerepro.core.config import TrainConfig
 from vaerepro.core.data import MnistSplits, binarize_fixed
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import evaluate
-from vaerepro.core.marginal import LogLikelihood, hmc_estimate, importance_sampled
+from vaerepro.core.marginal import hmc_estimate_batched, importance_sampled
 from vaerepro.core.model import VAE
 from vaerepro.core.numbers import format_duration
 from vaerepro.runs.folder import load_model
@@ -90,7 +90,7 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
     HMC estimator (chains from z = 0; `k` does not apply), its ELBO and gap NaN."""
     gen = torch.Generator().manual_seed(opts.seed)
     if cfg.method == "mcem":
-        est, estimator, elbo = _hmc_without_encoder(model, x, gen), "HMC", math.nan
+        est, estimator, elbo = hmc_estimate_batched(model, x, gen, encoder=False), "HMC", math.nan
     else:
         est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
         elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
@@ -107,16 +107,6 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
         "elbo": elbo,
         "gap": loglik - elbo,
     }
-
-
-def _hmc_without_encoder(model: VAE, x: torch.Tensor, gen, batch_size: int = 1_000):
-    """`hmc_estimate` of x (N, 784) from z = 0, in batches (its kernel densities take
-    B * N_z * 25 * 25 doubles)."""
-    parts = [
-        hmc_estimate(model, xb, generator=gen, z0=xb.new_zeros((len(xb), model.nz)).double())
-        for xb in x.split(batch_size)
-    ]
-    return LogLikelihood(torch.cat([p.value for p in parts]), torch.cat([p.stderr for p in parts]))
 
 
 def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print) -> pd.DataFrame:

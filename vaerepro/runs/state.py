@@ -12,7 +12,7 @@ from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
 from vaerepro.core.device import get_rng_state, set_rng_state
 from vaerepro.core.errors import TrainingDiverged, UsageError
 from vaerepro.core.evaluate import SplitELBO, active_units, evaluate, kl_per_dimension
-from vaerepro.core.marginal import mean_hmc_log_likelihood
+from vaerepro.core.marginal import hmc_estimate_batched
 from vaerepro.core.mcem import UPDATES, MCEMChains
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
@@ -168,7 +168,7 @@ class TrainingState:
         if self.cfg.binarize == "dynamic":
             x = torch.bernoulli(x, generator=gen)
         encoder = self.cfg.method != "mcem"
-        return mean_hmc_log_likelihood(self.model, x, gen, encoder)
+        return float(hmc_estimate_batched(self.model, x, gen, encoder).value.mean())
 
 
 def optimizer_steps_per_minibatch(cfg: TrainConfig) -> int:

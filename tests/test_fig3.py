@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import copy_run, tiny
 
+from vaerepro.analysis.plots import fig3_figure
 from vaerepro.analysis.reference import paper_marginal
 from vaerepro.cli import main
 from vaerepro.core.config import preset
@@ -164,3 +165,12 @@ def test_fig3_refuses_one_curve_of_two_configs(fig3_run, tmp_path, data_root, ca
     err = capsys.readouterr().err
     assert "the N_z=3 models of N_train = 2000 differ in more than their seed (hidden:" in err
     assert not (tmp_path / "fig").exists()
+
+
+def test_fig3_legend_names_every_method_aevb_included(fig3_run):
+    fig = fig3_figure(load_run(fig3_run))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else []
+    labels += [lab for ax in fig.axes for lab in ax.get_legend_handles_labels()[1]]
+    for name in ("AEVB", "wake-sleep", "MCEM"):
+        assert f"ours {name}, mean of 2 seeds (train)" in labels
+    assert not [lab for lab in labels if lab.startswith("ours,") or lab.startswith("ours (")]

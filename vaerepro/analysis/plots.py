@@ -65,14 +65,17 @@ def fig2_limits(runs: list[tuple[dict, pd.DataFrame]]) -> tuple[tuple, tuple, bo
     return xlim, ylim, (xlim, ylim) != (PAPER_XLIM, PAPER_YLIM)
 
 
-def _draw_ours(ax, bands: pd.DataFrame, split: str, style: str, method: str = "aevb") -> None:
+def _draw_ours(
+    ax, bands: pd.DataFrame, split: str, style: str, method: str = "aevb", named: bool = False
+) -> None:
     """Our curve of one split in one panel: the mean over seeds, and with two or more seeds
     a shaded band from their min to their max. `bands` is one method's and N_z's
-    `seed_bands`; wake-sleep is labelled and coloured as such (green), AEVB red."""
+    `seed_bands`; each method has its colour (AEVB red), and its name in the label unless it
+    is AEVB and not `named` (Fig. 2, where AEVB is the default)."""
     rows = bands[bands.split == split]
     seeds = int(rows.seeds.max())
     rows = rows[rows.seeds == seeds]  # a sweep in progress: only where every seed has a value
-    ours = "ours" if method == "aevb" else f"ours {NAMES[method]}"
+    ours = "ours" if method == "aevb" and not named else f"ours {NAMES[method]}"
     label = f"{ours} ({split})" if seeds == 1 else f"{ours}, mean of {seeds} seeds ({split})"
     colour = OUR_COLOURS[method]
     ax.plot(rows.samples, rows["mean"], style, color=colour, lw=1.8, label=label)
@@ -151,7 +154,7 @@ def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
                     curve.samples, curve.loglik, style, color=PAPER_COLOURS[method], label=label
                 )
                 if len(bands):
-                    _draw_ours(ax, bands, split, style, method)
+                    _draw_ours(ax, bands, split, style, method, named=True)
         (x0, x1), (y0, y1) = FIG3_AXES.get(n_train, ((0, ours.samples.max()), (-160, -100)))
         low = min(y0, 10 * np.floor(ours.value.min() / 10))
         ax.set(xlim=(x0, max(x1, ours.samples.max())), ylim=(low, max(y1, ours.value.max() + 1)))

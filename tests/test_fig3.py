@@ -59,6 +59,7 @@ def test_the_report_draws_and_compares_fig3(fig3_run):
     assert (fig3_run / "figures" / "fig3.png").stat().st_size > 10_000
     report = (fig3_run / "REPORT.md").read_text()
     assert "## Marginal likelihood (Fig. 3)" in report and "| 2000 | mcem | 3 |" in report
+    assert "the first 20 images of each split (`--marginal-n`)" in report
     detail = pd.read_csv(fig3_run / "comparison-marginal.csv")
     assert set(detail.method) == {"aevb", "wakesleep", "mcem"}
     assert (detail.seeds == 2).all() and detail["paper"].isna().all()  # a tiny model: no

@@ -77,7 +77,9 @@ def _make_figures(
     runs = with_term(everything, "elbo")  # all but MCEM's, which has no encoder and no ELBO
     report = run_dir / "REPORT.md"
     if not runs:  # MCEM only: Fig. 3 is all there is
-        atomic_write_bytes(report, (f"# Report: {run_dir.name}\n" + _fig3_section(fig3)).encode())
+        atomic_write_bytes(
+            report, (f"# Report: {run_dir.name}\n" + _fig3_section(fig3, marginal)).encode()
+        )
         return report
     first_method = runs[0][0]["config"]["method"]  # per-model figures: one method, one seed
     chosen = [
@@ -95,15 +97,17 @@ def _make_figures(
         if model:
             nz = meta["config"]["nz"]
             diagnostics[nz] = plot_model(model, nz, data.test_x, data.test_y, out)
-    text = render_report(run_dir, runs, summary, diagnostics, seed) + _fig3_section(fig3)
+    text = render_report(run_dir, runs, summary, diagnostics, seed) + _fig3_section(fig3, marginal)
     atomic_write_bytes(report, text.encode())
     return report
 
 
-def _fig3_section(summary: pd.DataFrame | None) -> str:
-    """REPORT.md's Fig. 3 part: the figure and the distance at the last point (or nothing)."""
+def _fig3_section(summary: pd.DataFrame | None, marginal: list[tuple[dict, pd.DataFrame]]) -> str:
+    """REPORT.md's Fig. 3 part: the figure and the distance at the last point (or nothing);
+    `marginal`: the models that logged the marginal likelihood."""
     if summary is None:
         return ""
+    images = sorted({m["config"]["marginal_n"] for m, _ in marginal})
     return "\n".join(
         [
             "",
@@ -112,7 +116,8 @@ def _fig3_section(summary: pd.DataFrame | None) -> str:
             "![Fig. 3: ours (mean over seeds, shaded: min to max) and the paper's curves "
             "(muted); train solid, test dashed](figures/fig3.png)",
             "",
-            "The marginal likelihood log p(x) of the first marginal_n images of each split, by "
+            f"The marginal likelihood log p(x) of the first {' or '.join(map(str, images))} "
+            "images of each split (`--marginal-n`), by "
             "the paper's HMC estimator (Appendix D; docs/marginal.md), nats per datapoint, at "
             "the last point every seed logged: mean ± sd over seeds; the paper's Fig. 3 there, "
             "linear in samples. Every logged point: "

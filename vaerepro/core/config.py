@@ -126,7 +126,7 @@ class TrainConfig:
     marginal_every: int = _field(
         0,
         "training samples between estimates of the marginal likelihood log p(x) (the paper's "
-        "Appendix D estimator, Fig. 3) of the first marginal_n images of both splits, logged "
+        "Appendix D estimator, Fig. 3) of the first --marginal-n images of both splits, logged "
         "in the CSV's train_marginal and test_marginal; 0: never (they stay empty)",
     )
     marginal_n: int = _field(1_000, "images per split of each marginal likelihood estimate")

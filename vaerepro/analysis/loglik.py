@@ -87,7 +87,8 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
     """One table row: log p(x) mean over x (N, 784) and the Monte Carlo standard error of that
     mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint). A Monte
     Carlo EM model has no encoder, hence no proposal and no ELBO: its log p(x) is the paper's
-    HMC estimator (chains from z = 0; `k` does not apply), its ELBO and gap NaN."""
+    HMC estimator (chains from the best of many prior draws; `k` does not apply), its ELBO
+    and gap NaN."""
     gen = torch.Generator().manual_seed(opts.seed)
     if cfg.method == "mcem":
         est, estimator, elbo = hmc_estimate_batched(model, x, gen, encoder=False), "HMC", math.nan

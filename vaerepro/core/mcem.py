@@ -8,7 +8,8 @@ chains persist per training datapoint between visits (it keeps `z_mcmc` from cal
 `MCEMChains` holds them: z (N_train, N_z), from the prior, and a step size per chain that keeps
 adapting (hmc.py's rule), as the posterior moves with the decoder; they are part of the
 model's checkpoint. The model is a `VAE` whose encoder is never trained: its ELBO columns stay
-empty, and its marginal likelihood (`marginal_every`) starts its estimator's chains at z = 0.
+empty, and its marginal likelihood (`marginal_every`) starts its estimator's chains
+from the best of many prior draws (marginal.prior_start).
 """
 
 from __future__ import annotations

@@ -40,12 +40,14 @@ COLUMNS = [
 @dataclass(frozen=True)
 class LoglikOptions:
     """k: importance samples per datapoint; split: train or test; n: its first n datapoints
-    (None: all); seed: of the estimator's and the ELBO's noise."""
+    (None: all); seed: of the estimator's and the ELBO's noise; estimator: "is" (importance
+    sampling, k draws) or "hmc" (the paper's, which MCEM models always get)."""
 
     k: int = 5000
     split: str = "test"
     n: int | None = None
     seed: int = 0
+    estimator: str = "is"
 
 
 def finished_models(run: Path, say=print) -> list[tuple[TrainConfig, RunFiles, int]]:
@@ -85,15 +87,18 @@ def split_data(cfg: TrainConfig, data: MnistSplits, opts: LoglikOptions) -> torc
 
 def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOptions) -> dict:
     """One table row: log p(x) mean over x (N, 784) and the Monte Carlo standard error of that
-    mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint). A Monte
-    Carlo EM model has no encoder, hence no proposal and no ELBO: its log p(x) is the paper's
-    HMC estimator (chains from the best of many prior draws; `k` does not apply), its ELBO
-    and gap NaN."""
+    mean, the ELBO on the same x, and the gap log p(x) - ELBO (nats per datapoint), by
+    `opts.estimator`. A Monte Carlo EM model has no encoder, hence no proposal and no ELBO:
+    its log p(x) is the paper's HMC estimator (chains from the best of many prior draws; `k`
+    does not apply), its ELBO and gap NaN."""
     gen = torch.Generator().manual_seed(opts.seed)
-    if cfg.method == "mcem":
-        est, estimator, elbo = hmc_estimate_batched(model, x, gen, encoder=False), "HMC", math.nan
+    encoder = cfg.method != "mcem"
+    if opts.estimator == "hmc" or not encoder:
+        est, estimator = hmc_estimate_batched(model, x, gen, encoder), "HMC"
     else:
         est, estimator = importance_sampled(model, x, opts.k, gen), f"IS k={opts.k}"
+    elbo = math.nan
+    if encoder:
         elbo = evaluate(model, x.to(next(model.parameters()).dtype), generator=gen).elbo
     loglik = float(est.value.mean())
     return {
@@ -129,7 +134,8 @@ def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print
 
 def loglik_file(run: Path, opts: LoglikOptions) -> Path:
     n = "all" if opts.n is None else str(opts.n)
-    return run / f"loglik-{opts.split}-n{n}-k{opts.k}.csv"
+    estimator = f"k{opts.k}" if opts.estimator == "is" else "hmc"
+    return run / f"loglik-{opts.split}-n{n}-{estimator}.csv"
 
 
 def standard_error_note(df: pd.DataFrame) -> str:

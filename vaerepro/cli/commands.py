@@ -69,7 +69,7 @@ def cmd_loglik(args: argparse.Namespace) -> int:
     for name, value in (("--k", args.k), ("--n", args.n)):
         if value is not None and value < 2:
             raise UsageError(f"{name} must be at least 2, got {value}")
-    opts = LoglikOptions(k=args.k, split=args.split, n=args.n, seed=args.seed)
+    opts = LoglikOptions(args.k, args.split, args.n, args.seed, args.estimator)
     check_output_folder(run, "RUN_DIR", plot=False)
     refuse_links_in_run(run, loglik_file(run, opts).name)
     with unchanging(run):

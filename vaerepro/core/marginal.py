@@ -27,7 +27,7 @@ from vaerepro.core.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)
 PRIOR_DRAWS = 256  # candidate chain starts per datapoint for a model without an encoder
-STARTS = 8  # of them, the most probable, each burnt in; the best chain gives the start
+STARTS = 8  # of them (or the encoder's mean), each burnt in; the best chain gives the start
 
 
 @dataclass
@@ -196,23 +196,27 @@ def hmc_estimate(
     return LogLikelihood(value=-inverse.value, stderr=inverse.stderr)
 
 
-def prior_start(
+def chain_start(
     model: VAE,
     x: Tensor,
     generator: torch.Generator | None,
+    encoder: bool,
     draws: int = PRIOR_DRAWS,
     starts: int = STARTS,
 ) -> Tensor:
-    """Chain starts z (B, N_z) for x (B, 784) under a model without an encoder (MCEM), whose
-    posterior is often multimodal: of `draws` prior draws per datapoint, the `starts` with the
-    highest log p(x, z) each run 30 HMC transitions (4 leapfrog steps), and the one whose
-    last 10 have the highest mean log p(x, z) gives the start. From z = 0 alone the chains stay
-    in a minor mode, tens of nats low (docs/marginal.md)."""
+    """Chain starts z (B, N_z) for x (B, 784). A trained model's posterior is often multimodal,
+    and a chain stays in the mode it starts in: of `draws` prior draws per datapoint, the
+    `starts` with the highest log p(x, z) (with `encoder`, the encoder's mean in place of the
+    last of them) each run 30 HMC transitions (4 leapfrog steps), and the one whose last 10
+    have the highest mean log p(x, z) gives the start. From z = 0, or from the encoder's mean
+    alone, chains can end tens of nats low (docs/marginal.md)."""
     model, x = as_float64(model), x.double()
     b, arange = x.shape[0], torch.arange(x.shape[0], device=x.device)
     z = torch.randn((draws, b, model.nz), generator=generator, dtype=x.dtype, device=x.device)
     logf = torch.cat([log_joint(model, x, part) for part in z.split(16)])  # (draws, B)
     z0 = z[logf.topk(starts, 0).indices, arange]  # (starts, B, N_z)
+    if encoder:
+        z0[-1] = model.encode(x)[0]
     density = posterior_log_density(model, x.repeat(starts, 1))
     zs, fs, _ = hmc_chain(density, z0.reshape(-1, model.nz), 10, 20, 4, 0.05, generator)
     best = fs.mean(0).view(starts, b).argmax(0)  # (B,)
@@ -228,10 +232,10 @@ def hmc_estimate_batched(
 ) -> LogLikelihood:
     """`hmc_estimate` of x (N, 784) in batches of `batch_size` datapoints (its kernel densities
     take B * N_z * 25 * 25 doubles): what a run logs every `marginal_every` samples (the mean)
-    and `loglik` reports for MCEM. The chains start at the encoder's mean, or at
-    `prior_start`'s best of many prior draws for a model without one (MCEM)."""
+    and `loglik` reports for MCEM. The chains start at `chain_start`'s best of many prior draws
+    and, where the model has one (`encoder`), the encoder's mean."""
     parts = []
     for xb in x.split(batch_size):
-        z0 = None if encoder else prior_start(model, xb, generator)
+        z0 = chain_start(model, xb, generator, encoder)
         parts.append(hmc_estimate(model, xb, generator=generator, z0=z0))
     return LogLikelihood(torch.cat([p.value for p in parts]), torch.cat([p.stderr for p in parts]))

@@ -27,7 +27,8 @@ from vaerepro.runs.folder import load_model
 
 def refined_grid(model: VAE, x: Tensor, points: int = 96, sub: int = 6, keep: float = 15.0):
     """log p(x) of one image x (784,): a points^3 grid over [-6, 6]^3, then each cell within
-    `keep` nats of the peak split into sub^3 cells (the rest holds under e^-keep of the mass)."""
+    `keep` nats of the peak split into sub^3 cells (each cell left out holds under e^-keep of
+    the peak cell's mass)."""
     axis = torch.linspace(-6.0, 6.0, points, dtype=torch.float64)
     h = axis[1] - axis[0]
     z = torch.cartesian_prod(axis, axis, axis)
@@ -45,8 +46,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--method", choices=["aevb", "wakesleep", "mcem"], default="mcem")
     args = ap.parse_args()
-    models = finished_models(args.run)
-    (cfg, files, samples), *_ = [m for m in models if m[0].method == args.method and not m[0].seed]
+    models = [m for m in finished_models(args.run) if m[0].method == args.method]
+    models = [m for m in models if m[0].seed == 0 and m[0].nz == 3]
+    if not models:
+        raise SystemExit(f"{args.run} has no finished {args.method} model of N_z 3, seed 0")
+    cfg, files, samples = models[0]
     model = as_float64(load_model(files))
     x = split_data(cfg, load_mnist(None, "cpu"), LoglikOptions(split=args.split, n=args.images))
     gen = torch.Generator().manual_seed(0)

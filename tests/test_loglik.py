@@ -60,6 +60,15 @@ def test_loglik_refuses_bad_options(tiny_sweep, capsys):
     refused(["loglik", str(tiny_sweep.folder), "--k", "1"], capsys, "--k must be at least 2")
 
 
+def test_loglik_refuses_the_hmc_estimator_for_wide_latents(
+    tiny_sweep, tmp_path, capsys, monkeypatch
+):
+    run = copy_run(tiny_sweep.folder, tmp_path)
+    monkeypatch.setattr("vaerepro.cli.commands.MARGINAL_MAX_NZ", 5)  # N_z 5 stands in for 25+
+    refused(["loglik", str(run), "--estimator", "hmc"], capsys, "N_z = 5", "importance")
+    assert not list(run.glob("loglik-*"))
+
+
 def test_loglik_leaves_out_unfinished_models(tiny_sweep, tmp_path, capsys):
     run = copy_run(tiny_sweep.folder, tmp_path)
     meta = json.loads((run / "nz5-seed0.json").read_text())

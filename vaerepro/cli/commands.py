@@ -73,7 +73,14 @@ def cmd_loglik(args: argparse.Namespace) -> int:
     check_output_folder(run, "RUN_DIR", plot=False)
     refuse_links_in_run(run, loglik_file(run, opts).name)
     with unchanging(run):
-        finished_models(run, lambda line: None)  # every model's weights, before any work
+        models = finished_models(run, lambda line: None)  # every model's weights, before any work
+    wide = sorted({cfg.nz for cfg, _, _ in models if cfg.nz >= MARGINAL_MAX_NZ})
+    if args.estimator == "hmc" and wide:
+        raise UsageError(
+            f"--estimator hmc needs N_z < {MARGINAL_MAX_NZ} (its kernel density is fitted to "
+            f"{MARGINAL_MAX_NZ} posterior samples per image); {run} has N_z = "
+            f"{' '.join(map(str, wide))}: use the default, importance sampling"
+        )
     data = load_mnist(args.data_root or recorded_data_root(run), "cpu")
     with folder_lock(run):
         table = run_loglik(run, data, opts, lambda line: print(line, file=sys.stderr))

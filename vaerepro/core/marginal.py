@@ -210,7 +210,7 @@ def chain_start(
     last of them) each run 30 HMC transitions (4 leapfrog steps), and the one whose last 10
     have the highest mean log p(x, z) gives the start. From z = 0, or from the encoder's mean
     alone, chains can end tens of nats low (docs/marginal.md)."""
-    model, x = as_float64(model), x.double()
+    model, x, starts = as_float64(model), x.double(), min(starts, draws)
     b, arange = x.shape[0], torch.arange(x.shape[0], device=x.device)
     z = torch.randn((draws, b, model.nz), generator=generator, dtype=x.dtype, device=x.device)
     logf = torch.cat([log_joint(model, x, part) for part in z.split(16)])  # (draws, B)

@@ -9,7 +9,7 @@ chains persist per training datapoint between visits (it keeps `z_mcmc` from cal
 adapting (hmc.py's rule), as the posterior moves with the decoder; they are part of the
 model's checkpoint. The model is a `VAE` whose encoder is never trained: its ELBO columns stay
 empty, and its marginal likelihood (`marginal_every`) starts its estimator's chains
-from the best of many prior draws (marginal.prior_start).
+from the best of many prior draws (marginal.chain_start without an encoder).
 """
 
 from __future__ import annotations

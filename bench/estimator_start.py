@@ -29,14 +29,19 @@ def refined_grid(model: VAE, x: Tensor, points: int = 96, sub: int = 6, keep: fl
     """log p(x) of one image x (784,): a points^3 grid over [-6, 6]^3, then each cell within
     `keep` nats of the peak split into sub^3 cells (each cell left out holds under e^-keep of
     the peak cell's mass)."""
+
+    def at(z: Tensor) -> Tensor:  # log p(x, z) at z (M, 3), in chunks of 16384
+        return torch.cat(
+            [log_joint(model, x[None], part[:, None])[:, 0] for part in z.split(16384)]
+        )
+
     axis = torch.linspace(-6.0, 6.0, points, dtype=torch.float64)
     h = axis[1] - axis[0]
     z = torch.cartesian_prod(axis, axis, axis)
-    f = torch.cat([log_joint(model, x[None], part[:, None])[:, 0] for part in z.split(16384)])
+    f = at(z)
     offsets = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub - 0.5
     fine = (z[f > f.max() - keep][:, None] + torch.cartesian_prod(*[offsets] * 3) * h).view(-1, 3)
-    f = torch.cat([log_joint(model, x[None], part[:, None])[:, 0] for part in fine.split(16384)])
-    return float(torch.logsumexp(f, 0) + 3 * (h / sub).log())
+    return float(torch.logsumexp(at(fine), 0) + 3 * (h / sub).log())
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
     its log p(x) is the paper's HMC estimator (chains from the best of many prior draws; `k`
     does not apply), its ELBO and gap NaN."""
     gen = torch.Generator().manual_seed(opts.seed)
-    encoder = cfg.method != "mcem"
+    encoder = cfg.has_encoder
     if opts.estimator == "hmc" or not encoder:
         est, estimator = hmc_estimate_batched(model, x, gen, encoder), "HMC"
     else:

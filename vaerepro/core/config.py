@@ -234,11 +234,11 @@ class TrainConfig:
                 "per image (the paper used it at N_z = 3; docs/marginal.md)",
             ),
             (
-                self.method != "mcem" or self.marginal_every > 0,
+                self.has_encoder or self.marginal_every > 0,
                 "mcem has no ELBO: give it --marginal-every, or its CSV holds no estimate",
             ),
             (
-                self.method != "mcem" or not self.lr_select,
+                self.has_encoder or not self.lr_select,
                 "--lr-select chooses by the training ELBO, which mcem does not have",
             ),
             (
@@ -246,6 +246,11 @@ class TrainConfig:
                 "mcem trains the Bernoulli decoder only (--likelihood bernoulli)",
             ),
         ]
+
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the model has an encoder q(z|x), hence an ELBO: every method but MCEM."""
+        return self.method != "mcem"
 
     def eval_seed(self, samples: int) -> int:
         """The seed of the evaluation noise after `samples` training samples."""

@@ -119,7 +119,7 @@ def _estimates_problem(df: pd.DataFrame, cfg: TrainConfig) -> str | None:
     elbo = [c for c in ESTIMATE_COLUMNS if c not in MARGINAL_COLUMNS]
     marginal = (df.samples % cfg.marginal_every == 0) if cfg.marginal_every else df.samples < 0
     for columns, expected in (
-        (elbo, pd.Series(cfg.method != "mcem", df.index)),
+        (elbo, pd.Series(cfg.has_encoder, df.index)),
         (MARGINAL_COLUMNS, marginal),
     ):
         for c in columns:

@@ -45,7 +45,7 @@ class Estimate:
         if cfg.lr_select and samples_done == 0:  # each candidate's first samples, evaluated
             remaining += len(cfg.lr_select) * cfg.lr_select_samples
             evaluations += len(cfg.lr_select)
-        rows = evaluations * (cfg.train_size + TEST_SIZE) if cfg.method != "mcem" else 0
+        rows = evaluations * (cfg.train_size + TEST_SIZE) if cfg.has_encoder else 0
         estimates = remaining // cfg.marginal_every if cfg.marginal_every else 0
         marginal = estimates * 2 * cfg.marginal_n / self.marginal_rate
         return remaining / self.train_rate[cfg.method, cfg.nz] + rows / self.eval_rate + marginal
@@ -90,7 +90,7 @@ def _marginal_rate(configs: list[TrainConfig], data: MnistSplits, device: torch.
     cfg = max(logging, key=lambda c: (c.nz, c.hidden))
     model = VAE.from_config(cfg).to(device)
     x = data.test_x[:TIMED_MARGINAL_ROWS]
-    gen, encoder = torch.Generator(device=device).manual_seed(0), cfg.method != "mcem"
+    gen, encoder = torch.Generator(device=device).manual_seed(0), cfg.has_encoder
     start = time.perf_counter()
     hmc_estimate_batched(model, x, gen, encoder).value.sum().item()
     return len(x) / (time.perf_counter() - start)

@@ -138,7 +138,7 @@ class TrainingState:
             binarize=cfg.binarize == "dynamic",
         )
         tr = te = SplitELBO(math.nan, math.nan, math.nan)
-        if cfg.method != "mcem":
+        if cfg.has_encoder:
             tr, te = (
                 evaluate(self.model, self.train_x, **kw),
                 evaluate(self.model, self.test_x, **kw),
@@ -167,7 +167,7 @@ class TrainingState:
         x = x[: self.cfg.marginal_n]
         if self.cfg.binarize == "dynamic":
             x = torch.bernoulli(x, generator=gen)
-        encoder = self.cfg.method != "mcem"
+        encoder = self.cfg.has_encoder
         return float(hmc_estimate_batched(self.model, x, gen, encoder).value.mean())
 
 

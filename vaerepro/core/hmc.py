@@ -21,6 +21,7 @@ from torch import Tensor
 
 TARGET_ACCEPTANCE = 0.9
 ADAPT_UP = 1.02
+INITIAL_STEP = 0.05  # every chain's step size before it adapts
 # log f(z) and its gradient: z (B, D) -> (log f (B,), d log f / dz (B, D))
 LogDensity = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -70,7 +71,7 @@ def hmc_chain(
     samples: int,
     burn_in: int,
     leapfrog_steps: int,
-    step_size: float | Tensor = 0.05,
+    step_size: float | Tensor = INITIAL_STEP,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """B chains from z0 (B, D): `burn_in` transitions adapting the step size, then `samples`

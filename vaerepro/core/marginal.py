@@ -22,12 +22,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vaerepro.core.hmc import hmc_chain
+from vaerepro.core.hmc import INITIAL_STEP, hmc_chain
 from vaerepro.core.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)
 PRIOR_DRAWS = 256  # candidate chain starts per datapoint for a model without an encoder
 STARTS = 8  # of them (or the encoder's mean), each burnt in; the best chain gives the start
+LEAPFROG_STEPS = 4  # per HMC transition of the estimator (the paper's Fig. 3)
+BURN_IN = 30  # adapting transitions before the estimator's samples, and of each start
+SCORED = 10  # a start's last transitions, whose mean log p(x, z) ranks it
 
 
 @dataclass
@@ -172,8 +175,8 @@ def hmc_estimate(
     model: VAE,
     x: Tensor,
     samples: int = 50,
-    leapfrog_steps: int = 4,
-    burn_in: int = 30,
+    leapfrog_steps: int = LEAPFROG_STEPS,
+    burn_in: int = BURN_IN,
     generator: torch.Generator | None = None,
     z0: Tensor | None = None,
 ) -> LogLikelihood:
@@ -187,7 +190,7 @@ def hmc_estimate(
         z0 = model.encode(x)[0]
     log_density = posterior_log_density(model, x)
     zs, logf, _ = hmc_chain(
-        log_density, z0.double(), samples, burn_in, leapfrog_steps, 0.05, generator
+        log_density, z0.double(), samples, burn_in, leapfrog_steps, INITIAL_STEP, generator
     )
     half = samples // 2
     fit, at = zs[:half], zs[half:]
@@ -207,7 +210,7 @@ def chain_start(
     """Chain starts z (B, N_z) for x (B, 784). A trained model's posterior is often multimodal,
     and a chain stays in the mode it starts in: of `draws` prior draws per datapoint, the
     `starts` with the highest log p(x, z) (with `encoder`, the encoder's mean in place of the
-    last of them) each run 30 HMC transitions (4 leapfrog steps), and the one whose last 10
+    last of them) each run BURN_IN HMC transitions, and the one whose last SCORED
     have the highest mean log p(x, z) gives the start. From z = 0, or from the encoder's mean
     alone, chains can end tens of nats low (docs/marginal.md)."""
     model, x, starts = as_float64(model), x.double(), min(starts, draws)
@@ -218,7 +221,8 @@ def chain_start(
     if encoder:
         z0[-1] = model.encode(x)[0]
     density = posterior_log_density(model, x.repeat(starts, 1))
-    zs, fs, _ = hmc_chain(density, z0.reshape(-1, model.nz), 10, 20, 4, 0.05, generator)
+    z0, burn_in = z0.reshape(-1, model.nz), BURN_IN - SCORED
+    zs, fs, _ = hmc_chain(density, z0, SCORED, burn_in, LEAPFROG_STEPS, INITIAL_STEP, generator)
     best = fs.mean(0).view(starts, b).argmax(0)  # (B,)
     return zs[-1].view(starts, b, model.nz)[best, arange]
 

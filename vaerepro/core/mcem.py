@@ -17,11 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vaerepro.core.hmc import adapt_step_size, hmc_step
+from vaerepro.core.hmc import INITIAL_STEP, adapt_step_size, hmc_step
 from vaerepro.core.marginal import posterior_log_density
 from vaerepro.core.model import VAE
 
-INITIAL_STEP = 0.05
 LEAPFROG_STEPS = 10  # per E-step (the paper's Appendix E)
 UPDATES = 5  # Adagrad steps of the decoder per minibatch (the M-step)
 

@@ -76,3 +76,22 @@ def test_loglik_leaves_out_unfinished_models(tiny_sweep, tmp_path, capsys):
     assert main(["loglik", str(run), "--n", "10", "--k", "10"]) == 0
     assert "N_z=5 seed 0: interrupted, not finished: left out" in capsys.readouterr().err
     assert list(pd.read_csv(run / "loglik-test-n10-k10.csv").nz) == [3]
+
+
+def test_loglik_sees_each_split_as_the_run_did(mnist):
+    """A fixed binarization: loglik's train and test images are those the run trained and was
+    evaluated on, and the two splits' draws differ (seed and seed + 1)."""
+    import torch
+
+    from vaerepro.analysis.loglik import LoglikOptions, split_data
+    from vaerepro.core.config import TrainConfig
+    from vaerepro.runs.state import TrainingState
+
+    cfg = TrainConfig(nz=3, hidden=16, train_size=1000, binarize="fixed", seed=4)
+    state = TrainingState(cfg, mnist, torch.device("cpu"))
+    train = split_data(cfg, mnist, LoglikOptions(split="train", n=1000))
+    test = split_data(cfg, mnist, LoglikOptions(split="test", n=1000))
+    assert torch.equal(train, state.train_x) and torch.equal(test, state.test_x[:1000])
+    assert set(train.unique().tolist()) == {0.0, 1.0}
+    same_draw = torch.bernoulli(mnist.test_x[:1000], generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(test, same_draw)

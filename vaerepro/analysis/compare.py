@@ -1,5 +1,6 @@
-"""Distance of a run to the paper's Figure 2 curves, at every logged sample count, with the
-spread over seeds: our mean, the band (min to max over seeds) and where the paper falls."""
+"""Distance of a run to the paper's curves, Figure 2 (the ELBO) and Figure 3 (the marginal
+likelihood), at every logged sample count, with the spread over seeds: our mean, the band
+(min to max over seeds) and where the paper falls."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def paper_values(term: str, cfg: dict, split: str, samples, method: str) -> tupl
 def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
     """Per method, nz, split and samples, over the seeds: seeds (how many logged the point),
     mean, sd (ddof 1; NaN for one seed), min and max of `values` (long form, one term: from
-    `seed_values`; NaN values are skipped). AEVB before wake-sleep, train before test."""
+    `seed_values`; NaN values are skipped). Methods in METHODS' order, train before test."""
     return (
         values.groupby(["method", "nz", "split", "samples"], sort=True)
         .value.agg(seeds="size", mean="mean", sd="std", min="min", max="max")
@@ -67,7 +68,7 @@ def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def _in_order(column: pd.Series) -> pd.Series:
-    """AEVB before wake-sleep, train before test."""
+    """Methods in METHODS' order (AEVB, wake-sleep, MCEM), train before test."""
     order = {"split": {"train": 0, "test": 1}, "method": {m: i for i, m in enumerate(METHODS)}}
     return column.map(order[column.name]) if column.name in order else column
 

@@ -78,7 +78,7 @@ def split_data(cfg: TrainConfig, data: MnistSplits, opts: LoglikOptions) -> torc
     its fixed binarization; a dynamically binarized model gets one Bernoulli draw."""
     x = data.test_x if opts.split == "test" else data.train_x[: cfg.train_size]
     if cfg.binarize == "fixed":
-        x = binarize_fixed(x, cfg.seed + (1 if opts.split == "test" else 0))
+        x = binarize_fixed(x, cfg.seed, opts.split)
     x = x[: opts.n]
     if cfg.binarize == "dynamic":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(opts.seed))

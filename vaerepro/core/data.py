@@ -271,9 +271,12 @@ def _missing_message(root: Path, missing: list[str]) -> str:
     )
 
 
-def binarize_fixed(x: Tensor, seed: int) -> Tensor:
-    """One fixed Bernoulli sample of grey levels x (N, 784), reproducible from `seed`."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+def binarize_fixed(x: Tensor, seed: int, split: str) -> Tensor:
+    """One fixed Bernoulli sample of grey levels x (N, 784) of `split` ("train" or "test"),
+    reproducible from the model's `seed`: the train split draws from seed, the test split
+    from seed + 1, so that the two draws differ."""
+    offset = {"train": 0, "test": 1}[split]
+    gen = torch.Generator(device=x.device).manual_seed(seed + offset)
     return torch.bernoulli(x, generator=gen)
 
 

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 from vaerepro.core.hmc import INITIAL_STEP, hmc_chain
-from vaerepro.core.model import VAE
+from vaerepro.core.model import VAE, gaussian_loglik
 
 LOG_2PI = math.log(2 * math.pi)
-PRIOR_DRAWS = 256  # candidate chain starts per datapoint for a model without an encoder
+PRIOR_DRAWS = 256  # candidate chain starts per datapoint (chain_start)
 STARTS = 8  # of them (or the encoder's mean), each burnt in; the best chain gives the start
 LEAPFROG_STEPS = 4  # per HMC transition of the estimator (the paper's Fig. 3)
 BURN_IN = 30  # adapting transitions before the estimator's samples, and of each start
@@ -79,11 +79,6 @@ def log_mean_exp(logw: Tensor) -> LogLikelihood:
     return LogLikelihood(value=top + mean.log(), stderr=stderr)
 
 
-def _gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, diag exp(logvar)) summed over the last dim."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).square() / logvar.exp()).sum(-1)
-
-
 @torch.no_grad()
 def importance_sampled(
     model: VAE,
@@ -106,7 +101,7 @@ def importance_sampled(
             n = min(draws_per_pass, k - done)
             eps = torch.randn((n, *mu.shape), generator=generator, dtype=mu.dtype)
             z = mu + (0.5 * logvar).exp() * eps.to(mu.device)
-            logw.append(log_joint(model, xb, z) - _gaussian_log_density(z, mu, logvar))
+            logw.append(log_joint(model, xb, z) - gaussian_loglik(mu, logvar, z))
         est = log_mean_exp(torch.cat(logw))
         values.append(est.value)
         errors.append(est.stderr)

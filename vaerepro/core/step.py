@@ -1,5 +1,6 @@
-"""The training step: one update of K models (AEVB or wake-sleep), each on its own minibatch
-with its own noise, through the hand-written gradient where it covers the model."""
+"""The training step: one update of K models (AEVB or wake-sleep; MCEM: one model), each on
+its own minibatch with its own noise, through the hand-written gradient where it covers the
+model."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def make_train_step(
     chains: MCEMChains | None = None,
 ) -> TrainStep:
     """The training step of `models` (configs `cfg`, N_z and seed aside) for cfg's method
-    (AEVB or wake-sleep), on train_x (N, 784), or one such split per model.
+    (AEVB, wake-sleep or MCEM), on train_x (N, 784), or one such split per model.
 
     The gradient is the hand-written one (gradients.py, wakesleep.py: autograd's numbers, far
     less overhead) when it covers the model: `gradients.covers` checks it against autograd

@@ -18,19 +18,12 @@ against each other in float64.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from vaerepro.core import model as vae
 from vaerepro.core.gradients import affine_grads, tanh_backward
 from vaerepro.core.model import VAE, standard_normal
-
-
-def gaussian_logpdf(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z | mu, exp(logvar)) summed over the last dim: (..., N_z) -> (...)."""
-    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
 def dream(model: VAE, m: int, dreams: str, gen: torch.Generator | None, like: Tensor):
@@ -52,7 +45,7 @@ def objective(model: VAE, x: Tensor, z_draws: int, gen, dreams: str) -> Tensor:
     wake = model.log_likelihood(x, model.decode(z)).mean()
     z_dream, x_dream = dream(model, x.shape[0], dreams, gen, x)
     mu, logvar = model.encode(x_dream)
-    sleep = gaussian_logpdf(z_dream, mu, logvar).mean()
+    sleep = vae.gaussian_loglik(mu, logvar, z_dream).mean()
     return -(wake + sleep)
 
 

@@ -47,8 +47,8 @@ class TrainingState:
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.report_x = data.test_x  # grey levels, as the report's per-model figures use
         if cfg.binarize == "fixed":
-            self.train_x = binarize_fixed(self.train_x, cfg.seed)
-            self.test_x = binarize_fixed(self.test_x, cfg.seed + 1)
+            self.train_x = binarize_fixed(self.train_x, cfg.seed, "train")
+            self.test_x = binarize_fixed(self.test_x, cfg.seed, "test")
         self.batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, self.gen)
         self.chains = None  # MCEM's posterior samples, one per training image
         if cfg.method == "mcem":
@@ -109,7 +109,7 @@ class TrainingState:
         """What the report shows of the final model beyond the CSV, recorded in its JSON so
         that a report redrawn without the weights keeps it: the average KL of each latent
         dimension over the test set (nats) and the active units. MCEM has no encoder: none."""
-        if self.cfg.method == "mcem":
+        if not self.cfg.has_encoder:
             return {}
         kl = kl_per_dimension(self.model, self.report_x.to(self.test_x.dtype))
         return {"kl_per_dim": [float(v) for v in kl.cpu()], "active_units": active_units(kl)}

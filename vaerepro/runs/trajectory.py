@@ -11,7 +11,7 @@ per datapoint) of both splits; MCEM, which has no ELBO, gives the marginal likel
 (`MCEM_TRAJECTORY`; not at N_z = 200, beyond its estimator). In float64, rounding (thread
 counts, SIMD kernels, BLAS code paths) moves
 these numbers by at most 6.3e-9 nats, so a tolerance far below anything a change to the math or
-the code does still never fires by accident (README, "ELBO regression gate").
+the code does still never fires by accident (docs/gate.md, "Tolerances").
 
 A run folder or reference holds the values in `trajectory.csv` (long format, full precision:
 method, nz, split, samples, term, value) and the config and environment in `trajectory.json`.

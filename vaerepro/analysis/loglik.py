@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import TrainConfig
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import MnistSplits, binarize_fixed
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.evaluate import evaluate
@@ -59,7 +59,7 @@ def finished_models(run: Path, say=print) -> list[tuple[TrainConfig, RunFiles, i
         cfg = parse_config(meta["config"], run)
         files = RunFiles.of_config(run, cfg)
         if meta.get("status") != "finished":
-            say(f"N_z={cfg.nz} seed {cfg.seed}: {meta.get('status')}, not finished: left out")
+            say(f"{model_name(cfg)}: {meta.get('status')}, not finished: left out")
             continue
         if not files.weights.exists():
             raise RunFolderError(
@@ -126,7 +126,7 @@ def run_loglik(run: Path, data: MnistSplits, opts: LoglikOptions, progress=print
         elapsed = time.perf_counter() - start
         left = elapsed / i * (len(models) - i)
         progress(
-            f"model {i}/{len(models)} (N_z={cfg.nz} seed {cfg.seed}, {len(x)} {opts.split} "
+            f"model {i}/{len(models)} ({model_name(cfg)}, {len(x)} {opts.split} "
             f"images): {format_duration(elapsed)} elapsed, about {format_duration(left)} left"
         )
     return pd.DataFrame(rows, columns=COLUMNS)

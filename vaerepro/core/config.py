@@ -32,6 +32,11 @@ def model_label(method: str, nz: int) -> str:
     return f"N_z={nz}" if method == "aevb" else f"{method} N_z={nz}"
 
 
+def model_name(cfg: TrainConfig) -> str:
+    """A model of a sweep in messages: its method (but AEVB's), N_z and seed."""
+    return f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}"
+
+
 def _field(default, help: str):
     """A config field with its help text, which `vaerepro reproduce --help` shows."""
     return dataclasses.field(default=default, metadata={"help": help})

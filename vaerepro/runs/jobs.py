@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaerepro.core.config import TrainConfig, model_label
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import VaereproError
 from vaerepro.runs.layout import RunFiles
@@ -103,7 +103,7 @@ class LocalJobsRunner:
             while running or (queue and not status):  # after a stop or a failure: no new model
                 while queue and len(running) < plan.jobs and not status:
                     i, cfg = queue.pop(0)
-                    model = f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}"
+                    model = f"{model_name(cfg)}"
                     label = f"model {i}/{len(configs)} ({model})"
                     args = (cfg, plan, label, self.autograd, os.getpid())
                     proc = ctx.Process(target=_worker, args=args)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import TrainConfig, model_label
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.device import synchronize
 from vaerepro.core.errors import RunFolderError, UsageError
@@ -96,7 +96,7 @@ def train_together(
     finally:
         if own_bar:
             report.close()
-    together = [f"{model_label(c.method, c.nz)} seed {c.seed}" for c in cfgs]
+    together = [f"{model_name(c)}" for c in cfgs]
     return [r.finish(s, samples, together) for s, r in zip(states, records, strict=True)]
 
 
@@ -163,7 +163,7 @@ def _common_samples(states: list[TrainingState]) -> int:
     if any(s.samples != samples for s in states):
         raise RunFolderError(
             "the checkpoints are at different sample counts ("
-            + ", ".join(f"N_z={s.cfg.nz} seed {s.cfg.seed}: {s.samples}" for s in states)
+            + ", ".join(f"{model_name(s.cfg)}: {s.samples}" for s in states)
             + "); resume them one at a time (without --stacked)"
         )
     return samples
@@ -181,10 +181,9 @@ def _stop(
         state.check_finite(state.rows[-1]["samples"] if state.rows else 0, samples)
         record.checkpoint(state, samples, wall_s, "interrupted")
     drop_replaced(records[0].files.folder)
-    cfg = states[0].cfg
-    nzs = ",".join(str(s.cfg.nz) for s in states)
+    names = ", ".join(model_name(s.cfg) for s in states)
     raise Interrupted(
-        f"N_z={nzs} seed {cfg.seed}: {signal.Signals(signum).name} interrupted the run at "
+        f"{names}: {signal.Signals(signum).name} interrupted the run at "
         f"samples={samples}; checkpoint written to "
         + ", ".join(str(r.files.ckpt) for r in records),
         signum,

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from vaerepro.core.config import TrainConfig, model_label
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import TrainingDiverged
 from vaerepro.core.step import make_train_step
@@ -37,7 +37,7 @@ def select_lr(
     finite = [c for c in candidates if c["train_elbo"] is not None]
     if not finite:
         raise TrainingDiverged(
-            f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}: every --lr-select candidate "
+            f"{model_name(cfg)}: every --lr-select candidate "
             f"{list(cfg.lr_select)} diverged within {cfg.lr_select_samples} samples"
         )
     chosen = max(finite, key=lambda c: c["train_elbo"])["lr"]
@@ -46,7 +46,7 @@ def select_lr(
         for c in candidates
     )
     say(
-        f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}: lr-select after "
+        f"{model_name(cfg)}: lr-select after "
         f"{cfg.lr_select_samples} samples, train ELBO {said}; chosen lr {chosen}"
     )
     return {"samples": cfg.lr_select_samples, "candidates": candidates, "chosen": chosen}

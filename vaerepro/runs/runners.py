@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from vaerepro.core.config import model_label
+from vaerepro.core.config import model_name
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import WriteFailed
 from vaerepro.runs.loop import train_together
@@ -26,7 +26,7 @@ class Runner(Protocol):
 
 
 def group_names(group) -> str:
-    return ", ".join(f"{model_label(c.method, c.nz)} seed {c.seed}" for c in group)
+    return ", ".join(f"{model_name(c)}" for c in group)
 
 
 class InProcessRunner:
@@ -67,7 +67,7 @@ class InProcessRunner:
                     f"{vaerepro_command('reproduce')} --resume {plan.out}"
                 ) from err
             for c in group:
-                progress.finished(c, f"{model_label(c.method, c.nz)} seed {c.seed}")
+                progress.finished(c, f"{model_name(c)}")
         return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from vaerepro.core.config import TrainConfig, model_label
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import load_mnist, resolve_data_root
 from vaerepro.core.errors import RunFolderError, UsageError
 from vaerepro.core.numbers import format_duration
@@ -133,7 +133,7 @@ class TrainJob:
 
     @property
     def name(self) -> str:
-        return f"{model_label(self.cfg.method, self.cfg.nz)} seed {self.cfg.seed}"
+        return f"{model_name(self.cfg)}"
 
     def __call__(self) -> dict:
         out, device = Path(self.out), torch.device(self.device)
@@ -329,9 +329,7 @@ class SlurmRunner:
         write_jobs(plan.out, records)
         progress.say(self.plan_line(plan, progress))
         for cfg, record in records.items():
-            progress.say(
-                f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}: job {record['job_id']}"
-            )
+            progress.say(f"{model_name(cfg)}: job {record['job_id']}")
         progress.say(f"job ids: {plan.out / JOBS_JSON}; logs: {plan.out / SUBMITIT_FOLDER}/")
         if not self.options.wait:
             return 0
@@ -367,7 +365,7 @@ def wait_for_jobs(plan: SweepPlan, records: dict[TrainConfig, dict], progress) -
                 if live[cfg]["job_id"] in states:
                     continue
                 del live[cfg]
-                name = f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}"
+                name = f"{model_name(cfg)}"
                 if _finished(files):
                     progress.finished(cfg, f"{name} (job {records[cfg]['job_id']})")
                 else:

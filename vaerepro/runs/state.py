@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from vaerepro.core.config import TrainConfig
+from vaerepro.core.config import TrainConfig, model_name
 from vaerepro.core.data import MinibatchIndices, MnistSplits, binarize_fixed
 from vaerepro.core.device import get_rng_state, set_rng_state
 from vaerepro.core.errors import TrainingDiverged, UsageError
@@ -120,7 +120,7 @@ class TrainingState:
         if not all(p.isfinite().all() for p in self.model.parameters()):
             last = self.rows[-1]["samples"] if self.rows else 0
             raise TrainingDiverged(
-                f"N_z={self.cfg.nz} seed {self.cfg.seed}: the loss or the parameters became "
+                f"{model_name(self.cfg)}: the loss or the parameters became "
                 f"NaN/inf between samples {since} and {samples}. The CSV and checkpoint hold "
                 f"the last good state (samples={last})."
             )

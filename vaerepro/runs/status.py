@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaerepro.core.config import model_label
+from vaerepro.core.config import model_name
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.numbers import format_count, format_duration
 from vaerepro.runs.layout import RUN_JSON, RunFiles
@@ -118,7 +118,7 @@ def model_statuses(folder: Path) -> list[ModelStatus]:
             state = _job_state(meta, done, job, queued)
         else:
             state = _local_state(meta, folder)
-        name = f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}"
+        name = f"{model_name(cfg)}"
         status = ModelStatus(name, state, done, cfg.samples, elbo, rate)
         if job:
             status.job_id = job["job_id"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vaerepro.core.config import Sweep, TrainConfig, model_label
+from vaerepro.core.config import Sweep, TrainConfig, model_name
 from vaerepro.core.errors import UsageError
 from vaerepro.core.numbers import format_count, format_duration
 from vaerepro.runs.estimate import Estimate
@@ -86,7 +86,7 @@ class SweepPlan:
 
     def skipped_lines(self) -> list[str]:
         return [
-            f"{model_label(c.method, c.nz)} seed {c.seed}: finished already, skipped"
+            f"{model_name(c)}: finished already, skipped"
             for c in self.sweep.configs
             if self.status[c] == "skip"
         ]

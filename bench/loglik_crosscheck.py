@@ -3,7 +3,7 @@ importance sampling (k = 5000, what `vaerepro loglik` reports), the paper's HMC 
 (Appendix D: 50 samples, 4 leapfrog steps; and with 400 samples), and the sum over a grid of
 z (exact to its resolution; checked by a coarser and a wider grid). Also each one's time.
 
-    PYTHONPATH=. python bench/loglik_crosscheck.py RUN --nz 3 --seed 0 --n 5
+    PYTHONPATH=. python bench/loglik_crosscheck.py RUN [--method aevb] --nz 3 --seed 0 --n 5
 
 Prints one row per test image and the mean differences from the grid, nats per datapoint.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
+from vaerepro.analysis.loglik import LoglikOptions, finished_models, split_data
 from vaerepro.core.data import load_mnist
 from vaerepro.core.marginal import grid_log_likelihood, hmc_estimate, importance_sampled
 from vaerepro.runs.folder import load_model
-from vaerepro.runs.layout import RunFiles
-from vaerepro.runs.records import load_run, parse_config
 
 
 def timed(f):
@@ -30,19 +30,22 @@ def timed(f):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--method", choices=["aevb", "wakesleep"], default="aevb")
     p.add_argument("--nz", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=5, help="test images (the grid takes the time)")
     p.add_argument("--points", type=int, default=121, help="grid points per dimension")
     args = p.parse_args()
-    (cfg,) = [
-        parse_config(meta["config"], args.run)
-        for meta, _ in load_run(args.run)
-        if meta["config"]["nz"] == args.nz and meta["config"]["seed"] == args.seed
-    ]
-    model = load_model(RunFiles.of_config(args.run, cfg))
-    x = load_mnist(None, "cpu").test_x[: args.n]
+    wanted = (args.method, args.nz, args.seed)
+    models = [m for m in finished_models(args.run) if (m[0].method, m[0].nz, m[0].seed) == wanted]
+    if not models:
+        raise SystemExit(
+            f"{args.run} has no finished {args.method} model of N_z {args.nz}, seed {args.seed}"
+        )
+    cfg, files, _ = models[0]
+    model = load_model(files)
+    x = split_data(cfg, load_mnist(None, "cpu"), LoglikOptions(split="test", n=args.n))
     mu, logvar = model.encode(x)
     mu, sd = mu.detach(), (0.5 * logvar).exp().detach()
     grids = {}
@@ -59,7 +62,7 @@ def main() -> None:
         "HMC 400 samples": timed(lambda: hmc_estimate(model, x, 400, 4, 50, gen)),
     }
     exact = grids["grid"][0]
-    print(f"{args.run} N_z={args.nz} seed {args.seed}, first {args.n} test images")
+    print(f"{args.run} {args.method} N_z={args.nz} seed {args.seed}, first {args.n} test images")
     print("image  grid      " + "  ".join(f"{k:>22s}" for k in estimates))
     for i in range(args.n):
         cells = "  ".join(

@@ -160,3 +160,31 @@ def test_cuda_graphs_need_cuda(mnist, tiny_cfg):
         make_train_step(
             [model], [make_optimizer(tiny_cfg, model)], tiny_cfg, mnist.train_x, cuda_graphs=True
         )
+
+
+@pytest.mark.parametrize(
+    "changes,kwargs,message",
+    [
+        ({"method": "wakesleep"}, {}, "train AEVB models only"),
+        ({"method": "mcem", "marginal_every": 1000}, {}, "train AEVB models only"),
+        ({"likelihood": "gaussian"}, {}, "--stacked needs the hand-written gradient, but"),
+        ({}, {"autograd": True}, "--stacked needs the hand-written gradient, but --autograd"),
+        ({}, {"cuda_graphs": True}, "--cuda-graphs needs a CUDA device"),
+    ],
+)
+def test_the_batched_step_refuses_what_it_cannot_train(mnist, changes, kwargs, message):
+    """The step's own guard, behind the sweep's `stacking_problem`: two models (or a CUDA
+    graph of one) take the batched step, which trains AEVB through the hand-written gradient."""
+    from vaerepro.core.config import TrainConfig
+    from vaerepro.core.errors import UsageError
+    from vaerepro.core.mcem import MCEMChains
+    from vaerepro.core.step import make_train_step
+
+    cfg = TrainConfig(nz=3, hidden=16, train_size=1000).replace(**changes)
+    n = 1 if kwargs.get("cuda_graphs") else 2
+    models = [VAE.from_config(cfg) for _ in range(n)]
+    opts = [make_optimizer(cfg, m) for m in models]
+    train_x = mnist.train_x[:1000]
+    chains = MCEMChains(1000, 3, torch.Generator(), train_x) if cfg.method == "mcem" else None
+    with pytest.raises(UsageError, match=message):
+        make_train_step(models, opts, cfg, train_x, chains=chains, **kwargs)

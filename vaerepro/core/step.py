@@ -115,15 +115,7 @@ def make_train_step(
     loss, hand_written = gradient_pair(cfg)
     reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
     batched = len(models) > 1 or cuda_graphs
-    if reason is not None and batched:
-        option = "--cuda-graphs" if cuda_graphs else "--stacked"
-        raise UsageError(f"{option} needs the hand-written gradient, but {reason}")
-    if batched and cfg.method != "aevb":
-        raise UsageError("--stacked and --cuda-graphs train AEVB models only")
-    if cuda_graphs and models[0].enc.weight.device.type != "cuda":
-        raise UsageError("--cuda-graphs needs a CUDA device")
-    if cuda_graphs and cfg.sampling != "replacement":
-        raise UsageError("--cuda-graphs draws minibatches with replacement only (--sampling)")
+    _refuse_batched(models, cfg, reason, cuda_graphs)
     grads, gradient, update = None, "hand-written", None
     if batched:
         update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
@@ -157,6 +149,26 @@ def make_train_step(
     return TrainStep(step, gradient, write_back, graphed if cuda_graphs else None)
 
 
+def _refuse_batched(
+    models: list[VAE], cfg: TrainConfig, reason: str | None, cuda_graphs: bool
+) -> None:
+    """UsageError where several models (--stacked) or `cuda_graphs` cannot take the batched
+    step: it needs AEVB through the hand-written gradient (`reason` None), a CUDA graph also a
+    CUDA device and minibatches drawn with replacement. `stacking_problem` tells a sweep
+    before any work; this guards the step itself."""
+    if len(models) == 1 and not cuda_graphs:
+        return
+    option = "--cuda-graphs" if cuda_graphs else "--stacked"
+    if cfg.method != "aevb":
+        raise UsageError("--stacked and --cuda-graphs train AEVB models only")
+    if reason is not None:
+        raise UsageError(f"{option} needs the hand-written gradient, but {reason}")
+    if cuda_graphs and models[0].enc.weight.device.type != "cuda":
+        raise UsageError("--cuda-graphs needs a CUDA device")
+    if cuda_graphs and cfg.sampling != "replacement":
+        raise UsageError("--cuda-graphs draws minibatches with replacement only (--sampling)")
+
+
 def minibatch_gather(
     cfg: TrainConfig, train_x: torch.Tensor | list[torch.Tensor], k: int
 ) -> Callable[[list[torch.Tensor], list[torch.Generator]], torch.Tensor]:
@@ -185,8 +197,7 @@ def _mcem_train_step(
     cuda_graphs: bool,
 ) -> TrainStep:
     """MCEM's step of one model: `mcem_step` on each minibatch, moving the chains it visits."""
-    if len(models) > 1 or cuda_graphs:
-        raise UsageError("--stacked and --cuda-graphs train AEVB models only")
+    _refuse_batched(models, cfg, None, cuda_graphs)
     if chains is None:
         raise ValueError("an MCEM step needs the model's chains")
     gather = minibatch_gather(cfg, train_x, 1)

@@ -103,7 +103,7 @@ class LocalJobsRunner:
             while running or (queue and not status):  # after a stop or a failure: no new model
                 while queue and len(running) < plan.jobs and not status:
                     i, cfg = queue.pop(0)
-                    model = f"{model_name(cfg)}"
+                    model = model_name(cfg)
                     label = f"model {i}/{len(configs)} ({model})"
                     args = (cfg, plan, label, self.autograd, os.getpid())
                     proc = ctx.Process(target=_worker, args=args)

@@ -96,7 +96,7 @@ def train_together(
     finally:
         if own_bar:
             report.close()
-    together = [f"{model_name(c)}" for c in cfgs]
+    together = [model_name(c) for c in cfgs]
     return [r.finish(s, samples, together) for s, r in zip(states, records, strict=True)]
 
 

@@ -26,7 +26,7 @@ class Runner(Protocol):
 
 
 def group_names(group) -> str:
-    return ", ".join(f"{model_name(c)}" for c in group)
+    return ", ".join(model_name(c) for c in group)
 
 
 class InProcessRunner:
@@ -67,7 +67,7 @@ class InProcessRunner:
                     f"{vaerepro_command('reproduce')} --resume {plan.out}"
                 ) from err
             for c in group:
-                progress.finished(c, f"{model_name(c)}")
+                progress.finished(c, model_name(c))
         return 0
 
 

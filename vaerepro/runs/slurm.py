@@ -133,7 +133,7 @@ class TrainJob:
 
     @property
     def name(self) -> str:
-        return f"{model_name(self.cfg)}"
+        return model_name(self.cfg)
 
     def __call__(self) -> dict:
         out, device = Path(self.out), torch.device(self.device)
@@ -365,7 +365,7 @@ def wait_for_jobs(plan: SweepPlan, records: dict[TrainConfig, dict], progress) -
                 if live[cfg]["job_id"] in states:
                     continue
                 del live[cfg]
-                name = f"{model_name(cfg)}"
+                name = model_name(cfg)
                 if _finished(files):
                     progress.finished(cfg, f"{name} (job {records[cfg]['job_id']})")
                 else:

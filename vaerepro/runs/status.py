@@ -118,7 +118,7 @@ def model_statuses(folder: Path) -> list[ModelStatus]:
             state = _job_state(meta, done, job, queued)
         else:
             state = _local_state(meta, folder)
-        name = f"{model_name(cfg)}"
+        name = model_name(cfg)
         status = ModelStatus(name, state, done, cfg.samples, elbo, rate)
         if job:
             status.job_id = job["job_id"]

@@ -172,7 +172,8 @@ def test_chains_start_from_the_best_prior_draws(encoder):
         model.dec_out.bias.zero_()
     z_true = torch.randn((8, 2), generator=gen, dtype=torch.float64)
     x = torch.bernoulli(torch.sigmoid(model.decode(z_true)), generator=gen).detach()
-    exact = grid_log_likelihood(model, x, torch.zeros(8, 2), torch.full((8, 2), 6.0), 1201)
+    # 601^2 points: within 0.001 nats of 1201^2 here (measured), at a quarter of the time
+    exact = grid_log_likelihood(model, x, torch.zeros(8, 2), torch.full((8, 2), 6.0), 601)
     from_zero = hmc_estimate(model, x, generator=gen, z0=torch.zeros_like(z_true))
     assert (from_zero.value - exact).min() < -50
     est = hmc_estimate_batched(model, x, torch.Generator().manual_seed(2), encoder)

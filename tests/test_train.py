@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -113,6 +114,21 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
     _assert_finished_run(tmp_path / "crashed", cfg, resumed)
+
+
+def test_a_copied_run_folder_resumes_elsewhere(mnist, tmp_path, tiny_cfg, monkeypatch):
+    """A stopped run's folder copied elsewhere, its .ckpt included, with the original gone
+    (another machine: results/in-progress), resumes to the CSV of an uninterrupted run."""
+    cfg = tiny_cfg.replace(samples=4000)
+    full = train(cfg, mnist, tmp_path / "full", progress=False)
+    crash_at_the_second_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, mnist, tmp_path / "here", progress=False)
+    monkeypatch.undo()
+    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "here")
+    resumed = train(cfg, mnist, tmp_path / "elsewhere", progress=False, resume=True)
+    pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
 
 
 def test_checkpoint_every_writes_fewer_checkpoints_and_resumes(

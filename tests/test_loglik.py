@@ -39,11 +39,11 @@ def test_loglik_with_the_papers_estimator_agrees_with_importance_sampling(
     assert (hmc.loglik - sampled.loglik).between(-0.5, 2.0).all(), (hmc, sampled)
 
 
-def test_loglik_is_reproducible_per_seed(tiny_sweep, tmp_path, capsys):
+def test_loglik_is_reproducible_per_noise_seed(tiny_sweep, tmp_path, capsys):
     run = copy_run(tiny_sweep.folder, tmp_path)
     tables = []
     for seed in ("0", "0", "1"):
-        assert main(["loglik", str(run), "--n", "20", "--k", "100", "--seed", seed]) == 0
+        assert main(["loglik", str(run), "--n", "20", "--k", "100", "--noise-seed", seed]) == 0
         tables.append(pd.read_csv(run / "loglik-test-n20-k100.csv"))
     pd.testing.assert_frame_equal(tables[0], tables[1])
     assert not tables[0].loglik.equals(tables[2].loglik)
@@ -58,6 +58,9 @@ def test_loglik_refuses_a_folder_without_weights_naming_it(tiny_sweep, tmp_path,
 
 def test_loglik_refuses_bad_options(tiny_sweep, capsys):
     refused(["loglik", str(tiny_sweep.folder), "--k", "1"], capsys, "--k must be at least 2")
+    for bad in ("-1", str(2**64)):
+        argv = ["loglik", str(tiny_sweep.folder), "--noise-seed", bad]
+        refused(argv, capsys, f"--noise-seed must be in [0, 2**63 - 1), got {bad}")
 
 
 def test_loglik_refuses_the_hmc_estimator_for_wide_latents(

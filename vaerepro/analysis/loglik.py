@@ -40,13 +40,14 @@ COLUMNS = [
 @dataclass(frozen=True)
 class LoglikOptions:
     """k: importance samples per datapoint; split: train or test; n: its first n datapoints
-    (None: all); seed: of the estimator's and the ELBO's noise; estimator: "is" (importance
-    sampling, k draws) or "hmc" (the paper's, which MCEM models always get)."""
+    (None: all); noise_seed: of the estimator's and the ELBO's noise (not a training seed);
+    estimator: "is" (importance sampling, k draws) or "hmc" (the paper's, which MCEM models
+    always get)."""
 
     k: int = 5000
     split: str = "test"
     n: int | None = None
-    seed: int = 0
+    noise_seed: int = 0
     estimator: str = "is"
 
 
@@ -81,7 +82,7 @@ def split_data(cfg: TrainConfig, data: MnistSplits, opts: LoglikOptions) -> torc
         x = binarize_fixed(x, cfg.seed, opts.split)
     x = x[: opts.n]
     if cfg.binarize == "dynamic":
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(opts.seed))
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(opts.noise_seed))
     return x
 
 
@@ -91,7 +92,7 @@ def model_loglik(model: VAE, cfg: TrainConfig, x: torch.Tensor, opts: LoglikOpti
     `opts.estimator`. A Monte Carlo EM model has no encoder, hence no proposal and no ELBO:
     its log p(x) is the paper's HMC estimator (chains from the best of many prior draws; `k`
     does not apply), its ELBO and gap NaN."""
-    gen = torch.Generator().manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.noise_seed)
     encoder = cfg.has_encoder
     if opts.estimator == "hmc" or not encoder:
         est, estimator = hmc_estimate_batched(model, x, gen, encoder), "HMC"

@@ -69,7 +69,9 @@ def cmd_loglik(args: argparse.Namespace) -> int:
     for name, value in (("--k", args.k), ("--n", args.n)):
         if value is not None and value < 2:
             raise UsageError(f"{name} must be at least 2, got {value}")
-    opts = LoglikOptions(args.k, args.split, args.n, args.seed, args.estimator)
+    if not 0 <= args.noise_seed < 2**63 - 1:  # torch's generators take no larger seed
+        raise UsageError(f"--noise-seed must be in [0, 2**63 - 1), got {args.noise_seed}")
+    opts = LoglikOptions(args.k, args.split, args.n, args.noise_seed, args.estimator)
     check_output_folder(run, "RUN_DIR", plot=False)
     refuse_links_in_run(run, loglik_file(run, opts).name)
     with unchanging(run):

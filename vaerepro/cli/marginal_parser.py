@@ -45,7 +45,13 @@ def add_loglik_parser(sub) -> None:
     p.add_argument(
         "--n", type=parse_count, help="the split's first N images only (default: all of it)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument(
+        "--noise-seed",
+        type=int,
+        default=0,
+        help="seed of the estimator's draws and the ELBO's noise (default 0); not a training "
+        "seed: every finished model of RUN_DIR is estimated",
+    )
     p.add_argument(
         "--estimator",
         choices=("is", "hmc"),

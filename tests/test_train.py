@@ -1,6 +1,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,7 +102,10 @@ def test_other_protocol_choices_train(mnist, tmp_path, tiny_cfg, sampling, binar
     assert (meta["config"]["sampling"], meta["config"]["binarize"]) == (sampling, binarize)
 
 
-def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monkeypatch):
+@pytest.mark.parametrize("moved", [False, True])
+def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monkeypatch, moved):
+    """moved: the stopped run's folder is copied elsewhere, its .ckpt included, and the
+    original removed (another machine: results/in-progress) before the resume."""
     cfg = tiny_cfg.replace(samples=4000)
     full = train(cfg, mnist, tmp_path / "full", progress=False)
 
@@ -111,24 +115,13 @@ def test_resume_after_a_crash_gives_the_same_csv(mnist, tmp_path, tiny_cfg, monk
     monkeypatch.undo()
     # The JSON recorded the second checkpoint before the crash; it and the CSV did not land.
     assert len(pd.read_csv(tmp_path / "crashed" / "nz3-seed0.csv")) == 1
-    resumed = train(cfg, mnist, tmp_path / "crashed", progress=False, resume=True)
+    run = tmp_path / "crashed"
+    if moved:
+        run = Path(shutil.copytree(run, tmp_path / "elsewhere"))
+        shutil.rmtree(tmp_path / "crashed")
+    resumed = train(cfg, mnist, run, progress=False, resume=True)
     pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
-    _assert_finished_run(tmp_path / "crashed", cfg, resumed)
-
-
-def test_a_copied_run_folder_resumes_elsewhere(mnist, tmp_path, tiny_cfg, monkeypatch):
-    """A stopped run's folder copied elsewhere, its .ckpt included, with the original gone
-    (another machine: results/in-progress), resumes to the CSV of an uninterrupted run."""
-    cfg = tiny_cfg.replace(samples=4000)
-    full = train(cfg, mnist, tmp_path / "full", progress=False)
-    crash_at_the_second_checkpoint(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, mnist, tmp_path / "here", progress=False)
-    monkeypatch.undo()
-    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere")
-    shutil.rmtree(tmp_path / "here")
-    resumed = train(cfg, mnist, tmp_path / "elsewhere", progress=False, resume=True)
-    pd.testing.assert_frame_equal(full[DETERMINISTIC], resumed[DETERMINISTIC])
+    _assert_finished_run(run, cfg, resumed)
 
 
 def test_checkpoint_every_writes_fewer_checkpoints_and_resumes(

@@ -22,7 +22,7 @@ from vaerepro.analysis.hwtable import hardware_table, save_benchmark
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.cli.reproduce import recorded_data_root
-from vaerepro.core.config import MARGINAL_MAX_NZ, config_diff, model_label
+from vaerepro.core.config import MARGINAL_MAX_NZ, check_seed, config_diff, model_label
 from vaerepro.core.data import load_mnist
 from vaerepro.core.errors import UsageError
 from vaerepro.runs.folder import check_output_folder
@@ -69,8 +69,7 @@ def cmd_loglik(args: argparse.Namespace) -> int:
     for name, value in (("--k", args.k), ("--n", args.n)):
         if value is not None and value < 2:
             raise UsageError(f"{name} must be at least 2, got {value}")
-    if not 0 <= args.noise_seed < 2**63 - 1:  # torch's generators take no larger seed
-        raise UsageError(f"--noise-seed must be in [0, 2**63 - 1), got {args.noise_seed}")
+    check_seed(args.noise_seed, "--noise-seed")
     opts = LoglikOptions(args.k, args.split, args.n, args.noise_seed, args.estimator)
     check_output_folder(run, "RUN_DIR", plot=False)
     refuse_links_in_run(run, loglik_file(run, opts).name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vaerepro.core.errors import UsageError
@@ -27,6 +28,13 @@ DREAMS = ("sampled", "mean")
 DTYPES = ("float32", "float64")
 
 
+def check_seed(seed: int, name: str) -> None:
+    """Refuse a seed outside [0, 2**63 - 1): torch's generators take 64-bit seeds, and
+    seed + 1 seeds the fixed binarization of the test set."""
+    if not 0 <= seed < 2**63 - 1:
+        raise UsageError(f"{name} must be in [0, 2**63 - 1), got {seed}")
+
+
 def model_label(method: str, nz: int) -> str:
     """A model in messages: "N_z=3" for AEVB (the default), "wakesleep N_z=3" otherwise."""
     return f"N_z={nz}" if method == "aevb" else f"{method} N_z={nz}"
@@ -35,6 +43,11 @@ def model_label(method: str, nz: int) -> str:
 def model_name(cfg: TrainConfig) -> str:
     """A model of a sweep in messages: its method (but AEVB's), N_z and seed."""
     return f"{model_label(cfg.method, cfg.nz)} seed {cfg.seed}"
+
+
+def model_names(cfgs: Iterable[TrainConfig]) -> str:
+    """Models in messages: "N_z=3 seed 0, wakesleep N_z=3 seed 0"."""
+    return ", ".join(model_name(c) for c in cfgs)
 
 
 def _field(default, help: str):
@@ -210,12 +223,11 @@ class TrainConfig:
                 f"lr_select_samples ({self.lr_select_samples}) must pass the Adagrad warm-up "
                 f"({self.adagrad_warmup} minibatches of {self.batch_size}), which takes no step",
             ),
-            # torch seeds are 64-bit; seed + 1 seeds the fixed binarization of the test set
-            (0 <= self.seed < 2**63 - 1, f"seed must be in [0, 2**63 - 1), got {self.seed}"),
         ]
         for ok, message in checks + self._marginal_checks():
             if not ok:
                 raise UsageError(message)
+        check_seed(self.seed, "seed")
 
     def _marginal_checks(self) -> list[tuple[bool, str]]:
         """The marginal likelihood's cadence and images, and what MCEM (no ELBO) needs."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaerepro.core.config import TrainConfig, model_name
+from vaerepro.core.config import TrainConfig, model_name, model_names
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.device import synchronize
 from vaerepro.core.errors import RunFolderError, UsageError
@@ -181,10 +181,9 @@ def _stop(
         state.check_finite(state.rows[-1]["samples"] if state.rows else 0, samples)
         record.checkpoint(state, samples, wall_s, "interrupted")
     drop_replaced(records[0].files.folder)
-    names = ", ".join(model_name(s.cfg) for s in states)
+    names, signame = model_names(s.cfg for s in states), signal.Signals(signum).name
     raise Interrupted(
-        f"{names}: {signal.Signals(signum).name} interrupted the run at "
-        f"samples={samples}; checkpoint written to "
+        f"{names}: {signame} interrupted the run at samples={samples}; checkpoint written to "
         + ", ".join(str(r.files.ckpt) for r in records),
         signum,
     )

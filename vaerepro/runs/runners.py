@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from vaerepro.core.config import model_name
+from vaerepro.core.config import model_name, model_names
 from vaerepro.core.data import MnistSplits
 from vaerepro.core.errors import WriteFailed
 from vaerepro.runs.loop import train_together
@@ -25,10 +25,6 @@ class Runner(Protocol):
     def run(self, plan: SweepPlan, progress: SweepProgress) -> int: ...
 
 
-def group_names(group) -> str:
-    return ", ".join(model_name(c) for c in group)
-
-
 class InProcessRunner:
     """Trains the plan's groups one after another in this process (the data already loaded
     on the plan's device)."""
@@ -41,8 +37,8 @@ class InProcessRunner:
             label = f"model {i}/{len(plan.groups)}"
             if len(group) > 1:
                 label = f"{len(group)} models in one stacked step"
-                progress.say(f"{group_names(group)}: in one stacked step")
-            progress.started(f"{label} ({group_names(group)})")
+                progress.say(f"{model_names(group)}: in one stacked step")
+            progress.started(f"{label} ({model_names(group)})")
             try:
                 train_together(
                     group,

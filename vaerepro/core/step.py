@@ -114,39 +114,48 @@ def make_train_step(
         return _mcem_train_step(models, opts, cfg, train_x, chains, cuda_graphs)
     loss, hand_written = gradient_pair(cfg)
     reason = "--autograd" if autograd else covers(models[0], cfg.z_draws, loss, hand_written)
-    batched = len(models) > 1 or cuda_graphs
     _refuse_batched(models, cfg, reason, cuda_graphs)
-    grads, gradient, update = None, "hand-written", None
-    if batched:
-        update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
-        gradient = "hand-written, batched"
-    elif reason is None:
-        grads = hand_written(models, cfg.batch_size, cfg.z_draws)
-    else:
-        gradient = f"autograd ({reason})" if not autograd else "autograd (--autograd)"
     gather = minibatch_gather(cfg, train_x, len(models))
+    if len(models) > 1 or cuda_graphs:
+        return _batched_step(models, opts, cfg, gather, cuda_graphs)
+    model, opt = models[0], opts[0]
+    if reason is None:
+        grads = hand_written(models, cfg.batch_size, cfg.z_draws)
+
+        def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+            grads(gather(idxs, gens), gens)
+            opt.step()
+
+        return TrainStep(step, "hand-written")
+
+    def autograd_step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(model, gather(idxs, gens)[0], cfg.z_draws, gens[0]).backward()
+        opt.step()
+
+    return TrainStep(autograd_step, f"autograd ({reason})")
+
+
+def _batched_step(
+    models: list[VAE],
+    opts: list[torch.optim.Optimizer],
+    cfg: TrainConfig,
+    gather: Callable[[list[torch.Tensor], list[torch.Generator]], torch.Tensor],
+    cuda_graphs: bool,
+) -> TrainStep:
+    """The batched step of K AEVB models (batched.py), in a CUDA graph with `cuda_graphs`."""
+    update = BatchedAEVB(models, opts, cfg.batch_size, cfg.z_draws)
 
     def step(idxs: list[torch.Tensor], gens: list[torch.Generator]) -> None:
-        batch = gather(idxs, gens)
-        if update is not None:
-            update(batch, gens)
-            return
-        if grads is not None:
-            grads(batch, gens)
-        else:
-            model, opt = models[0], opts[0]
-            opt.zero_grad(set_to_none=True)
-            loss(model, batch[0], cfg.z_draws, gens[0]).backward()
-        for opt in opts:
-            opt.step()
+        update(gather(idxs, gens), gens)
+
+    if not cuda_graphs:
+        return TrainStep(step, "hand-written, batched", update.write_back)
 
     def graphed(batches: list[MinibatchIndices], gens: list[torch.Generator]) -> CapturedStep:
         return CapturedStep(update, gather, batches, gens)
 
-    if cuda_graphs:
-        gradient = "hand-written, batched, in a CUDA graph"
-    write_back = update.write_back if update is not None else None
-    return TrainStep(step, gradient, write_back, graphed if cuda_graphs else None)
+    return TrainStep(step, "hand-written, batched, in a CUDA graph", update.write_back, graphed)
 
 
 def _refuse_batched(

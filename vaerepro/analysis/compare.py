@@ -111,6 +111,12 @@ def compare_runs(
     if not runs:
         what = "an ELBO (MCEM has none: see `vaerepro fig3`)" if term == "elbo" else term
         raise UsageError(f"no model of the run logs {what}")
+    detail = _against_paper(runs, term)
+    return detail, _summary(detail)
+
+
+def _against_paper(runs: list[tuple[dict, pd.DataFrame]], term: str) -> pd.DataFrame:
+    """compare_runs' detail: the seed bands of `term` beside the paper's values."""
     configs = {(m["config"]["method"], m["config"]["nz"]): m["config"] for m, _ in runs}
     detail = seed_bands(seed_values(runs, term))
     paper = np.full(len(detail), np.nan)
@@ -123,7 +129,7 @@ def compare_runs(
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
     low, high = prediction_interval(detail["mean"], detail.sd, detail.seeds)
     in_pi = ((low <= paper) & (paper <= high)).astype(float).where(band)
-    detail = detail.assign(
+    return detail.assign(
         paper=paper,
         diff=diff,
         diff_in_sd=diff / detail.sd,
@@ -133,6 +139,10 @@ def compare_runs(
         in_pi=in_pi,
         paper_gap=gap,
     )
+
+
+def _summary(detail: pd.DataFrame) -> pd.DataFrame:
+    """compare_runs' summary of its detail, per method, nz and split."""
     keys = ["method", "nz", "split"]
     logged = detail.groupby(keys, sort=False).agg(
         seeds=("seeds", "max"), logged=("samples", "size")
@@ -156,7 +166,7 @@ def compare_runs(
     summary = logged.join(stats).reset_index()
     summary["points"] = summary.points.fillna(0).astype(int)
     summary["banded"] = summary.banded.fillna(0).astype(int)
-    return detail, summary
+    return summary
 
 
 def fidelity_table(detail: pd.DataFrame, summary: pd.DataFrame, at: list[int]) -> pd.DataFrame:

@@ -240,6 +240,15 @@ def test_readme_is_short():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
 
 
+def test_ci_runs_the_readmes_test_command():
+    """The README's first code block: the reproduction, then the test command CI runs."""
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    assert len(commands) == 2 and "nox -s reproduce" in commands[0], commands
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[1] in ci, f"{commands[1]!r} is not a line of .ci/run"
+
+
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
 def test_relative_links_point_to_existing_files(path):
     assert broken_links(path) == []

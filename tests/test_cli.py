@@ -35,6 +35,22 @@ def test_help_explains_every_option():
     assert "(preset: 1e7)" in out and "(default: 0)" in out  # --samples, --seed
 
 
+def test_no_help_text_shows_a_doubled_percent():
+    """argparse %-formats help strings but not descriptions: a "%%" there prints as is."""
+    import argparse
+
+    from vaerepro.cli import build_parser
+
+    def pages(parser, name):
+        yield name, parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from pages(subparser, f"{name} {sub}")
+
+    assert [name for name, text in pages(build_parser(), "vaerepro") if "%%" in text] == []
+
+
 def test_reproduce_end_to_end(tiny_sweep):
     """The session's `reproduce --nz 3 5` (conftest.tiny_sweep): every model's files, the
     sweep's record, the figures and the report."""

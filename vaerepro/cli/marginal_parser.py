@@ -17,7 +17,7 @@ def add_marginal_parsers(sub) -> None:
         "curves muted. Writes the distance to the paper at every logged point "
         "(comparison-marginal.csv and .md into --out) and prints its summary: per N_train, "
         "method and split, our last mean ± sd, the paper there, and how often the paper lies in "
-        "the 95%% prediction interval for one more seed. Each (N_train, method, N_z, seed) may "
+        "the 95% prediction interval for one more seed. Each (N_train, method, N_z, seed) may "
         "come from one folder only.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

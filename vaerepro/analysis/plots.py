@@ -24,11 +24,12 @@ from vaerepro.core.evaluate import ACTIVE_UNIT_NATS, active_units, kl_per_dimens
 from vaerepro.core.model import VAE  # noqa: E402
 from vaerepro.runs.writes import atomic_write_bytes  # noqa: E402
 
-PAPER_COLOUR = "0.65"  # muted grey for the paper's curves
+PAPER_COLOUR = "0.65"  # grey for the paper's curves
 OURS_COLOUR = "tab:red"  # the paper draws AEVB in red
 WAKESLEEP_COLOUR = "tab:green"  # and wake-sleep in green
 MCEM_COLOUR = "tab:blue"  # and MCEM (Fig. 3) in blue
-PAPER_COLOURS = {"aevb": PAPER_COLOUR, "wakesleep": "#9fd39f", "mcem": "#9fb8d8"}  # muted
+# every paper curve grey, its method told by its marker (hollow, every 8% of the axis)
+PAPER_MARKERS = {"aevb": None, "wakesleep": "o", "mcem": "^"}
 OUR_COLOURS = {"aevb": OURS_COLOUR, "wakesleep": WAKESLEEP_COLOUR, "mcem": MCEM_COLOUR}
 NAMES = {"aevb": "AEVB", "wakesleep": "wake-sleep", "mcem": "MCEM"}
 FIG3_AXES = {1000: ((0, 60e6), (-160, -100)), 50000: ((0, 68e6), (-160, -125))}  # the paper's
@@ -133,9 +134,9 @@ def _save_png_and_pdf(fig: Figure, stem: Path) -> None:
 
 def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
     """Fig. 3 redrawn: one panel per N_train (the models' train_size) and N_z, the marginal
-    likelihood against training samples on a linear axis, the paper's curves muted (train
-    solid, test dashed; N_z = 3 only), ours coloured by method (mean over seeds, min-to-max
-    band with several). The paper's axes, widened where ours leave them."""
+    likelihood against training samples on a linear axis, the paper's curves grey with a
+    marker per method (train solid, test dashed; N_z = 3 only), ours coloured by method (mean
+    over seeds, min-to-max band with several). The paper's axes, widened where ours leave them."""
     values = pd.concat(
         [seed_values([r], "marginal").assign(n_train=r[0]["config"]["train_size"]) for r in runs]
     )
@@ -150,9 +151,7 @@ def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
             for split, style in (("train", "-"), ("test", "--")):
                 curve = ref[(ref.method == method) & (ref.split == split)]
                 label = f"paper {NAMES[method]} ({split})"
-                ax.plot(
-                    curve.samples, curve.loglik, style, color=PAPER_COLOURS[method], label=label
-                )
+                ax.plot(curve.samples, curve.loglik, style, label=label, **_paper_style(method))
                 if len(bands):
                     _draw_ours(ax, bands, split, style, method, named=True)
         (x0, x1), (y0, y1) = FIG3_AXES.get(n_train, ((0, ours.samples.max()), (-160, -100)))
@@ -170,6 +169,14 @@ def fig3_figure(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
     return fig
 
 
+def _paper_style(method: str) -> dict:
+    """How the paper's curve of `method` is drawn: grey, with the method's marker."""
+    marker = PAPER_MARKERS[method]
+    if marker is None:
+        return {"color": PAPER_COLOUR}
+    return dict(color=PAPER_COLOUR, marker=marker, markevery=0.08, ms=3.5, mfc="white")
+
+
 def plot_fig3(runs: list[tuple[dict, pd.DataFrame]], out: Path) -> None:
     """`fig3_figure` into out/fig3.png and out/fig3.pdf."""
     _save_png_and_pdf(fig3_figure(runs), out / "fig3")
@@ -183,7 +190,7 @@ def _draw_fig2_curves(ax, nz: int, method: str, ours: pd.DataFrame) -> None:
     for split, style in (("train", "-"), ("test", "--")):
         curve = ref[ref.split == split]
         label = f"paper {NAMES[method]} ({split})"
-        ax.plot(curve.samples, curve.elbo, style, color=PAPER_COLOURS[method], lw=1.5, label=label)
+        ax.plot(curve.samples, curve.elbo, style, lw=1.5, label=label, **_paper_style(method))
         if len(ours):
             _draw_ours(ax, ours, split, style, method)
 

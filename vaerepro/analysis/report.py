@@ -113,8 +113,8 @@ def _fig3_section(summary: pd.DataFrame | None, marginal: list[tuple[dict, pd.Da
             "",
             "## Marginal likelihood (Fig. 3)",
             "",
-            "![Fig. 3: ours (mean over seeds, shaded: min to max) and the paper's curves "
-            "(muted); train solid, test dashed](figures/fig3.png)",
+            "![Fig. 3: ours (mean over seeds, shaded: min to max) and the paper's curves (grey; "
+            "wake-sleep circles, MCEM triangles); train solid, test dashed](figures/fig3.png)",
             "",
             f"The marginal likelihood log p(x) of the first {' or '.join(map(str, images))} "
             "images of each split (`--marginal-n`), by "

@@ -14,7 +14,7 @@ def add_marginal_parsers(sub) -> None:
         description="Draw Fig. 3 (fig3.png/.pdf into --out) from the marginal likelihood every "
         "RUN_DIR logged (`--preset fig3`, or any run with --marginal-every): one panel per "
         "N_train, ours coloured by method (mean, min-to-max band over seeds), the paper's "
-        "curves muted. Writes the distance to the paper at every logged point "
+        "curves grey (a marker per method). Writes the distance to the paper at every logged point "
         "(comparison-marginal.csv and .md into --out) and prints its summary: per N_train, "
         "method and split, our last mean ± sd, the paper there, and how often the paper lies in "
         "the 95% prediction interval for one more seed. Each (N_train, method, N_z, seed) may "

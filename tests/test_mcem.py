@@ -5,7 +5,7 @@ import torch
 
 from vaerepro.core.config import TrainConfig
 from vaerepro.core.marginal import as_float64, grid_log_likelihood, posterior_log_density
-from vaerepro.core.mcem import MCEMChains, mcem_step
+from vaerepro.core.mcem import MCEMChains, decoder_loss, mcem_step
 from vaerepro.core.model import VAE
 from vaerepro.core.optim import make_optimizer
 
@@ -29,6 +29,32 @@ def test_the_e_steps_gradient_equals_finite_differences_in_float64(mnist):
         up, _ = posterior_log_density(model, x)(z + step)
         down, _ = posterior_log_density(model, x)(z - step)
         torch.testing.assert_close(grad[:, d], (up - down) / (2 * h), rtol=1e-6, atol=1e-6)
+
+
+def test_the_m_steps_gradient_equals_finite_differences_in_float64(mnist):
+    """The decoder's gradient (autograd through the one forward pass, model.decode) against
+    central differences of decoder_loss along a random direction per parameter; the encoder
+    takes no gradient."""
+    model = _model(3).double()
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.1)
+    x = mnist.train_x[:4].double()
+    z = torch.randn((4, 3), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    decoder_loss(model, x, z).backward()
+    gen, h = torch.Generator().manual_seed(2), 1e-6
+    for name, p in model.named_parameters():
+        if name.startswith("enc"):
+            assert p.grad is None, name
+            continue
+        direction = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            p += h * direction
+            up = decoder_loss(model, x, z)
+            p -= 2 * h * direction
+            down = decoder_loss(model, x, z)
+            p += h * direction
+        expected = ((up - down) / (2 * h)).item()
+        assert abs((p.grad * direction).sum().item() - expected) < 1e-6 * (1 + abs(expected)), name
 
 
 def test_chains_persist_per_datapoint(mnist):

@@ -18,48 +18,27 @@ curve there. In-process, one thread, no files. Usage:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from mcem_common import MCEMSetup, mcem_parser
 
-from vaerepro.analysis.reference import paper_marginal
-from vaerepro.core.config import preset
-from vaerepro.core.data import load_mnist
-from vaerepro.core.marginal import hmc_estimate_batched
-from vaerepro.core.mcem import MCEMChains, mcem_step
-from vaerepro.core.model import VAE
-from vaerepro.core.numbers import parse_count
-from vaerepro.core.optim import make_optimizer
+from vaerepro.core.mcem import mcem_step
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-size", type=int, default=1000)
-    p.add_argument("--at", type=parse_count, nargs="+", default=[500_000, 1_000_000])
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--images", type=int, default=1000, help="images per split per estimate")
-    p.add_argument("--data-root")
+    p = mcem_parser(__doc__)
+    p.set_defaults(at=[500_000, 1_000_000])
     args = p.parse_args()
-    torch.set_num_threads(1)
-    data = load_mnist(args.data_root, download=False)
-    cfg = preset("fig3").replace(method="mcem", train_size=args.train_size, seed=args.seed)
-    torch.manual_seed(cfg.seed)
-    model, x = VAE.from_config(cfg), data.train_x[: cfg.train_size]
-    opt, gen = make_optimizer(cfg, model), torch.Generator().manual_seed(cfg.seed)
-    chains, every = MCEMChains(cfg.train_size, cfg.nz, gen, x), torch.arange(cfg.train_size)
+    run = MCEMSetup.from_args(args)
+    every = torch.arange(run.cfg.train_size)
     samples, start = 0, time.perf_counter()
     for at in sorted(args.at):
         while samples < at:
-            mcem_step(model, opt, x, every, chains, gen)
-            samples += cfg.train_size
-        est = torch.Generator().manual_seed(samples)
+            mcem_step(run.model, run.opt, run.x, every, run.chains, run.gen)
+            samples += run.cfg.train_size
         row = {"samples": samples, "s": round(time.perf_counter() - start)}
-        for split, images in (("train", x), ("test", data.test_x)):
-            ours = hmc_estimate_batched(model, images[: args.images], est, False).value.mean()
-            paper = paper_marginal(cfg.to_dict(), split, [samples], "mcem")[0]
-            row |= {split: round(float(ours), 2), f"paper_{split}": round(float(paper), 2)}
-        print(row, flush=True)
+        print(row | run.estimates(samples, args.images), flush=True)
 
 
 if __name__ == "__main__":

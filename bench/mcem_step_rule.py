@@ -17,20 +17,15 @@ row. In-process, one thread, no files. Usage:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from mcem_common import MCEMSetup, mcem_parser
 
-from vaerepro.analysis.reference import paper_marginal
-from vaerepro.core.config import preset
-from vaerepro.core.data import MinibatchIndices, load_mnist
+from vaerepro.core.data import MinibatchIndices
 from vaerepro.core.hmc import TARGET_ACCEPTANCE, hmc_step
-from vaerepro.core.marginal import hmc_estimate_batched, posterior_log_density
+from vaerepro.core.marginal import posterior_log_density
 from vaerepro.core.mcem import LEAPFROG_STEPS, UPDATES, MCEMChains, decoder_loss, mcem_step
-from vaerepro.core.model import VAE
-from vaerepro.core.numbers import parse_count
-from vaerepro.core.optim import make_optimizer
 
 AUTHORS_INITIAL_STEP = 1e-2  # anglepy's step_batch_mcem default
 AUTHORS_ALPHA = 1.02
@@ -68,44 +63,30 @@ def authors_mcem_step(model, opt, x, idx, chains: MCEMChains, gen, step: GlobalS
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = mcem_parser(__doc__)
     p.add_argument("--rule", choices=("authors", "ours"), default="authors")
     p.add_argument("--max-factor", type=float, help="cap of the authors' factor (2014: 1.25)")
-    p.add_argument("--train-size", type=int, default=1000)
-    p.add_argument("--at", type=parse_count, nargs="+", default=[1_000_000, 2_000_000])
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--images", type=int, default=1000, help="images per split per estimate")
-    p.add_argument("--data-root")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    data = load_mnist(args.data_root, download=False)
-    cfg = preset("fig3").replace(method="mcem", train_size=args.train_size, seed=args.seed)
-    torch.manual_seed(cfg.seed)
-    model, x = VAE.from_config(cfg), data.train_x[: cfg.train_size]
-    opt, gen = make_optimizer(cfg, model), torch.Generator().manual_seed(cfg.seed)
-    chains = MCEMChains(cfg.train_size, cfg.nz, gen, x)
-    batches = MinibatchIndices(cfg.train_size, cfg.batch_size, cfg.sampling, gen)
+    run = MCEMSetup.from_args(args)
+    batches = MinibatchIndices(run.cfg.train_size, run.cfg.batch_size, run.cfg.sampling, run.gen)
     step = GlobalStep(args.max_factor)
     samples, accepted, start = 0, [], time.perf_counter()
     for at in sorted(args.at):
         while samples < at:
             idx = batches.next()
             if args.rule == "authors":
-                acc = authors_mcem_step(model, opt, x[idx], idx, chains, gen, step)
+                acc = authors_mcem_step(
+                    run.model, run.opt, run.x[idx], idx, run.chains, run.gen, step
+                )
             else:
-                acc = mcem_step(model, opt, x[idx], idx, chains, gen)
+                acc = mcem_step(run.model, run.opt, run.x[idx], idx, run.chains, run.gen)
             accepted.append(acc.double().mean())
-            samples += cfg.batch_size
-        size = step.size if args.rule == "authors" else chains.step_size.median().item()
+            samples += run.cfg.batch_size
+        size = step.size if args.rule == "authors" else run.chains.step_size.median().item()
         row = {"samples": samples, "s": round(time.perf_counter() - start), "step": f"{size:.3g}"}
         row["acceptance"] = round(torch.stack(accepted).mean().item(), 3)
         accepted = []
-        est = torch.Generator().manual_seed(samples)
-        for split, images in (("train", x), ("test", data.test_x)):
-            ours = hmc_estimate_batched(model, images[: args.images], est, False).value.mean()
-            paper = paper_marginal(cfg.to_dict(), split, [samples], "mcem")[0]
-            row |= {split: round(float(ours), 2), f"paper_{split}": round(float(paper), 2)}
-        print(row, flush=True)
+        print(row | run.estimates(samples, args.images), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 from helpers import DETERMINISTIC, TINY, copy_run, snapshot, tiny
 
-from vaerepro.cli import main
+from vaerepro.cli import build_parser, main
 
 
 @pytest.mark.slow  # a process of its own
@@ -37,9 +38,6 @@ def test_help_explains_every_option():
 
 def test_no_help_text_shows_a_doubled_percent():
     """argparse %-formats help strings but not descriptions: a "%%" there prints as is."""
-    import argparse
-
-    from vaerepro.cli import build_parser
 
     def pages(parser, name):
         yield name, parser.format_help()

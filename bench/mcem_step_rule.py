@@ -23,43 +23,31 @@ import torch
 from mcem_common import MCEMSetup, mcem_parser
 
 from vaerepro.core.data import MinibatchIndices
-from vaerepro.core.hmc import TARGET_ACCEPTANCE, hmc_step
-from vaerepro.core.marginal import posterior_log_density
-from vaerepro.core.mcem import LEAPFROG_STEPS, UPDATES, MCEMChains, decoder_loss, mcem_step
+from vaerepro.core.hmc import TARGET_ACCEPTANCE
+from vaerepro.core.mcem import MCEMChains, mcem_step
 
 AUTHORS_INITIAL_STEP = 1e-2  # anglepy's step_batch_mcem default
 AUTHORS_ALPHA = 1.02
 
 
-class GlobalStep:
-    """The authors' rule: one step size for every chain, adapted on a minibatch's mean
-    acceptance by ALPHA^B, capped at `max_factor` (None: uncapped, as in 2013)."""
+class GlobalStepChains(MCEMChains):
+    """The chains with the authors' rule: one step size for every chain, adapted on a
+    minibatch's mean acceptance by ALPHA^B, capped at `max_factor` (None: uncapped, as in
+    2013)."""
 
-    def __init__(self, max_factor: float | None):
+    def __init__(self, chains: MCEMChains, max_factor: float | None):
+        self.z, self.step_size = chains.z, chains.step_size
         self.size, self.max_factor = AUTHORS_INITIAL_STEP, max_factor
 
-    def adapt(self, accepted: torch.Tensor) -> None:
+    def steps(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(idx),), self.size, dtype=self.z.dtype)
+
+    def adapt(self, idx: torch.Tensor, step: torch.Tensor, accepted: torch.Tensor) -> None:
         factor = AUTHORS_ALPHA ** accepted.numel()
         if self.max_factor is not None:
             factor = min(factor, self.max_factor)
         up = accepted.double().mean() >= TARGET_ACCEPTANCE
         self.size = self.size * factor if up else self.size / factor
-
-
-def authors_mcem_step(model, opt, x, idx, chains: MCEMChains, gen, step: GlobalStep):
-    """mcem_step with the authors' global step size: returns the acceptance (M,) bool."""
-    log_density = posterior_log_density(model, x)
-    z = chains.z[idx]
-    logf, grad = log_density(z)
-    eps = torch.full((len(idx),), step.size, dtype=z.dtype)
-    z, _, _, accepted = hmc_step(log_density, z, logf, grad, eps, LEAPFROG_STEPS, gen)
-    chains.z[idx] = z
-    step.adapt(accepted)
-    for _ in range(UPDATES):
-        opt.zero_grad(set_to_none=True)
-        decoder_loss(model, x, z).backward()
-        opt.step()
-    return accepted
 
 
 def main() -> None:
@@ -69,20 +57,16 @@ def main() -> None:
     args = p.parse_args()
     run = MCEMSetup.from_args(args)
     batches = MinibatchIndices(run.cfg.train_size, run.cfg.batch_size, run.cfg.sampling, run.gen)
-    step = GlobalStep(args.max_factor)
+    if args.rule == "authors":
+        run.chains = GlobalStepChains(run.chains, args.max_factor)
     samples, accepted, start = 0, [], time.perf_counter()
     for at in sorted(args.at):
         while samples < at:
             idx = batches.next()
-            if args.rule == "authors":
-                acc = authors_mcem_step(
-                    run.model, run.opt, run.x[idx], idx, run.chains, run.gen, step
-                )
-            else:
-                acc = mcem_step(run.model, run.opt, run.x[idx], idx, run.chains, run.gen)
+            acc = mcem_step(run.model, run.opt, run.x[idx], idx, run.chains, run.gen)
             accepted.append(acc.double().mean())
             samples += run.cfg.batch_size
-        size = step.size if args.rule == "authors" else run.chains.step_size.median().item()
+        size = run.chains.size if args.rule == "authors" else run.chains.step_size.median().item()
         row = {"samples": samples, "s": round(time.perf_counter() - start), "step": f"{size:.3g}"}
         row["acceptance"] = round(torch.stack(accepted).mean().item(), 3)
         accepted = []

@@ -33,6 +33,14 @@ class MCEMChains:
         self.z = torch.randn((n, nz), generator=generator, dtype=like.dtype, device=like.device)
         self.step_size = torch.full((n,), INITIAL_STEP, dtype=like.dtype, device=like.device)
 
+    def steps(self, idx: Tensor) -> Tensor:
+        """The step sizes (M,) of the chains idx (M,)."""
+        return self.step_size[idx]
+
+    def adapt(self, idx: Tensor, step: Tensor, accepted: Tensor) -> None:
+        """After a transition with step sizes `step` (M,): hmc.py's rule, per chain."""
+        self.step_size[idx] = adapt_step_size(step, accepted)
+
     def state_dict(self) -> dict:
         return {"z": self.z, "step_size": self.step_size}
 
@@ -60,10 +68,11 @@ def mcem_step(
     of idx, the M-step updates the decoder `updates` times. Returns the acceptance (M,) bool.
     With repeated indices (sampling with replacement) the last visit's chain is kept."""
     log_density = posterior_log_density(model, x)
-    z, step = chains.z[idx], chains.step_size[idx]
+    z, step = chains.z[idx], chains.steps(idx)
     logf, grad = log_density(z)
     z, _, _, accepted = hmc_step(log_density, z, logf, grad, step, leapfrog_steps, generator)
-    chains.z[idx], chains.step_size[idx] = z, adapt_step_size(step, accepted)
+    chains.z[idx] = z
+    chains.adapt(idx, step, accepted)
     for _ in range(updates):
         opt.zero_grad(set_to_none=True)
         decoder_loss(model, x, z).backward()

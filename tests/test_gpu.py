@@ -16,6 +16,7 @@ from helpers import (
     rows,
     seeded_models,
     tiny,
+    wait_until,
 )
 
 from vaerepro.cli import main
@@ -103,8 +104,7 @@ def test_sigkill_and_resume_on_the_gpu(tmp_path, data_root, graphs):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(tiny(whole, data_root, *extra, nz=(3, 5))) == 0
     proc = cli_process(*tiny(cut, data_root, *extra, nz=(3, 5)))
-    while rows(cut / "nz5-seed0.csv") < 1 and proc.poll() is None:
-        pass
+    wait_until(proc, lambda: rows(cut / "nz5-seed0.csv") >= 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert rows(cut / "nz5-seed0.csv") < 4, "the run ended before the kill"

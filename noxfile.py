@@ -83,8 +83,8 @@ def tests(session: nox.Session) -> None:
     `nox -s tests -- -m "not slow"`, or `pytest -m "not slow"` in an environment with
     `pip install -e .[test]`. Every test process runs torch with one thread
     (tests/conftest.py), which keeps the suite's speed on a machine shared with other work;
-    pytest-xdist runs one test process per core (`-n auto`): on 2 cores the suite took 3 min
-    46 s against 5 min 57 s in one process (docs/benchmarks.md)."""
+    pytest-xdist runs one test process per core (`-n auto`), which on 2 cores took about 60% of
+    the time of one process (docs/benchmarks.md)."""
     _install(session, "[test,bench]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -128,7 +128,7 @@ def bench(session: nox.Session) -> None:
 
 def _reference_threads() -> str:
     """The torch thread count the CI reference was made with: float32 rounding depends on it
-    (README, "ELBO regression gate"), so the gate's ci run uses it on every machine."""
+    (docs/gate.md, "Tolerances"), so the gate's ci run uses it on every machine."""
     meta = json.loads((ROOT / CI_REFERENCE / "reference.json").read_text())
     return str(meta["threads"])
 

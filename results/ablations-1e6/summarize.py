@@ -1,4 +1,9 @@
-"""Distance to the paper at 1e6 samples of each ablation run: ours - paper, nats per datapoint."""
+"""Distance to the paper at 1e6 samples of each ablation run: ours - paper, nats per datapoint.
+
+    python results/ablations-1e6/summarize.py [FOLDER]
+
+FOLDER is where run.sh wrote (the same default, results/runs/ablations-1e6); SUMMARY.md is
+`summarize.py results/ablations-1e6`, the committed runs."""
 
 import sys
 from pathlib import Path
@@ -8,9 +13,12 @@ import pandas as pd
 from vaerepro.analysis.compare import compare_run
 from vaerepro.analysis.tables import to_markdown
 
-root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/ablations-1e6")
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/runs/ablations-1e6")
+runs = sorted(root.glob("*-seed*"))
+if not runs:
+    sys.exit(f"{root}: no ablation runs (VARIANT-seedN folders); give the folder run.sh wrote")
 rows = []
-for run in sorted(root.glob("*-seed*")):
+for run in runs:
     variant, seed = run.name.rsplit("-seed", 1)
     detail, _ = compare_run(run)
     last = detail[detail.samples == detail.samples.max()]

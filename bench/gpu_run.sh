@@ -82,9 +82,10 @@ sweep() {  # sweep NAME SAMPLES SECONDS CHECKPOINT_EVERY: the paper preset, 5 N_
         ${tiny[@]+"${tiny[@]}"}
 }
 
-pack() {  # pack NAME: the run's results (no checkpoints or weights) as OUT/NAME.tar.gz
+pack() {  # pack NAME RC: the run's results (no checkpoints or weights) as OUT/NAME.tar.gz;
+    # a finished sweep (RC 0) drew its figures, a cut one gets them here
     [ -d "$work/$1" ] || return 0
-    timeout $((30 * scale)) "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1 || true
+    [ "$2" -eq 0 ] || timeout $((30 * scale)) "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1
     timeout $((15 * scale)) tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
         --exclude='.lock' "$1"
 }
@@ -115,11 +116,11 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
     step baseline 45 "$python" bench/pyautoencoder_baseline.py --device "$device" --nz 20 \
         --out "$work/baseline" "${baseline_args[@]}"
     sweep sweep-1e6 "$samples_1e6" 600 "$every_1e6"
-    pack sweep-1e6
+    pack sweep-1e6 $?
     ;;
 sweep)
     sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"
-    pack paper-1e8
+    pack paper-1e8 $?
     ;;
 *)
     echo "unknown stage $stage: check or sweep" >&2

@@ -33,8 +33,8 @@ def add_loglik_parser(sub) -> None:
         "/ q(z|x) over K draws from the encoder's q(z|x), in float64 (Burda et al.'s k = 5000 "
         "test log-likelihood). Prints per model log p(x), its standard error, the ELBO on the "
         "same images and the gap log p(x) - ELBO (nats per datapoint); writes the table to "
-        "RUN_DIR/loglik-SPLIT-nN-kK.csv. The paper's model at k = 5000: about 110 s per 1000 "
-        "images on one CPU core (docs/marginal.md). With --estimator hmc, the paper's HMC "
+        "RUN_DIR/loglik-SPLIT-nN-kK.csv. At k = 5000 it takes minutes per 1000 images on a CPU "
+        "core (docs/marginal.md measures it). With --estimator hmc, the paper's HMC "
         "estimator (Appendix D) instead, into loglik-SPLIT-nN-hmc.csv: it finds posterior modes "
         "that the encoder misses. A Monte Carlo EM model has no encoder: its log p(x) is always "
         "the HMC estimator's, and it has no ELBO.",

@@ -43,12 +43,15 @@ if [ "$dry" = "--dry-run" ]; then
 else
     device=cuda
     tiny=()
-    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-3} every_1e6=5e5 every_1e8=1e7
+    # both sweeps evaluate every 1e5 (the preset): 100 x the 1e6 sweep's wall_s predicts 1e8
+    samples_1e6=1e6 samples_1e8=1e8 seeds=${SEEDS:-5} every_1e6=1e6 every_1e8=1e7
     steps_args=(--seeds 5 --tf32)
     baseline_args=(--samples 2e5 --eval-every 1e9)
     graphs=(--cuda-graphs)
     [ "${GRAPHS:-1}" = 0 ] && graphs=()  # call 2 without CUDA graphs, if call 1's graph tests failed
 fi
+precision=()
+[ "${TF32:-0}" = 1 ] && precision=(--tf32)  # call 2 in TF32, if call 1 says float32 cannot fit
 
 if [ "$stage" = sweep ]; then budget=${BUDGET_S:-480}; else budget=${BUDGET_S:-300}; fi
 budget=$((budget * scale))
@@ -79,7 +82,7 @@ sweep() {  # sweep NAME SAMPLES SECONDS CHECKPOINT_EVERY: the paper preset, 5 N_
     step "$1" "$3" "$python" -m vaerepro reproduce --preset paper --nz 3 5 10 20 200 \
         --seeds $seed_list --samples "$2" --device "$device" --stacked --checkpoint-every "$4" \
         ${graphs[@]+"${graphs[@]}"} --out "$work/$1" --no-progress --no-estimate \
-        ${tiny[@]+"${tiny[@]}"}
+        ${tiny[@]+"${tiny[@]}"} ${precision[@]+"${precision[@]}"} "${@:5}"
 }
 
 pack() {  # pack NAME RC: the run's results (no checkpoints or weights) as OUT/NAME.tar.gz;
@@ -88,6 +91,16 @@ pack() {  # pack NAME RC: the run's results (no checkpoints or weights) as OUT/N
     [ "$2" -eq 0 ] || timeout $((30 * scale)) "$python" -m vaerepro plot "$work/$1" >>"$out/log.txt" 2>&1
     timeout $((15 * scale)) tar -czf "$out/$1.tar.gz" -C "$work" --exclude='*.ckpt' --exclude='*.pt' \
         --exclude='.lock' "$1"
+}
+
+predict() {  # predict NAME: the sweep's training wall time (the CSVs' wall_s), and 100 x it
+    "$python" - "$work/$1" <<'PY' 2>&1 | tee -a "$out/summary.txt"
+import csv, pathlib, sys
+walls = [float(list(csv.DictReader(open(f)))[-1]["wall_s"]) for f in pathlib.Path(sys.argv[1]).rglob("*.csv")
+         if "wall_s" in open(f).readline()]
+name = pathlib.Path(sys.argv[1]).name
+print(f"{name}: {len(walls)} CSVs, wall_s {max(walls, default=float('nan')):.1f} s; x100: {100 * max(walls, default=float('nan')):.0f} s")
+PY
 }
 
 case $stage in
@@ -117,6 +130,12 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
         --out "$work/baseline" "${baseline_args[@]}"
     sweep sweep-1e6 "$samples_1e6" 600 "$every_1e6"
     pack sweep-1e6 $?
+    predict sweep-1e6
+    if [ "$dry" != "--dry-run" ]; then
+        sweep sweep-1e6-tf32 "$samples_1e6" 600 "$every_1e6" --tf32
+        pack sweep-1e6-tf32 $?
+        predict sweep-1e6-tf32
+    fi
     ;;
 sweep)
     sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"

@@ -76,10 +76,11 @@ step() {  # step NAME SECONDS COMMAND...: run it under a timeout, log it, summar
     return $rc
 }
 
-seed_list=$(seq -s ' ' 0 $((seeds - 1)))
+seed_list=${SEED_LIST:-$(seq -s ' ' 0 $((seeds - 1)))}  # SEED_LIST="1 2": those seeds
+nz_list=${NZ:-3 5 10 20 200}  # NZ="3 5": those N_z only
 sweep() {  # sweep NAME SAMPLES SECONDS CHECKPOINT_EVERY: the paper preset, 5 N_z x the
     # seeds, batched; ${a[@]+"${a[@]}"}: an empty array under set -u on any bash
-    step "$1" "$3" "$python" -m vaerepro reproduce --preset paper --nz 3 5 10 20 200 \
+    step "$1" "$3" "$python" -m vaerepro reproduce --preset paper --nz $nz_list \
         --seeds $seed_list --samples "$2" --device "$device" --stacked --checkpoint-every "$4" \
         ${graphs[@]+"${graphs[@]}"} --out "$work/$1" --no-progress --no-estimate \
         ${tiny[@]+"${tiny[@]}"} ${precision[@]+"${precision[@]}"} "${@:5}"
@@ -138,8 +139,14 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
     fi
     ;;
 sweep)
+    # the graph tests again (a new commit may have changed the step): they decide --cuda-graphs
+    step graphs 60 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py -k graph || graphs=()
     sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"
-    pack paper-1e8 $?
+    rc=$?
+    pack paper-1e8 $rc
+    predict paper-1e8
+    step steps 60 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
+        "${steps_args[@]}"
     ;;
 *)
     echo "unknown stage $stage: check or sweep" >&2

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(out / f"nz{nz}.csv", "w", newline="") as f:
             csv.writer(f).writerows([("samples", "train_elbo", "test_elbo"), *curves[nz]])
         print(f"N_z={nz}: " + ", ".join(f"{s}: {tr:.2f} / {te:.2f}" for s, tr, te in curves[nz]))
-    write_fig2(curves, out / "fig2.png")
+    if any(curves.values()):  # --eval-every past --samples (a speed-only run): no curves
+        write_fig2(curves, out / "fig2.png")
 
 
 if __name__ == "__main__":

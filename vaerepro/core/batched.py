@@ -23,6 +23,7 @@ Adagrad warm-up is a tensor-valued multiplier), so that it can be captured in a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -87,14 +88,34 @@ class BatchedAEVB:
         def new(*shape: int, fill: float = 0.0) -> Tensor:
             return torch.full(shape, fill, device=like.device, dtype=like.dtype)
 
-        self.w = {n: new(k, *s) for n, s in shapes.items()}
-        self.grad = {n: new(k, *s) for n, s in shapes.items()}
-        self.sums = {n: new(k, *s, fill=1.0) for n, s in shapes.items()}  # padding: never 0/0
-        col = (k,) + (1,) * 2  # per-model hyperparameters, broadcast over a (K, a, b) stack
+        # Every parameter's stack is a view into one (K, P) tensor, model k's parameters in row
+        # k, so that Adagrad updates all of them in a few kernels instead of a few per
+        # parameter (a GPU step is bound by kernel launches).
+        sizes = {n: torch.Size(s).numel() for n, s in shapes.items()}
+        offsets = dict(
+            zip(shapes, accumulate(sizes.values(), initial=0), strict=False)
+        )  # P + 1 ends
+
+        def views(flat: Tensor) -> dict[str, Tensor]:
+            return {
+                n: flat[:, offsets[n] : offsets[n] + sizes[n]].view(k, *s)
+                for n, s in shapes.items()
+            }
+
+        total = sum(sizes.values())
+        self.flat_w, self.flat_grad = new(k, total), new(k, total)
+        self.flat_sums = new(k, total, fill=1.0)  # padding: never 0/0
+        self.flat_decay = new(k, total)  # the weight prior per model and element (0 for biases)
+        self.w, self.grad, self.sums = (
+            views(self.flat_w),
+            views(self.flat_grad),
+            views(self.flat_sums),
+        )
+        self.decay = {n: self.flat_decay[:, offsets[n] : offsets[n] + sizes[n]] for n in PARAMS}
+        col = (k, 1)  # per-model hyperparameters, broadcast over a (K, P) stack
         self.lr, self.eps_outside = new(*col), new(*col)
         counts = dict(device=like.device, dtype=torch.int64)  # exact past 2^24 steps
         self.warmup = torch.zeros(col, **counts)
-        self.decay = {n: new(*col) for n in PARAMS}
         self.steps = torch.zeros(col, **counts)  # steps taken, per model (equal in lockstep)
         self.h1, self.d_h1 = new(k, m, hidden), new(k, m, hidden)
         self.posterior, self.d_posterior = new(k, m, 2 * z), new(k, m, 2 * z)
@@ -177,16 +198,14 @@ class BatchedAEVB:
 
     @torch.no_grad()
     def update(self) -> None:
-        """Adagrad (optim.Adagrad's rule) on every stack, per model: lr 0 during its warm-up."""
-        step_lr = self.lr * (self.steps >= self.warmup)  # (K, 1, 1), a tensor: no branch
+        """Adagrad (optim.Adagrad's rule) on all parameters at once, per model: lr 0 during its
+        warm-up."""
+        step_lr = self.lr * (self.steps >= self.warmup)  # (K, 1), a tensor: no branch
         self.steps.add_(1)
-        for name in PARAMS:
-            w, g, s = self.w[name], self.grad[name], self.sums[name]
-            shape = (self.k,) + (1,) * (w.dim() - 1)
-            g.addcmul_(w, self.decay[name].view(shape))  # the weight prior (0 for biases)
-            s.addcmul_(g, g)
-            std = s.sqrt().add_(self.eps_outside.view(shape))
-            w.sub_(g.div_(std).mul_(step_lr.view(shape)))
+        w, g, s = self.flat_w, self.flat_grad, self.flat_sums
+        g.addcmul_(w, self.flat_decay)  # the weight prior
+        s.addcmul_(g, g)
+        w.sub_(g.div_(s.sqrt().add_(self.eps_outside)).mul_(step_lr))
 
 
 def _affine_grads(d_out: Tensor, inputs: Tensor, weight_grad: Tensor, bias_grad: Tensor) -> None:

@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tf32", action="store_true", help="also time with TF32 (CUDA)")
     p.add_argument("--data-root", help="folder holding MNIST/raw (default: $VAEREPRO_DATA)")
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument(
+        "--baseline-json",
+        type=Path,
+        help="embed this bench/pyautoencoder_baseline.py --json (same device) in --json, "
+        "for `vaerepro hwtable`'s speedup",
+    )
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     train_x = load_mnist(args.data_root, device).train_x[:50_000]
@@ -111,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         info = environment_info(device)
         info["device"].pop("matmul_precision")  # per row here
-        args.json.write_text(json.dumps({"environment": info, "rows": rows}, indent=1))
+        steps = {"environment": info, "rows": rows}
+        if args.baseline_json:
+            steps["baseline"] = json.loads(args.baseline_json.read_text())
+        args.json.write_text(json.dumps(steps, indent=1))
     return 0
 
 

@@ -13,7 +13,7 @@
 # Every step runs under its own timeout, cut to what is left of BUDGET_S (the device allows
 # 600 s per call), keeping 45 s to pack the results; the script goes on after a failure and
 # exits 1 if any step failed. What each step printed goes to OUT/log.txt, a line per step
-# (status, seconds) to OUT/summary.txt. OUT receives at most 6 files: summary.txt, log.txt,
+# (status, seconds) to OUT/summary.txt, the sweeps' predicted 1e8 times to the log. OUT receives at most 6 files: summary.txt, log.txt,
 # env.txt, steps.json, and sweep-1e6.tar.gz (check) or paper-1e8.tar.gz (sweep): CSVs, JSONs,
 # figures, report.
 set -u
@@ -95,7 +95,7 @@ pack() {  # pack NAME RC: the run's results (no checkpoints or weights) as OUT/N
 }
 
 predict() {  # predict NAME: the sweep's training wall time (the CSVs' wall_s), and 100 x it
-    "$python" - "$work/$1" <<'PY' 2>&1 | tee -a "$out/summary.txt"
+    "$python" - "$work/$1" <<'PY' 2>&1 | tee -a "$out/log.txt"
 import csv, pathlib, sys
 walls = [float(list(csv.DictReader(open(f)))[-1]["wall_s"]) for f in pathlib.Path(sys.argv[1]).rglob("*.csv")
          if "wall_s" in open(f).readline()]
@@ -125,10 +125,13 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
     step tests 90 "${pytest[@]}" -k "not graph"
     # the graph tests decide whether the 1e6 sweep runs in CUDA graphs
     step graphs 60 "${pytest[@]}" -k "graph" || graphs=()
-    step steps 60 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
-        "${steps_args[@]}"
+    # the baseline first: the step benchmark's JSON carries its speed (hwtable's speedup)
     step baseline 45 "$python" bench/pyautoencoder_baseline.py --device "$device" --nz 20 \
-        --out "$work/baseline" "${baseline_args[@]}"
+        --out "$work/baseline" --json "$work/baseline.json" "${baseline_args[@]}"
+    baseline=()
+    [ -f "$work/baseline.json" ] && baseline=(--baseline-json "$work/baseline.json")
+    step steps 60 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
+        "${steps_args[@]}" ${baseline[@]+"${baseline[@]}"}
     sweep sweep-1e6 "$samples_1e6" 600 "$every_1e6"
     pack sweep-1e6 $?
     predict sweep-1e6

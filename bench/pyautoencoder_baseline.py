@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Baseline:
     ):
         torch.manual_seed(seed)
         self.device = torch.device(device)
+        self.rate = float("nan")  # training samples/s of the last run()
         self.vae = make_vae(nz).to(self.device)
         self.opt = torch.optim.Adagrad(self.vae.parameters(), lr=0.02)
         self.train_set, self.test_set = mnist(root, True), mnist(root, False)
@@ -102,7 +104,8 @@ class Baseline:
                 rows.append((done, self.evaluate(self.train_set), self.evaluate(self.test_set)))
                 start = time.perf_counter()
         training_s += _synchronized(self.device) - start
-        print(f"trained {samples} samples on {self.device} at {samples / training_s:.0f} samples/s")
+        self.rate = samples / training_s
+        print(f"trained {samples} samples on {self.device} at {self.rate:.0f} samples/s")
         return rows
 
 
@@ -146,18 +149,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", help="folder holding MNIST/raw (default: $VAEREPRO_DATA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="folder for the CSVs and fig2.png")
+    p.add_argument("--json", type=Path, help="also write each N_z's training rate here")
     args = p.parse_args(argv)
     root, out = str(torchvision_root(args.data_root)), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = {}
+    curves, rates = {}, []
     for nz in args.nz:
         base = Baseline(nz, root, args.seed, args.train_size, args.device)
         curves[nz] = base.run(args.samples, args.eval_every)
+        rates.append({"nz": nz, "samples": args.samples, "train_samples_per_s": base.rate})
         with open(out / f"nz{nz}.csv", "w", newline="") as f:
             csv.writer(f).writerows([("samples", "train_elbo", "test_elbo"), *curves[nz]])
         print(f"N_z={nz}: " + ", ".join(f"{s}: {tr:.2f} / {te:.2f}" for s, tr, te in curves[nz]))
     if any(curves.values()):  # --eval-every past --samples (a speed-only run): no curves
         write_fig2(curves, out / "fig2.png")
+    if args.json:  # what bench/batched_step.py --baseline-json embeds
+        info = {"impl": "pyautoencoder", "device": str(base.device), "rates": rates}
+        args.json.write_text(json.dumps(info, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_FILES = 8  # what the GPU machine returns at most
 
 
-STEPS = {"check": ["tests", "graphs", "steps", "baseline", "sweep-1e6"], "sweep": ["paper-1e8"]}
+STEPS = {
+    "check": ["tests", "graphs", "baseline", "steps", "sweep-1e6"],
+    "sweep": ["graphs", "paper-1e8", "steps"],
+}
 
 
 def _dry_run(stage: str, out: Path, data_root: Path) -> list[str]:

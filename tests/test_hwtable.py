@@ -5,15 +5,19 @@ from pathlib import Path
 import pytest
 
 from vaerepro.analysis.hwtable import (
+    BASELINE_SPEEDUP,
     END_TO_END_SPEEDUP,
     STEP_SPEEDUP,
     SWEEP_SPEEDUP,
     hardware_table,
     save_benchmark,
+    step_table,
 )
 from vaerepro.cli import main
 from vaerepro.core.errors import RunFolderError
 from vaerepro.core.flops import step_matmuls, train_flops_per_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(impl, kind, nz, samples, median, flop=None):
@@ -124,7 +128,8 @@ def test_machine_names_cannot_break_the_table(tmp_path, capsys):
 
 def test_the_committed_benchmarks_are_full_runs(capsys):
     """Both committed benchmark files load as full runs, five N_z each (a new file must be
-    added here; its rows are pinned by the date-and-commit test below)."""
+    added here; its rows are pinned by the date-and-commit test below), and so do the
+    committed step benchmarks."""
     results = Path(__file__).resolve().parents[1] / "results" / "bench"
     assert sorted(p.name for p in results.glob("*.json")) == [
         "amd-epyc-2c-cpu-vm-f7767a46.json",
@@ -132,8 +137,16 @@ def test_the_committed_benchmarks_are_full_runs(capsys):
     ]
     table = hardware_table(results)
     assert len(table) == 10 and table["N_z"].tolist() == [3, 5, 10, 20, 200] * 2
+    steps = step_table(results / "steps")  # the GPU's two calls and this CPU, 6 + 6 + 2 rows
+    assert sorted(p.name for p in (results / "steps").glob("*.json")) == [
+        "amd-epyc-2c-cpu-2026-12-04-1404c3c.json",
+        "nvidia-h200-2026-12-04-1404c3c.json",
+        "nvidia-h200-2026-12-04-58cdcd9.json",
+    ]
+    assert len(steps) == 14 and steps[BASELINE_SPEEDUP].notna().sum() == 8
     assert main(["hwtable", str(results)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 12  # header, rule, ten rows
+    # header, rule, ten rows; a blank line, the title, a blank line; header, rule, 14 rows
+    assert len(capsys.readouterr().out.splitlines()) == 12 + 3 + 16
 
 
 def test_two_sessions_of_one_machine_are_told_apart_by_date_and_commit():
@@ -172,3 +185,54 @@ def test_benchmarks_on_a_device_the_machine_lacks_stop_with_one_line():
     assert done.returncode == 4 and len(lines) == 1, lines
     why = f"sees {n} CUDA device(s); choose cuda:0 to cuda:{n - 1}" if n else "sees no CUDA device"
     assert lines[0] == f"ERROR: --device {device} requested, but torch {why}"
+
+
+def _steps_file(path: Path, rows: list[dict], baseline: float | None = None) -> Path:
+    """A bench/batched_step.py --json file (with --baseline-json when `baseline`)."""
+    env = {"device": {"name": "GPU Y"}, "versions": {"torch": "2.11.0"}, "git": {"commit": "abc"}}
+    data = {"environment": env, "rows": rows}
+    if baseline:
+        data["baseline"] = {"rates": [{"nz": 20, "samples": 1000, "train_samples_per_s": baseline}]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _step_row(way: str, models: int, ms: float) -> dict:
+    return {
+        "way": way,
+        "models": models,
+        "matmul_precision": "float32",
+        "ms_per_step": ms,
+        "samples_per_s_per_model": 100 / ms * 1e3,
+    }
+
+
+def test_the_step_table_gives_the_device_rate_the_papers_unit_and_the_speedup(tmp_path, capsys):
+    shutil.copy(ROOT / "results/bench/amd-epyc-2c-cpu-vm.json", tmp_path)
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    # 20 models, 2 ms per step of all: 50k samples/s per model, 1e6 for the device
+    _steps_file(steps / "gpu.json", [_step_row("graphed", 20, 2.0)], baseline=10_000)
+    row = step_table(steps).iloc[0]
+    assert row["samples/s per model"] == pytest.approx(50_000)
+    assert row["device samples/s"] == pytest.approx(1e6)
+    assert row["minutes per 1e6 samples per model"] == pytest.approx(1e6 / 50_000 / 60)
+    assert row[BASELINE_SPEEDUP] == pytest.approx(100)
+    assert main(["hwtable", str(tmp_path)]) == 0
+    assert "| GPU Y | 2.11.0 | abc | graphed | 20 | float32 | 2.00 |" in capsys.readouterr().out
+    _steps_file(steps / "gpu.json", [_step_row("plain", 1, 4.0)])  # no baseline: a dash
+    assert step_table(steps)[BASELINE_SPEEDUP].isna().all()
+
+
+@pytest.mark.parametrize(
+    "rows, why",
+    [
+        ([{"way": "plain"}], "lacks the field 'models'"),
+        ([{**_step_row("plain", 1, 1.0), "ms_per_step": -1}], "'ms_per_step' is -1"),
+        ([_step_row("plain", 0, 1.0)], "'models' is 0"),
+    ],
+)
+def test_a_malformed_step_file_is_named(tmp_path, rows, why):
+    _steps_file(tmp_path / "odd.json", rows)
+    with pytest.raises(RunFolderError, match=f"odd.json.*{why}"):
+        step_table(tmp_path)

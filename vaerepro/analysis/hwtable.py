@@ -156,6 +156,78 @@ def hardware_table(folder: str | Path = "results/bench") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+STEP_ROW_SCHEMA = {
+    "way": "str",
+    "models": "int",
+    "matmul_precision": "str",
+    "ms_per_step": "positive",
+    "samples_per_s_per_model": "positive",
+}
+BASELINE_SPEEDUP = "speedup vs baseline (device samples/s over one pyautoencoder model's)"
+
+
+def step_table(folder: str | Path = "results/bench/steps") -> pd.DataFrame:
+    """Per saved `bench/batched_step.py --json` file in `folder` (one session of one device)
+    and row: ms per step of all K models, samples/s per model and for the device, minutes per
+    1e6 samples per model (the paper's unit) and, where the file embeds the pyautoencoder
+    baseline's rate on the same device (`--baseline-json`, N_z = 20), the device's samples/s
+    over it. Empty when `folder` does not exist. RunFolderError naming a malformed file."""
+    out = []
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        env, rows, baseline = _steps(path)
+        for row in rows:
+            device_rate = row["models"] * row["samples_per_s_per_model"]
+            out.append(
+                {
+                    "device": as_text(env["device"]["name"]),
+                    "torch": as_text(env["versions"]["torch"]),
+                    "commit": as_text((env["git"]["commit"] or "–")[:10]),
+                    "way": as_text(row["way"]),
+                    "models": int(row["models"]),
+                    "matmul": as_text(row["matmul_precision"]),
+                    "ms per step": row["ms_per_step"],
+                    "samples/s per model": row["samples_per_s_per_model"],
+                    "device samples/s": device_rate,
+                    "minutes per 1e6 samples per model": 1e6 / row["samples_per_s_per_model"] / 60,
+                    BASELINE_SPEEDUP: device_rate / baseline,
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _steps(path: Path) -> tuple[dict, list[dict], float]:
+    """(environment, rows, the baseline's samples/s or NaN) of one step benchmark file, each
+    field checked; RunFolderError naming the file otherwise."""
+    where = f"{path} (a bench/batched_step.py --json file)"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"{where} is unreadable: {err}; remove it") from err
+    check_schema(data, {"rows": "list", "environment": "dict"}, where, ("rows", "environment"))
+    env = data["environment"]
+    for key, inner, kind in (
+        ("device", "name", "str"),
+        ("versions", "torch", "str"),
+        ("git", "commit", "str|null"),
+    ):  # null: not a git checkout
+        check_schema(env, {key: "dict"}, f"{where}, environment", (key,))
+        check_schema(env[key], {inner: kind}, f"{where}, environment.{key}", (inner,))
+    rows = data["rows"]
+    for i, row in enumerate(rows, 1):
+        check_schema(row, STEP_ROW_SCHEMA, f"{where}, row {i}", tuple(STEP_ROW_SCHEMA))
+        if row["models"] < 1:
+            raise RunFolderError(f"{where}, row {i}: field 'models' is {row['models']}, not >= 1")
+    baseline = float("nan")
+    if "baseline" in data:
+        check_schema(data["baseline"], {"rates": "list"}, f"{where}, baseline", ("rates",))
+        for rate in data["baseline"]["rates"]:
+            schema = {"nz": "int", "train_samples_per_s": "positive"}
+            check_schema(rate, schema, f"{where}, baseline rate", tuple(schema))
+            if rate["nz"] == 20:
+                baseline = rate["train_samples_per_s"]
+    return env, rows, baseline
+
+
 def as_text(value):
     """A field of a benchmark file as Markdown text: no HTML (`&`, `<`, `>` as entities) and
     no link (brackets escaped); NaN stays NaN (a dash in the table)."""

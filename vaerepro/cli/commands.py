@@ -18,7 +18,7 @@ from vaerepro.analysis.compare import (
     with_term,
     write_comparison,
 )
-from vaerepro.analysis.hwtable import hardware_table, save_benchmark
+from vaerepro.analysis.hwtable import hardware_table, save_benchmark, step_table
 from vaerepro.analysis.reference_writer import make_reference
 from vaerepro.analysis.tables import to_markdown
 from vaerepro.cli.reproduce import recorded_data_root
@@ -273,6 +273,13 @@ def cmd_hwtable(args: argparse.Namespace) -> int:
             return 0
         print(f"saved {saved}", file=sys.stderr)
     print(to_markdown(hardware_table(args.folder)), end="")
+    steps = step_table(Path(args.folder) / "steps")
+    if len(steps):
+        print(
+            "\nBatched training steps, K models at once (bench/batched_step.py: in-process, the "
+            "step only, median ms):\n"
+        )
+        print(to_markdown(steps), end="")
     return 0
 
 

@@ -350,7 +350,10 @@ def add_reading_parsers(sub) -> None:
         help="Markdown table of the saved benchmarks of every machine",
         description="Render results/bench/*.json (from `nox -s bench`) into one table: train "
         "and eval samples/s, speedup over the pyautoencoder baseline (the train step, the "
-        "command lines end to end, the short sweep), fraction of the matmul limit.",
+        "command lines end to end, the short sweep), fraction of the matmul limit. Then, from "
+        "FOLDER/steps/*.json (bench/batched_step.py --json, e.g. a GPU's), the batched step of "
+        "K models: ms per step, samples/s per model and per device, minutes per 1e6 samples "
+        "(the paper's unit), speedup over the baseline on the same device.",
     )
     p.add_argument("folder", nargs="?", default="results/bench")
     p.add_argument(

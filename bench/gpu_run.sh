@@ -12,10 +12,10 @@
 #
 # Every step runs under its own timeout, cut to what is left of BUDGET_S (the device allows
 # 600 s per call), keeping 45 s to pack the results; the script goes on after a failure and
-# exits 1 if any step failed. What each step printed goes to OUT/log.txt, a line per step
-# (status, seconds) to OUT/summary.txt, the sweeps' predicted 1e8 times to the log. OUT receives at most 6 files: summary.txt, log.txt,
-# env.txt, steps.json, and sweep-1e6.tar.gz (check) or paper-1e8.tar.gz (sweep): CSVs, JSONs,
-# figures, report.
+# exits 1 if any step failed. What each step printed goes to OUT/log.txt (with each sweep's
+# training time), a line per step (status, seconds) to OUT/summary.txt. OUT receives at most 6
+# files: summary.txt, log.txt, env.txt, steps.json, and sweep-1e6.tar.gz and
+# sweep-1e6-tf32.tar.gz (check) or paper-1e8.tar.gz (sweep): CSVs, JSONs, figures, report.
 set -u
 stage=${1:?usage: gpu_run.sh check|sweep OUT [--dry-run]}
 out=${2:?usage: gpu_run.sh check|sweep OUT [--dry-run]}
@@ -94,13 +94,15 @@ pack() {  # pack NAME RC: the run's results (no checkpoints or weights) as OUT/N
         --exclude='.lock' "$1"
 }
 
-predict() {  # predict NAME: the sweep's training wall time (the CSVs' wall_s), and 100 x it
-    "$python" - "$work/$1" <<'PY' 2>&1 | tee -a "$out/log.txt"
+predict() {  # predict NAME [FACTOR]: the sweep's training wall time (the CSVs' wall_s), and
+    # FACTOR x it (the 1e6 sweep: 100, the time a 1e8 sweep of the same models would take)
+    "$python" - "$work/$1" "${2:-1}" <<'PY' 2>&1 | tee -a "$out/log.txt"
 import csv, pathlib, sys
 walls = [float(list(csv.DictReader(open(f)))[-1]["wall_s"]) for f in pathlib.Path(sys.argv[1]).rglob("*.csv")
          if "wall_s" in open(f).readline()]
-name = pathlib.Path(sys.argv[1]).name
-print(f"{name}: {len(walls)} CSVs, wall_s {max(walls, default=float('nan')):.1f} s; x100: {100 * max(walls, default=float('nan')):.0f} s")
+name, factor, wall = pathlib.Path(sys.argv[1]).name, float(sys.argv[2]), max(walls, default=float("nan"))
+more = f"; x{factor:g}: {factor * wall:.0f} s" if factor != 1 else ""
+print(f"{name}: {len(walls)} CSVs, training wall clock {wall:.1f} s{more}")
 PY
 }
 
@@ -134,11 +136,11 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
         "${steps_args[@]}" ${baseline[@]+"${baseline[@]}"}
     sweep sweep-1e6 "$samples_1e6" 600 "$every_1e6"
     pack sweep-1e6 $?
-    predict sweep-1e6
+    predict sweep-1e6 100
     if [ "$dry" != "--dry-run" ]; then
         sweep sweep-1e6-tf32 "$samples_1e6" 600 "$every_1e6" --tf32
         pack sweep-1e6-tf32 $?
-        predict sweep-1e6-tf32
+        predict sweep-1e6-tf32 100
     fi
     ;;
 sweep)

@@ -7,7 +7,8 @@
 #                                                # sweep end to end (BUDGET_S, default 300 s)
 #   bash bench/gpu_run.sh sweep "$OUT"           # call 2: the paper preset, 5 N_z x $SEEDS
 #                                                # seeds to 1e8, as far as BUDGET_S (default
-#                                                # 480 s) allows (GRAPHS=0: no --cuda-graphs)
+#                                                # 480 s) allows (GRAPHS=0: no --cuda-graphs;
+#                                                # NZ, SEED_LIST, TF32=1, CHECKS=0: see docs/gpu.md)
 #   bash bench/gpu_run.sh check|sweep OUT --dry-run    # the same on the CPU, tiny sizes (CI)
 #
 # Every step runs under its own timeout, cut to what is left of BUDGET_S (the device allows
@@ -144,14 +145,19 @@ for name in ("pytest", "pandas", "numpy", "matplotlib", "scipy", "torchvision", 
     fi
     ;;
 sweep)
+    # CHECKS=0: the sweep alone, every second for training (the checks ran in an earlier call)
+    checks=${CHECKS:-1}
     # the graph tests again (a new commit may have changed the step): they decide --cuda-graphs
-    step graphs 60 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py -k graph || graphs=()
+    if [ "$checks" = 1 ]; then
+        step graphs 60 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py -k graph ||
+            graphs=()
+    fi
     sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"
     rc=$?
     pack paper-1e8 $rc
     predict paper-1e8
-    step steps 60 "$python" bench/batched_step.py --device "$device" --json "$out/steps.json" \
-        "${steps_args[@]}"
+    [ "$checks" = 1 ] && step steps 60 "$python" bench/batched_step.py --device "$device" \
+        --json "$out/steps.json" "${steps_args[@]}"
     ;;
 *)
     echo "unknown stage $stage: check or sweep" >&2

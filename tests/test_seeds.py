@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from helpers import DETERMINISTIC, copy_run, refused, snapshot, synthetic_sweep, tiny
 
-from vaerepro.analysis.compare import compare_run
+from vaerepro.analysis.compare import DIVERGED_NATS, compare_run
 from vaerepro.analysis.reference import paper_elbo
-from vaerepro.analysis.report import make_figures
+from vaerepro.analysis.report import make_figures, render_report
 from vaerepro.cli import main
 from vaerepro.core.config import TrainConfig
 from vaerepro.runs.progress import time_left
@@ -177,6 +177,30 @@ def test_a_paper_outside_the_band_is_counted(tmp_path):
     assert s.loc[(20, "train"), "in_pi"] == 1.0 and s.loc[(20, "test"), "in_pi"] == 1.0
     synthetic_sweep(tmp_path / "far", 20, [5.0, 6.0, 7.0], [2e6, 1e7])  # 6 nats: outside
     assert (compare_run(tmp_path / "far")[1].in_pi == 0.0).all()
+
+
+def test_a_diverged_seed_is_left_out_of_the_band_and_the_interval(tmp_path):
+    """A seed that diverged but stayed finite (lr 0.1 ended at -3.7e5 to -5.3e7 nats) would
+    put the paper inside a band and a prediction interval millions of nats wide."""
+    synthetic_sweep(tmp_path, 20, [1.0, -0.5, 2.5], [1e5, 2e6, 1e7])
+    csv = tmp_path / "nz20-seed2.csv"
+    rows = pd.read_csv(csv)
+    late = rows.samples >= 5_000_000
+    rows.loc[late, ["train_elbo", "test_elbo"]] = -3.7e5  # seed 2 diverges at 5e6
+    rows.to_csv(csv, index=False)
+    detail, summary = compare_run(tmp_path)
+    at = detail.set_index(["split", "samples"])
+    assert at.loc[("train", 1e7), "diverged"] == 1 and at.loc[("train", 2e6), "diverged"] == 0
+    assert np.isnan(at.loc[("train", 1e7), "in_pi"]) and np.isnan(at.loc[("test", 1e7), "inside"])
+    assert at.loc[("train", 2e6), "in_pi"] == 1.0
+    s = summary.set_index(["nz", "split"]).loc[(20, "train")]
+    assert s.diverged == 51 and s.banded == s.points - 51  # 5e6 to 1e7: 51 logged points
+    assert DIVERGED_NATS == pytest.approx(-1086.9, abs=0.05)
+    runs = load_run(tmp_path)
+    for meta, _ in runs:
+        meta["device"] = {"type": "cpu", "name": "CPU X"}  # synthetic_sweep writes none
+    text = render_report(tmp_path, runs, summary, {}, 0)
+    assert "Left out of both fractions" in text and "aevb N_z=20 train: 51" in text
 
 
 def test_fig2_draws_the_band_and_the_report_the_spread(sweep, monkeypatch, tmp_path):

@@ -53,6 +53,24 @@ def paper_values(term: str, cfg: dict, split: str, samples, method: str) -> tupl
     )
 
 
+# Twice the ELBO of a decoder that gives each of the 784 pixels probability 1/2 (log p(x) =
+# 784 ln(1/2) whatever x, grey levels too): no Bernoulli model, trained or just initialised,
+# lies below it, so a seed there has diverged (lr 0.1 ended at -3.7e5 to -5.3e7 nats).
+DIVERGED_NATS = -2 * 784 * np.log(2)  # -1086.9 nats per datapoint
+
+
+def diverged_seeds(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.Series:
+    """Per method, nz, split and samples: how many Bernoulli models of `runs` logged `term`
+    (elbo or marginal) below DIVERGED_NATS there (a Gaussian decoder's values have no such
+    floor: never counted)."""
+    bernoulli = [r for r in runs if r[0]["config"].get("likelihood", "bernoulli") == "bernoulli"]
+    if not bernoulli:
+        return pd.Series(dtype=int)
+    values = seed_values(bernoulli, term)
+    low = values.value < DIVERGED_NATS
+    return low.groupby([values.method, values.nz, values.split, values.samples]).sum()
+
+
 def seed_bands(values: pd.DataFrame) -> pd.DataFrame:
     """Per method, nz, split and samples, over the seeds: seeds (how many logged the point),
     mean, sd (ddof 1; NaN for one seed), min and max of `values` (long form, one term: from
@@ -101,11 +119,13 @@ def compare_runs(
     paper (nats per datapoint; positive: our bound is higher), diff_in_sd = diff / sd, and
     inside: whether the paper lies in our band [min, max]; pi_low, pi_high: the 95%
     prediction interval for one more seed, and in_pi: whether the paper lies in it (NaN for
-    one seed or no paper).
+    one seed, no paper, or a diverged seed there); diverged: the seeds below DIVERGED_NATS,
+    whose values make the band and the interval meaninglessly wide.
     summary, per method, nz and split: seeds, logged points, the `points` the paper covers, the
-    `banded` ones among them (two or more seeds there), the fraction of those with the paper
-    inside our band, `in_pi` the fraction inside the prediction interval, the mean |diff| and
-    |diff_in_sd|, the max |diff|, and the diff at the last covered point.
+    `banded` ones among them (two or more seeds there, none diverged), the fraction of those
+    with the paper inside our band, `in_pi` the fraction inside the prediction interval, the
+    mean |diff| and |diff_in_sd|, the max |diff|, the diff at the last covered point, and
+    `diverged`, the covered points where a seed had diverged.
     """
     runs = with_term(runs, term)
     if not runs:
@@ -124,8 +144,12 @@ def _against_paper(runs: list[tuple[dict, pd.DataFrame]], term: str) -> pd.DataF
     for (method, nz, split), rows in detail.groupby(["method", "nz", "split"]).groups.items():
         cfg = configs[method, nz]
         paper[rows], gap[rows] = paper_values(term, cfg, split, detail.samples[rows], method)
+    keys = ["method", "nz", "split", "samples"]
+    diverged = diverged_seeds(runs, term)
+    points = pd.MultiIndex.from_frame(detail[keys])
+    detail["diverged"] = diverged.reindex(points, fill_value=0).to_numpy() if len(diverged) else 0
     diff = detail["mean"] - paper
-    band = (detail.seeds >= 2) & ~np.isnan(paper)
+    band = (detail.seeds >= 2) & ~np.isnan(paper) & (detail.diverged == 0)
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)
     low, high = prediction_interval(detail["mean"], detail.sd, detail.seeds)
     in_pi = ((low <= paper) & (paper <= high)).astype(float).where(band)
@@ -153,7 +177,7 @@ def _summary(detail: pd.DataFrame) -> pd.DataFrame:
         .groupby(keys, sort=False)
         .agg(
             points=("diff", "size"),
-            banded=("inside", "count"),  # points with a band (two or more seeds)
+            banded=("inside", "count"),  # points with a band (two or more seeds, none diverged)
             inside=("inside", "mean"),
             in_pi=("in_pi", "mean"),
             mean_abs_diff=("abs_diff", "mean"),
@@ -161,11 +185,13 @@ def _summary(detail: pd.DataFrame) -> pd.DataFrame:
             max_abs_diff=("abs_diff", "max"),
             last_samples=("samples", "last"),
             last_diff=("diff", "last"),
+            diverged=("diverged", lambda seeds: int((seeds > 0).sum())),
         )
     )
     summary = logged.join(stats).reset_index()
     summary["points"] = summary.points.fillna(0).astype(int)
     summary["banded"] = summary.banded.fillna(0).astype(int)
+    summary["diverged"] = summary.diverged.fillna(0).astype(int)
     return summary
 
 

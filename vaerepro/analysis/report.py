@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vaerepro.analysis.compare import (
+    DIVERGED_NATS,
     marginal_comparison,
     marginal_summary,
     with_term,
@@ -198,6 +199,21 @@ def _speed_row(method: str, nz: int, models: list[tuple[dict, pd.DataFrame]]) ->
     }
 
 
+def _diverged_note(summary: pd.DataFrame) -> str:
+    """The sentence naming the points left out of both fractions because a seed diverged
+    (compare.DIVERGED_NATS), or "" when none did (`summary` indexed by method, nz, split)."""
+    counts = summary.diverged[summary.diverged > 0]
+    if counts.empty:
+        return ""
+    where = ", ".join(f"{m} N_z={nz} {split}: {n}" for (m, nz, split), n in counts.items())
+    return (
+        f" Left out of both fractions, the logged points where a seed's ELBO was below "
+        f"{DIVERGED_NATS:.0f} nats (twice that of a decoder giving every pixel probability "
+        f"1/2: the seed diverged, and its values would widen band and interval to millions "
+        f"of nats): {where}."
+    )
+
+
 def render_report(
     run_dir: Path,
     runs: list[tuple[dict, pd.DataFrame]],
@@ -240,7 +256,8 @@ def render_report(
             "of our seeds (with 3 seeds the band is too narrow to say). Active units: latent "
             "dimensions whose average KL over the test set exceeds 0.01 nats, from the final "
             "weights or, without them, from the model's JSON (– for models whose JSON, "
-            "written by an older version, does not record them and whose weights are absent).",
+            "written by an older version, does not record them and whose weights are absent)."
+            + _diverged_note(summary),
             "",
             to_markdown(pd.DataFrame(rows)),
             "## Throughput",

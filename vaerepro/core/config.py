@@ -20,6 +20,8 @@ PAPER_NZ: tuple[int, ...] = (3, 5, 10, 20, 200)
 MARGINAL_MAX_NZ = 25
 
 OPTIMIZERS = ("paper_adagrad", "torch_adagrad")
+# (eps_inside, eps_outside) of each optimizer: the authors' code, and torch.optim.Adagrad's.
+ADAGRAD_EPS = {"paper_adagrad": (1e-8, 0.0), "torch_adagrad": (0.0, 1e-10)}
 SAMPLINGS = ("replacement", "epoch")
 BINARIZE = ("none", "dynamic", "fixed")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -155,6 +157,15 @@ class TrainConfig:
     )
     seed: int = _field(0, "seed of init, minibatches and noise")
 
+    def adagrad_eps(self) -> tuple[float, float]:
+        """(eps_inside, eps_outside): the config's, or its optimizer's own (ADAGRAD_EPS)."""
+        inside, outside = ADAGRAD_EPS.get(self.optimizer, (1.0, 1.0))  # unknown: validate says
+        if self.adagrad_eps_inside is not None:
+            inside = self.adagrad_eps_inside
+        if self.adagrad_eps_outside is not None:
+            outside = self.adagrad_eps_outside
+        return inside, outside
+
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
         checks = [
@@ -202,6 +213,11 @@ class TrainConfig:
                     for e in (self.adagrad_eps_inside, self.adagrad_eps_outside)
                 ),
                 "adagrad_eps_inside and adagrad_eps_outside must be finite and >= 0",
+            ),
+            (
+                any(e != 0 for e in self.adagrad_eps()),
+                "adagrad_eps_inside and adagrad_eps_outside are both 0: a weight whose gradient "
+                "is 0 would divide 0 by 0 and become NaN; give one of them a value > 0",
             ),
             (self.adagrad_warmup >= 0, "adagrad_warmup must be >= 0"),
             (

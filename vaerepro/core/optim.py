@@ -79,10 +79,6 @@ class Adagrad(torch.optim.Optimizer):
                 torch._foreach_addcdiv_(params, grads, std, value=-lr)
 
 
-# (eps_inside, eps_outside) of each optimizer: the authors' code, and torch.optim.Adagrad's.
-ADAGRAD_EPS = {"paper_adagrad": (1e-8, 0.0), "torch_adagrad": (0.0, 1e-10)}
-
-
 def param_groups(model: nn.Module, decay: float) -> list[dict]:
     """Weights get the prior's decay, biases none."""
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
@@ -93,13 +89,9 @@ def param_groups(model: nn.Module, decay: float) -> list[dict]:
 def make_optimizer(cfg: TrainConfig, model: nn.Module, fused: bool | None = None) -> Adagrad:
     """The optimizer of `cfg` for `model` (already on its device). The N(0, I) weight prior,
     scaled by M/N on the minibatch sum, is a decay of 1/N on the minibatch mean we minimise.
-    The epsilons are the config's, or the optimizer's own (`ADAGRAD_EPS`) where it has none."""
+    The epsilons are the config's, or the optimizer's own (`config.ADAGRAD_EPS`)."""
     groups = param_groups(model, 1.0 / cfg.train_size if cfg.weight_decay else 0.0)
-    inside, outside = ADAGRAD_EPS[cfg.optimizer]
-    if cfg.adagrad_eps_inside is not None:
-        inside = cfg.adagrad_eps_inside
-    if cfg.adagrad_eps_outside is not None:
-        outside = cfg.adagrad_eps_outside
+    inside, outside = cfg.adagrad_eps()
     warmup = cfg.adagrad_warmup if cfg.optimizer == "paper_adagrad" else 0
     return Adagrad(
         groups, cfg.lr, eps_inside=inside, eps_outside=outside, warmup=warmup, fused=fused

@@ -294,10 +294,10 @@ def test_non_finite_counts_are_refused_by_the_parser(tmp_path, capsys, args, mes
         (["--seed", str(2**70)], f"seed must be in [0, 2**63 - 1), got {2**70}"),
         (["--seed", "-1"], "seed must be in [0, 2**63 - 1), got -1"),
         # paper_adagrad's eps_outside is 0: with eps_inside 0 too, a zero gradient gives 0/0
-        (["--adagrad-eps-inside", "0"], "adagrad_eps_inside and adagrad_eps_outside are both 0"),
+        (["--adagrad-eps-inside", "0"], "and not both 0 (a zero gradient would divide 0 by 0)"),
         (
             ["--optimizer", "torch_adagrad", "--adagrad-eps-outside", "0"],
-            "adagrad_eps_inside and adagrad_eps_outside are both 0",
+            "and not both 0 (a zero gradient would divide 0 by 0); both are now (0.0, 0.0)",
         ),
     ],
 )

@@ -159,15 +159,13 @@ class TrainConfig:
 
     def adagrad_eps(self) -> tuple[float, float]:
         """(eps_inside, eps_outside): the config's, or its optimizer's own (ADAGRAD_EPS)."""
-        inside, outside = ADAGRAD_EPS.get(self.optimizer, (1.0, 1.0))  # unknown: validate says
-        if self.adagrad_eps_inside is not None:
-            inside = self.adagrad_eps_inside
-        if self.adagrad_eps_outside is not None:
-            outside = self.adagrad_eps_outside
-        return inside, outside
+        own = ADAGRAD_EPS.get(self.optimizer, (1.0, 1.0))  # an unknown one: validate says so
+        given = (self.adagrad_eps_inside, self.adagrad_eps_outside)
+        return tuple(o if g is None else g for g, o in zip(given, own, strict=True))
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
+        eps = self.adagrad_eps()
         checks = [
             (self.nz >= 1, f"nz must be >= 1, got {self.nz}"),
             (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
@@ -208,16 +206,9 @@ class TrainConfig:
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (self.eval_seed_stride >= 1, "eval_seed_stride must be >= 1"),
             (
-                all(
-                    e is None or (e >= 0 and math.isfinite(e))
-                    for e in (self.adagrad_eps_inside, self.adagrad_eps_outside)
-                ),
-                "adagrad_eps_inside and adagrad_eps_outside must be finite and >= 0",
-            ),
-            (
-                any(e != 0 for e in self.adagrad_eps()),
-                "adagrad_eps_inside and adagrad_eps_outside are both 0: a weight whose gradient "
-                "is 0 would divide 0 by 0 and become NaN; give one of them a value > 0",
+                all(e >= 0 and math.isfinite(e) for e in eps) and any(eps),
+                "adagrad_eps_inside and adagrad_eps_outside must be finite and >= 0, and not "
+                "both 0 (a zero gradient would divide 0 by 0); both are now " + str(eps),
             ),
             (self.adagrad_warmup >= 0, "adagrad_warmup must be >= 0"),
             (

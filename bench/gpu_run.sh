@@ -153,8 +153,7 @@ sweep)
             graphs=()
     fi
     sweep paper-1e8 "$samples_1e8" 600 "$every_1e8"
-    rc=$?
-    pack paper-1e8 $rc
+    pack paper-1e8 $?
     predict paper-1e8
     [ "$checks" = 1 ] && step steps 60 "$python" bench/batched_step.py --device "$device" \
         --json "$out/steps.json" "${steps_args[@]}"

@@ -59,15 +59,15 @@ def paper_values(term: str, cfg: dict, split: str, samples, method: str) -> tupl
 DIVERGED_NATS = -2 * 784 * np.log(2)  # -1086.9 nats per datapoint
 
 
-def diverged_seeds(runs: list[tuple[dict, pd.DataFrame]], term: str = "elbo") -> pd.Series:
-    """Per method, nz, split and samples: how many Bernoulli models of `runs` logged `term`
-    (elbo or marginal) below DIVERGED_NATS there (a Gaussian decoder's values have no such
-    floor: never counted)."""
-    bernoulli = [r for r in runs if r[0]["config"].get("likelihood", "bernoulli") == "bernoulli"]
-    if not bernoulli:
-        return pd.Series(dtype=int)
-    values = seed_values(bernoulli, term)
-    low = values.value < DIVERGED_NATS
+def diverged_seeds(values: pd.DataFrame, configs: dict[tuple[str, int], dict]) -> pd.Series:
+    """Per method, nz, split and samples of `values` (seed_values' long form, elbo or
+    marginal): how many seeds lie below DIVERGED_NATS there. Only Bernoulli models count
+    (`configs` by method and nz): a Gaussian decoder's values have no such floor."""
+    bernoulli = [
+        k for k, cfg in configs.items() if cfg.get("likelihood", "bernoulli") == "bernoulli"
+    ]
+    counted = pd.MultiIndex.from_arrays([values.method, values.nz]).isin(bernoulli)
+    low = (values.value < DIVERGED_NATS) & counted
     return low.groupby([values.method, values.nz, values.split, values.samples]).sum()
 
 
@@ -138,16 +138,16 @@ def compare_runs(
 def _against_paper(runs: list[tuple[dict, pd.DataFrame]], term: str) -> pd.DataFrame:
     """compare_runs' detail: the seed bands of `term` beside the paper's values."""
     configs = {(m["config"]["method"], m["config"]["nz"]): m["config"] for m, _ in runs}
-    detail = seed_bands(seed_values(runs, term))
+    values = seed_values(runs, term)
+    detail = seed_bands(values)
     paper = np.full(len(detail), np.nan)
     gap = np.full(len(detail), "", dtype=object)
     for (method, nz, split), rows in detail.groupby(["method", "nz", "split"]).groups.items():
         cfg = configs[method, nz]
         paper[rows], gap[rows] = paper_values(term, cfg, split, detail.samples[rows], method)
     keys = ["method", "nz", "split", "samples"]
-    diverged = diverged_seeds(runs, term)
     points = pd.MultiIndex.from_frame(detail[keys])
-    detail["diverged"] = diverged.reindex(points, fill_value=0).to_numpy() if len(diverged) else 0
+    detail["diverged"] = diverged_seeds(values, configs).reindex(points, fill_value=0).to_numpy()
     diff = detail["mean"] - paper
     band = (detail.seeds >= 2) & ~np.isnan(paper) & (detail.diverged == 0)
     inside = ((detail["min"] <= paper) & (paper <= detail["max"])).astype(float).where(band)

@@ -92,9 +92,8 @@ class BatchedAEVB:
         # k, so that Adagrad updates all of them in a few kernels instead of a few per
         # parameter (a GPU step is bound by kernel launches).
         sizes = {n: torch.Size(s).numel() for n, s in shapes.items()}
-        offsets = dict(
-            zip(shapes, accumulate(sizes.values(), initial=0), strict=False)
-        )  # P + 1 ends
+        # where each parameter starts in a row (accumulate also yields the end, P: not strict)
+        offsets = dict(zip(shapes, accumulate(sizes.values(), initial=0), strict=False))
 
         def views(flat: Tensor) -> dict[str, Tensor]:
             return {
@@ -111,7 +110,7 @@ class BatchedAEVB:
             views(self.flat_grad),
             views(self.flat_sums),
         )
-        self.decay = {n: self.flat_decay[:, offsets[n] : offsets[n] + sizes[n]] for n in PARAMS}
+        self.decay = views(self.flat_decay)
         col = (k, 1)  # per-model hyperparameters, broadcast over a (K, P) stack
         self.lr, self.eps_outside = new(*col), new(*col)
         counts = dict(device=like.device, dtype=torch.int64)  # exact past 2^24 steps
